@@ -1,0 +1,1 @@
+"""Analytics over telemetry: the Sanctum aggregator, its snapshot schema and the terminal UI."""

@@ -1,0 +1,1 @@
+"""Sanctum folds telemetry events into a snapshot that a terminal dashboard draws."""

@@ -1,0 +1,1 @@
+"""The host network, its slots and seeds, blueprints, the seed lifecycle and blending."""

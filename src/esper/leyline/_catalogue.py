@@ -1,0 +1,638 @@
+"""The payload catalogue: every field of every event payload, declared once.
+
+Emitters build payloads through :func:`make_event` (which validates against this catalogue);
+the Prometheus mapping, the Sanctum capture map, ``docs/EVENTS.md`` and the coverage tests all
+read it. A field added to an emitter but not here fails validation; a field declared here but
+not emitted fails the coverage tests.
+
+Two event types carry variants told apart by a discriminator field in the payload:
+``EPOCH_COMPLETED`` by ``scope`` (``env`` or ``aggregate``) and ``ANALYTICS_SNAPSHOT`` by
+``kind``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from esper.leyline._actions import ACTION_HEADS
+from esper.leyline._errors import PayloadError
+from esper.leyline._events import Severity, TelemetryEvent, TelemetryEventType
+
+ET = TelemetryEventType
+
+
+class FieldType(StrEnum):
+    """The JSON-level type of a payload field."""
+
+    FLOAT = "float"
+    INT = "int"
+    BOOL = "bool"
+    STR = "str"
+    LIST = "list"
+    DICT = "dict"
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """One payload field: its name, type, unit and meaning."""
+
+    name: str
+    type: FieldType
+    unit: str
+    meaning: str
+    required: bool = True
+    nullable: bool = False
+    item_fields: tuple[FieldSpec, ...] = ()
+    """For a DICT field whose values are records (``slot_id -> {...}``): the record's fields."""
+
+    def check(self, value: Any, where: str) -> None:
+        """Raise PayloadError naming ``where`` when ``value`` does not fit this field."""
+        if value is None:
+            if not self.nullable:
+                raise PayloadError(f"{where}: field '{self.name}' must not be null")
+            return
+        if not _TYPE_CHECKS[self.type](value):
+            raise PayloadError(
+                f"{where}: field '{self.name}' expects {self.type.value}, "
+                f"got {type(value).__name__} {value!r:.60}"
+            )
+        if self.item_fields:
+            for key, record in value.items():
+                _check_record(record, self.item_fields, f"{where}.{self.name}[{key!r}]")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_float(v: Any) -> bool:
+    # Non-finite floats are legal: a NaN loss is exactly what telemetry must report.
+    return (isinstance(v, float | int) and not isinstance(v, bool)) or (
+        type(v).__module__ == "numpy" and hasattr(v, "dtype") and v.dtype.kind in "fiu"
+    )
+
+
+_TYPE_CHECKS: dict[FieldType, Callable[[Any], bool]] = {
+    FieldType.FLOAT: _is_float,
+    FieldType.INT: _is_int,
+    FieldType.BOOL: lambda v: isinstance(v, bool),
+    FieldType.STR: lambda v: isinstance(v, str),
+    FieldType.LIST: lambda v: isinstance(v, list | tuple),
+    FieldType.DICT: lambda v: isinstance(v, Mapping),
+}
+
+
+def _check_record(record: Any, fields: tuple[FieldSpec, ...], where: str) -> None:
+    if not isinstance(record, Mapping):
+        raise PayloadError(f"{where}: expects a record, got {type(record).__name__}")
+    names = {f.name for f in fields}
+    for spec in fields:
+        if spec.name in record:
+            spec.check(record[spec.name], where)
+        elif spec.required:
+            raise PayloadError(f"{where}: missing required field '{spec.name}'")
+    unknown = sorted(set(record) - names)
+    if unknown:
+        raise PayloadError(f"{where}: unknown field(s) {unknown} (not in the payload catalogue)")
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadSpec:
+    """The payload of one event type, or of one variant of it."""
+
+    event_type: TelemetryEventType
+    variant: str | None
+    meaning: str
+    fields: tuple[FieldSpec, ...]
+
+    @property
+    def key(self) -> tuple[TelemetryEventType, str | None]:
+        return (self.event_type, self.variant)
+
+    @property
+    def title(self) -> str:
+        if self.variant is None:
+            return self.event_type.name
+        return f"{self.event_type.name} ({DISCRIMINATORS[self.event_type]}={self.variant})"
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"{self.title} has no field '{name}'")
+
+    def validate(self, data: Mapping[str, Any]) -> None:
+        """Raise PayloadError when ``data`` misses a required field, has an unknown one, or
+        has a value of the wrong type."""
+        _check_record(data, self.fields, self.title)
+
+
+def _f(
+    name: str,
+    type_: FieldType,
+    unit: str,
+    meaning: str,
+    *,
+    required: bool = True,
+    nullable: bool = False,
+    item_fields: tuple[FieldSpec, ...] = (),
+) -> FieldSpec:
+    return FieldSpec(name, type_, unit, meaning, required, nullable, item_fields)
+
+
+FLT, INT, BOOL, STR, LIST, DICT = (
+    FieldType.FLOAT,
+    FieldType.INT,
+    FieldType.BOOL,
+    FieldType.STR,
+    FieldType.LIST,
+    FieldType.DICT,
+)
+
+DISCRIMINATORS: dict[TelemetryEventType, str] = {
+    ET.EPOCH_COMPLETED: "scope",
+    ET.ANALYTICS_SNAPSHOT: "kind",
+}
+"""The payload field that selects the variant, for event types that have variants."""
+
+SEED_FIELDS: tuple[FieldSpec, ...] = (
+    _f("env_id", INT, "", "environment index within the vectorized batch"),
+    _f("device", STR, "", "torch device the env's host model runs on, e.g. cuda:1"),
+    _f("slot_id", STR, "", "host slot the seed lives in (early, mid, late)"),
+    _f("seed_id", STR, "", "unique id of the seed within the run"),
+    _f("blueprint_id", STR, "", "blueprint the seed was built from"),
+    _f("alpha", FLT, "ratio", "blend weight of the seed's output, 0..1"),
+    _f("inner_epoch", INT, "epochs", "epoch within the current episode"),
+    _f("global_epoch", INT, "batches", "batch counter of the run when the event happened"),
+    _f("epochs_total", INT, "epochs", "epochs since the seed germinated"),
+    _f("epochs_in_stage", INT, "epochs", "epochs spent in the current stage"),
+)
+"""Fields every SEED_* event carries."""
+
+SEED_SUMMARY_FIELDS: tuple[FieldSpec, ...] = (
+    _f("stage", STR, "", "SeedStage name"),
+    _f("blueprint_id", STR, "", "blueprint of the seed"),
+    _f("alpha", FLT, "ratio", "blend weight, 0..1"),
+    _f("accuracy_delta", FLT, "percent", "val accuracy change since germination (points)"),
+    _f("epochs_in_stage", INT, "epochs", "epochs spent in the current stage"),
+    _f("gradient_norm", FLT, "", "raw L2 norm of the seed's gradients (not clamped)"),
+    _f("gradient_health", FLT, "ratio", "1.0 healthy, falling towards 0 as gradients vanish"),
+    _f("has_vanishing", BOOL, "", "gradient norm below the vanishing threshold"),
+    _f("has_exploding", BOOL, "", "gradient norm above the exploding threshold"),
+)
+"""The record kept per live slot in EPOCH_COMPLETED (scope=env) ``seeds``."""
+
+REWARD_COMPONENTS: tuple[str, ...] = (
+    "base_acc_delta",
+    "bounded_attribution",
+    "compute_rent",
+    "seed_contribution",
+    "counterfactual",
+    "blending_warning",
+    "probation_warning",
+    "fossilize_bonus",
+    "cull_penalty",
+    "terminal_bonus",
+)
+"""The named parts a reward is the sum of."""
+
+_REWARD_COMPONENT_MEANINGS = {
+    "base_acc_delta": "scaled change in validation accuracy this epoch",
+    "bounded_attribution": "share of the accuracy change attributed to seeds, bounded",
+    "compute_rent": "penalty for parameters added, against the parameter budget (<= 0)",
+    "seed_contribution": "reward for measured seed contribution",
+    "counterfactual": "reward from the alpha=0 counterfactual, when available",
+    "blending_warning": "penalty while a blending seed hurts accuracy (<= 0)",
+    "probation_warning": "penalty while a probationary seed hurts accuracy (<= 0)",
+    "fossilize_bonus": "bonus for fossilizing a seed that helped",
+    "cull_penalty": "penalty for culling (or for culling a helpful seed)",
+    "terminal_bonus": "bonus at the end of the episode for final accuracy",
+}
+
+_HEAD_FIELDS = tuple(
+    spec
+    for head in ACTION_HEADS
+    for spec in (
+        _f(f"head_{head}_entropy", FLT, "nats", f"mean entropy of the {head} head"),
+        _f(f"head_{head}_grad_norm", FLT, "", f"gradient L2 norm of the {head} head's parameters"),
+    )
+)
+
+_SNAPSHOT_KIND = _f("kind", STR, "", "which analytics snapshot this is")
+
+CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
+    PayloadSpec(
+        ET.TRAINING_STARTED,
+        None,
+        "A run began; the full configuration it runs with.",
+        (
+            _f("run_id", STR, "", "unique id of the run"),
+            _f("mode", STR, "", "controller: ppo or heuristic"),
+            _f("task", STR, "", "task name, e.g. digits or cifar10"),
+            _f("task_type", STR, "", "kind of task, e.g. classification"),
+            _f("topology", STR, "", "host network topology, e.g. cnn"),
+            _f("max_epochs", INT, "epochs", "host epochs per episode"),
+            _f("n_envs", INT, "", "parallel environments"),
+            _f("n_episodes", INT, "", "episodes requested"),
+            _f("seed", INT, "", "random seed of the run"),
+            _f("policy_device", STR, "", "device of the policy network", nullable=True),
+            _f("env_devices", LIST, "", "device of each env, indexed by env_id"),
+            _f("env_device_counts", DICT, "", "device -> number of envs on it"),
+            _f("env_device_map_strategy", STR, "", "how envs were assigned to devices"),
+            _f("host_params", INT, "params", "parameters of one host model before any seed"),
+            _f("slot_ids", LIST, "", "the host's slot names"),
+            _f("reward_mode", STR, "", "reward function in use"),
+            _f("use_telemetry", BOOL, "", "seed telemetry features fed to the controller"),
+            _f("telemetry_level", STR, "", "off, minimal, normal or debug"),
+            _f("state_dim", INT, "", "observation size of the policy", nullable=True),
+            _f("resume_path", STR, "", "checkpoint resumed from", nullable=True),
+            _f("lr", FLT, "", "policy learning rate", nullable=True),
+            _f("clip_ratio", FLT, "", "PPO clip ratio", nullable=True),
+            _f("entropy_coef", FLT, "", "initial entropy bonus coefficient", nullable=True),
+            _f("entropy_anneal", INT, "episodes", "episodes to anneal entropy (0 = off)"),
+            _f("gpu_preload", BOOL, "", "dataset preloaded onto the env devices"),
+            _f("dataloader", STR, "", "how batches are produced"),
+            _f("param_budget", INT, "params", "parameter budget for seeds (compute rent)"),
+        ),
+    ),
+    PayloadSpec(
+        ET.TRAINING_COMPLETED,
+        None,
+        "A run ended (completed, failed or interrupted).",
+        (
+            _f("status", STR, "", "completed, failed or interrupted"),
+            _f("episodes_completed", INT, "", "episodes finished"),
+            _f("final_accuracy", FLT, "percent", "mean final val accuracy", nullable=True),
+            _f("wall_time_seconds", FLT, "s", "wall time of the run"),
+            _f("seeds_germinated", INT, "", "seeds germinated in the run"),
+            _f("seeds_fossilized", INT, "", "seeds fossilized in the run"),
+            _f("seeds_culled", INT, "", "seeds culled in the run"),
+        ),
+    ),
+    PayloadSpec(
+        ET.EPOCH_COMPLETED,
+        "env",
+        "One env finished a host epoch.",
+        (
+            _f("scope", STR, "", "env"),
+            _f("env_id", INT, "", "environment index"),
+            _f("inner_epoch", INT, "epochs", "epoch within the episode"),
+            _f("train_loss", FLT, "", "mean training loss"),
+            _f("train_accuracy", FLT, "percent", "training accuracy"),
+            _f("val_loss", FLT, "", "validation loss"),
+            _f("val_accuracy", FLT, "percent", "validation accuracy"),
+            _f("host_grad_norm", FLT, "", "L2 norm of the host's gradients (last step)"),
+            _f(
+                "seeds",
+                DICT,
+                "",
+                "slot_id -> picture of the seed in it",
+                item_fields=SEED_SUMMARY_FIELDS,
+            ),
+        ),
+    ),
+    PayloadSpec(
+        ET.EPOCH_COMPLETED,
+        "aggregate",
+        "All envs of a batch finished a host epoch (means over envs).",
+        (
+            _f("scope", STR, "", "aggregate"),
+            _f("inner_epoch", INT, "epochs", "epoch within the episode"),
+            _f("batch", INT, "", "batch index"),
+            _f("train_loss", FLT, "", "mean training loss over envs"),
+            _f("train_accuracy", FLT, "percent", "mean training accuracy over envs"),
+            _f("val_loss", FLT, "", "mean validation loss over envs"),
+            _f("val_accuracy", FLT, "percent", "mean validation accuracy over envs"),
+            _f("n_envs", INT, "", "envs in the batch"),
+            _f("skipped_update", BOOL, "", "an env skipped its optimizer step (non-finite loss)"),
+            _f("plateau_detected", BOOL, "", "the signal tracker sees a plateau"),
+        ),
+    ),
+    PayloadSpec(
+        ET.BATCH_EPOCH_COMPLETED,
+        None,
+        "A batch of episodes (one per env) ended.",
+        (
+            _f("batch_idx", INT, "", "batch index"),
+            _f("episodes_completed", INT, "", "episodes finished so far"),
+            _f("total_episodes", INT, "", "episodes the run will finish"),
+            _f("start_episode", INT, "", "episodes already done when the run started (resume)"),
+            _f("requested_episodes", INT, "", "episodes requested on the command line"),
+            _f("env_accuracies", LIST, "percent", "final val accuracy of each env"),
+            _f("avg_accuracy", FLT, "percent", "mean of env_accuracies"),
+            _f("rolling_accuracy", FLT, "percent", "rolling mean of avg_accuracy"),
+            _f("avg_reward", FLT, "", "mean episode reward over envs"),
+        ),
+    ),
+    PayloadSpec(
+        ET.PPO_UPDATE_COMPLETED,
+        None,
+        "The policy was updated by PPO: its vital signs.",
+        (
+            _f("policy_loss", FLT, "", "clipped surrogate loss"),
+            _f("value_loss", FLT, "", "value function loss"),
+            _f("entropy", FLT, "nats", "mean policy entropy over heads"),
+            _f("kl_divergence", FLT, "", "approximate KL between old and new policy"),
+            _f("clip_fraction", FLT, "ratio", "fraction of ratios clipped"),
+            _f("explained_variance", FLT, "", "explained variance of the value function"),
+            _f("lr", FLT, "", "learning rate of the optimizer"),
+            _f("entropy_coef", FLT, "", "entropy coefficient after annealing"),
+            _f("ratio_mean", FLT, "", "mean probability ratio"),
+            _f("ratio_min", FLT, "", "minimum probability ratio"),
+            _f("ratio_max", FLT, "", "maximum probability ratio"),
+            _f("ratio_std", FLT, "", "standard deviation of the probability ratio"),
+            _f("grad_norm", FLT, "", "policy gradient L2 norm before clipping"),
+            _f("update_time_ms", FLT, "ms", "wall time of the update"),
+            _f("nan_grad_count", INT, "", "parameters with non-finite gradients"),
+            _f("dead_layers", INT, "", "layers with vanishing gradients"),
+            _f("exploding_layers", INT, "", "layers with exploding gradients"),
+            _f("layer_gradient_health", DICT, "", "layer name -> gradient health 0..1"),
+            _f("entropy_collapsed", BOOL, "", "entropy fell below the collapse threshold"),
+            _f("inner_epoch", INT, "epochs", "episode length the rollout covered"),
+            _f("batch", INT, "", "batch index"),
+            _f("train_steps", INT, "", "optimizer steps taken in this update"),
+            _f("early_stop_epoch", INT, "", "PPO epoch stopped early by KL", nullable=True),
+            _f("avg_accuracy", FLT, "percent", "mean final accuracy of the batch"),
+            _f("avg_reward", FLT, "", "mean episode reward of the batch"),
+            _f("rolling_avg_accuracy", FLT, "percent", "rolling mean accuracy"),
+            *_HEAD_FIELDS,
+        ),
+    ),
+    PayloadSpec(
+        ET.REWARD_COMPUTED,
+        None,
+        "The reward of one env's decision, and its parts.",
+        (
+            _f("env_id", INT, "", "environment index"),
+            _f("episode", INT, "", "episode index"),
+            _f("epoch", INT, "epochs", "epoch within the episode"),
+            _f("action", STR, "", "op taken (Op name)"),
+            _f("action_success", BOOL, "", "the op could be carried out"),
+            _f("total_reward", FLT, "", "sum of the components"),
+            _f("val_acc", FLT, "percent", "validation accuracy after the epoch"),
+            _f("acc_delta", FLT, "percent", "change in validation accuracy"),
+            _f("param_ratio", FLT, "ratio", "seed parameters over the parameter budget"),
+            _f("seed_stage", STR, "", "stage of the acted-on slot's seed", nullable=True),
+            *(_f(c, FLT, "", _REWARD_COMPONENT_MEANINGS[c]) for c in REWARD_COMPONENTS),
+        ),
+    ),
+    PayloadSpec(
+        ET.SEED_GERMINATED,
+        None,
+        "A seed was created in a slot.",
+        (*SEED_FIELDS, _f("params", INT, "params", "trainable parameters of the seed")),
+    ),
+    PayloadSpec(
+        ET.SEED_STAGE_CHANGED,
+        None,
+        "A seed moved to another lifecycle stage.",
+        (
+            *SEED_FIELDS,
+            _f("from_stage", STR, "", "SeedStage name before"),
+            _f("to_stage", STR, "", "SeedStage name after"),
+            _f("accuracy_delta", FLT, "percent", "val accuracy change since germination"),
+            _f("counterfactual", FLT, "percent", "last alpha=0 contribution", nullable=True),
+        ),
+    ),
+    PayloadSpec(
+        ET.SEED_GATE_EVALUATED,
+        None,
+        "A quality gate was evaluated for a seed.",
+        (
+            *SEED_FIELDS,
+            _f("gate", STR, "", "gate name (G1..G3)"),
+            _f("passed", BOOL, "", "every check passed"),
+            _f("target_stage", STR, "", "stage the gate guards"),
+            _f("checks_passed", LIST, "", "names of checks that passed"),
+            _f("checks_failed", LIST, "", "names of checks that failed"),
+        ),
+    ),
+    PayloadSpec(
+        ET.SEED_FOSSILIZED,
+        None,
+        "A seed was made permanent.",
+        (
+            *SEED_FIELDS,
+            _f("improvement", FLT, "percent", "val accuracy change since germination"),
+            _f("blending_delta", FLT, "percent", "val accuracy change while blending"),
+            _f("counterfactual", FLT, "percent", "last alpha=0 contribution", nullable=True),
+            _f("params_added", INT, "params", "parameters added to the host"),
+        ),
+    ),
+    PayloadSpec(
+        ET.SEED_CULLED,
+        None,
+        "A seed was removed.",
+        (
+            *SEED_FIELDS,
+            _f("reason", STR, "", "why: controller, no_improvement, gate_failed, rollback, ..."),
+            _f("auto_culled", BOOL, "", "culled by the system rather than by the controller"),
+            _f("improvement", FLT, "percent", "val accuracy change since germination"),
+            _f("blending_delta", FLT, "percent", "val accuracy change while blending"),
+            _f("counterfactual", FLT, "percent", "last alpha=0 contribution", nullable=True),
+        ),
+    ),
+    PayloadSpec(
+        ET.COUNTERFACTUAL_COMPUTED,
+        None,
+        "The alpha=0 baseline of a seed was measured, or could not be.",
+        (
+            _f("env_id", INT, "", "environment index"),
+            _f("slot_id", STR, "", "slot of the seed"),
+            _f("available", BOOL, "", "a baseline was measured"),
+            _f("reason", STR, "", "why unavailable, e.g. missing_baseline", nullable=True),
+            _f("real_accuracy", FLT, "percent", "val accuracy with the seed", nullable=True),
+            _f("baseline_accuracy", FLT, "percent", "val accuracy at alpha=0", nullable=True),
+            _f("contribution", FLT, "percent", "real minus baseline", nullable=True),
+        ),
+    ),
+    PayloadSpec(
+        ET.ANALYTICS_SNAPSHOT,
+        "last_action",
+        "The decision an env's controller just took (debug level).",
+        (
+            _SNAPSHOT_KIND,
+            _f("env_id", INT, "", "environment index"),
+            _f("epoch", INT, "epochs", "epoch within the episode"),
+            _f("op", STR, "", "Op name"),
+            _f("slot_id", STR, "", "slot chosen"),
+            _f("blueprint_id", STR, "", "blueprint chosen"),
+            _f("blend_id", STR, "", "blend mode chosen"),
+            _f("op_masked", BOOL, "", "the op head had actions masked"),
+            _f("slot_masked", BOOL, "", "the slot head had actions masked"),
+            _f("blueprint_masked", BOOL, "", "the blueprint head had actions masked"),
+            _f("blend_masked", BOOL, "", "the blend head had actions masked"),
+            _f("action_success", BOOL, "", "the action could be carried out"),
+        ),
+    ),
+    PayloadSpec(
+        ET.ANALYTICS_SNAPSHOT,
+        "action_distribution",
+        "Counts of ops taken in a batch.",
+        (
+            _SNAPSHOT_KIND,
+            _f("batch_idx", INT, "", "batch index"),
+            _f("episodes_completed", INT, "", "episodes finished so far"),
+            _f("action_counts", DICT, "", "op name -> times taken"),
+            _f("success_counts", DICT, "", "op name -> times carried out"),
+        ),
+    ),
+    PayloadSpec(
+        ET.ANALYTICS_SNAPSHOT,
+        "throughput",
+        "How fast an env ran in a batch.",
+        (
+            _SNAPSHOT_KIND,
+            _f("env_id", INT, "", "environment index"),
+            _f("batch_idx", INT, "", "batch index"),
+            _f("episodes_completed", INT, "", "episodes finished so far"),
+            _f("step_time_ms", FLT, "ms", "mean wall time of one env step (one host epoch)"),
+            _f("fps", FLT, "samples/s", "training samples processed per second"),
+            _f("dataloader_wait_ms", FLT, "ms", "mean time per step waiting for data"),
+        ),
+    ),
+    PayloadSpec(
+        ET.ANALYTICS_SNAPSHOT,
+        "reward_summary",
+        "An env's reward components summed over its episode.",
+        (
+            _SNAPSHOT_KIND,
+            _f("env_id", INT, "", "environment index"),
+            _f("batch_idx", INT, "", "batch index"),
+            _f("summary", DICT, "", "reward component -> sum over the episode"),
+        ),
+    ),
+    PayloadSpec(
+        ET.ANALYTICS_SNAPSHOT,
+        "mask_hit_rates",
+        "How often action masks removed choices, per head, in a batch.",
+        (
+            _SNAPSHOT_KIND,
+            _f("batch_idx", INT, "", "batch index"),
+            _f("episodes_completed", INT, "", "episodes finished so far"),
+            _f("mask_hits", DICT, "", "head -> decisions where the mask removed a choice"),
+            _f("mask_total", DICT, "", "head -> decisions taken"),
+        ),
+    ),
+    PayloadSpec(
+        ET.GOVERNOR_ROLLBACK,
+        None,
+        "The governor restored an env's last good state.",
+        (
+            _f("env_id", INT, "", "environment index"),
+            _f("device", STR, "", "torch device of the env"),
+            _f("reason", STR, "", "nan_loss, inf_loss or divergence"),
+            _f("loss_at_panic", FLT, "", "the loss that triggered it"),
+            _f("loss_threshold", FLT, "", "the divergence threshold at the time"),
+            _f("consecutive_panics", INT, "", "panics in a row, this one included"),
+            _f("seeds_culled", INT, "", "live seeds culled by the rollback"),
+        ),
+    ),
+    PayloadSpec(
+        ET.GRADIENT_ANOMALY,
+        None,
+        "Gradients exploded, vanished or went non-finite.",
+        (
+            _f("scope", STR, "", "policy, host or seed"),
+            _f("kind", STR, "", "exploding, vanishing or nan"),
+            _f("env_id", INT, "", "environment index (null for the policy)", nullable=True),
+            _f("slot_id", STR, "", "slot (seed scope only)", nullable=True),
+            _f("value", FLT, "", "the gradient norm seen"),
+            _f("threshold", FLT, "", "the threshold it crossed"),
+        ),
+    ),
+    PayloadSpec(
+        ET.PLATEAU_DETECTED,
+        None,
+        "An env's validation accuracy stopped improving.",
+        (
+            _f("env_id", INT, "", "environment index"),
+            _f("inner_epoch", INT, "epochs", "epoch within the episode"),
+            _f("best_accuracy", FLT, "percent", "best val accuracy so far"),
+            _f("epochs_without_improvement", INT, "epochs", "epochs since the best"),
+        ),
+    ),
+    PayloadSpec(
+        ET.CHECKPOINT_SAVED,
+        None,
+        "A checkpoint was written.",
+        (
+            _f("path", STR, "", "file written"),
+            _f("episodes_completed", INT, "", "episodes finished at save time"),
+            _f("size_bytes", INT, "bytes", "file size"),
+        ),
+    ),
+    PayloadSpec(
+        ET.CHECKPOINT_LOADED,
+        None,
+        "A checkpoint was read (resume).",
+        (
+            _f("path", STR, "", "file read"),
+            _f("episodes_completed", INT, "", "episodes finished when it was saved"),
+        ),
+    ),
+    PayloadSpec(
+        ET.TELEMETRY_WARNING,
+        None,
+        "The telemetry system reports on itself.",
+        (
+            _f("reason", STR, "", "telemetry_disabled, backend_failed, events_dropped, ..."),
+            _f("detail", STR, "", "what happened, in words"),
+        ),
+    ),
+)
+
+CATALOGUE: dict[tuple[TelemetryEventType, str | None], PayloadSpec] = {
+    spec.key: spec for spec in CATALOGUE_SPECS
+}
+"""(event type, variant) -> payload spec. The single source of truth for payloads."""
+
+
+def spec_for(event_type: TelemetryEventType, data: Mapping[str, Any]) -> PayloadSpec:
+    """The spec a payload must match, choosing the variant from its discriminator field."""
+    disc = DISCRIMINATORS.get(event_type)
+    variant = None if disc is None else data.get(disc)
+    try:
+        return CATALOGUE[(event_type, variant)]
+    except KeyError:
+        known = sorted(str(v) for t, v in CATALOGUE if t is event_type)
+        raise PayloadError(
+            f"{event_type.name}: unknown {disc}={variant!r} (known: {', '.join(known)})"
+        ) from None
+
+
+def validate_payload(event_type: TelemetryEventType, data: Mapping[str, Any]) -> PayloadSpec:
+    """Check ``data`` against the catalogue; return its spec or raise PayloadError."""
+    spec = spec_for(event_type, data)
+    spec.validate(data)
+    return spec
+
+
+def make_event(
+    event_type: TelemetryEventType,
+    data: dict[str, Any],
+    *,
+    message: str = "",
+    severity: Severity = Severity.INFO,
+    seed_id: str | None = None,
+    slot_id: str | None = None,
+    epoch: int | None = None,
+) -> TelemetryEvent:
+    """Build an event whose payload has been validated against the catalogue.
+
+    This is how training code makes events: a typo, a missing field or a wrong type raises
+    PayloadError naming the event type and field.
+    """
+    validate_payload(event_type, data)
+    return TelemetryEvent(
+        event_type=event_type,
+        seed_id=seed_id,
+        slot_id=slot_id,
+        epoch=epoch,
+        message=message,
+        data=data,
+        severity=severity,
+    )

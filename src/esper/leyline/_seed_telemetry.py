@@ -1,0 +1,58 @@
+"""SeedTelemetry: one seed's local picture, as the controller's features see it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+_FEATURE_DIM = 10
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(slots=True)
+class SeedTelemetry:
+    """Per-seed gradient health and progress; ``to_features`` turns it into 10 floats."""
+
+    seed_id: str
+    blueprint_id: str = ""
+    layer_id: str = ""
+    gradient_norm: float = 0.0
+    gradient_health: float = 1.0
+    has_vanishing: bool = False
+    has_exploding: bool = False
+    accuracy: float = 0.0
+    """Validation accuracy in percent."""
+    accuracy_delta: float = 0.0
+    epochs_in_stage: int = 0
+    stage: int = 1
+    alpha: float = 0.0
+    epoch: int = 0
+    max_epochs: int = 25
+    captured_at: datetime = field(default_factory=_utc_now)
+
+    def to_features(self) -> list[float]:
+        """The 10 normalised features, in the order of SPEC 3.5.
+
+        The gradient norm saturates at 10; the raw value stays in ``gradient_norm`` (and in
+        metrics and events) so a saturated input is visible.
+        """
+        return [
+            min(self.gradient_norm, 10.0) / 10.0,
+            float(self.gradient_health),
+            1.0 if self.has_vanishing else 0.0,
+            1.0 if self.has_exploding else 0.0,
+            min(self.epochs_in_stage, 50) / 50.0,
+            self.accuracy / 100.0,
+            max(-1.0, min(1.0, self.accuracy_delta / 10.0)),
+            max(0.0, min(1.0, (self.stage - 1) / 6.0)),
+            float(self.alpha),
+            self.epoch / max(self.max_epochs, 1),
+        ]
+
+    @staticmethod
+    def feature_dim() -> int:
+        """The length of ``to_features()``: 10."""
+        return _FEATURE_DIM

@@ -1,0 +1,51 @@
+"""Nissa is the telemetry hub: it takes every event and delivers it to the output backends."""
+
+from esper.nissa._backend import OutputBackend
+from esper.nissa._console import ConsoleOutput, format_event
+from esper.nissa._file import (
+    EVENTS_FILE,
+    RUN_DIR_TIME_FORMAT,
+    DirectoryOutput,
+    FileOutput,
+    parse_run_dir_time,
+)
+from esper.nissa._hub import (
+    BackendStats,
+    HubStats,
+    NissaHub,
+    emit,
+    get_hub,
+    install_signal_handlers,
+    reset_hub,
+)
+from esper.nissa._jsonl import SCHEMA_VERSION, decode_line, encode_event, to_jsonable
+from esper.nissa._memory import InMemoryOutput, capture_events
+from esper.nissa.replay import LineProblem, Replay, iter_events, read_events
+
+__all__ = [
+    "EVENTS_FILE",
+    "RUN_DIR_TIME_FORMAT",
+    "SCHEMA_VERSION",
+    "BackendStats",
+    "ConsoleOutput",
+    "DirectoryOutput",
+    "FileOutput",
+    "HubStats",
+    "InMemoryOutput",
+    "LineProblem",
+    "NissaHub",
+    "OutputBackend",
+    "Replay",
+    "capture_events",
+    "decode_line",
+    "emit",
+    "encode_event",
+    "format_event",
+    "get_hub",
+    "install_signal_handlers",
+    "iter_events",
+    "parse_run_dir_time",
+    "read_events",
+    "reset_hub",
+    "to_jsonable",
+]

@@ -1,0 +1,176 @@
+"""JSONL file backends: FileOutput (one file, appended) and DirectoryOutput (a run directory)."""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import os
+import threading
+import weakref
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from esper.leyline import BackendConfigError, BackendError, TelemetryEvent
+from esper.nissa._backend import OutputBackend
+from esper.nissa._jsonl import encode_event
+
+RUN_DIR_PREFIX = "telemetry_"
+RUN_DIR_TIME_FORMAT = "%Y-%m-%d_%H%M%S"
+EVENTS_FILE = "events.jsonl"
+
+_MAX_UNWRITTEN_BYTES = 64 * 1024 * 1024
+"""Bytes kept in memory while writes fail (e.g. a full disk) before new lines are dropped."""
+
+_LIVE_FILES: weakref.WeakSet[FileOutput] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for output in list(_LIVE_FILES):
+        output._reset_after_fork()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class FileOutput(OutputBackend):
+    """Appends events as JSONL lines to ``path``, writing every ``buffer_size`` events.
+
+    Lines are written with ``os.write`` on an ``O_APPEND`` descriptor, so a killed process
+    leaves at most a torn last line, and a forked child never writes its parent's buffer.
+    When a write fails (a full disk), the unwritten bytes are kept (up to 64 MiB) and retried
+    on the next write; ``emit`` never raises for it, ``flush`` raises BackendError naming the
+    file, and the hub reports that once.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], buffer_size: int = 10) -> None:
+        if buffer_size < 1:
+            raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
+        self.path = Path(path)
+        self.buffer_size = buffer_size
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd: int | None = os.open(
+                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
+            )
+        except OSError as exc:
+            raise BackendConfigError(
+                f"cannot open telemetry file {self.path}: {exc.strerror or exc}"
+            ) from exc
+        self._lock = threading.Lock()
+        self._seq = itertools.count()
+        self._pending: list[str] = []
+        self._unwritten = bytearray()
+        self.lines_written = 0
+        self.lines_dropped = 0
+        _LIVE_FILES.add(self)
+
+    @property
+    def name(self) -> str:
+        return f"file:{self.path}"
+
+    def emit(self, event: TelemetryEvent) -> None:
+        line = encode_event(event, next(self._seq))  # encode outside the lock
+        with self._lock:
+            if self._fd is None:
+                raise BackendError(f"{self.path}: event after close")
+            self._pending.append(line)
+            if len(self._pending) >= self.buffer_size:
+                # On failure the lines are kept for retry and flush() raises the error.
+                with contextlib.suppress(BackendError):
+                    self._write_locked()
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._fd is not None:
+                self._write_locked()
+
+    def close(self) -> None:
+        with self._lock:
+            if self._fd is None:
+                return
+            try:
+                self._write_locked()
+            finally:
+                os.close(self._fd)
+                self._fd = None
+
+    def _write_locked(self) -> None:
+        assert self._fd is not None
+        if self._pending:
+            blob = ("\n".join(self._pending) + "\n").encode()
+            if len(self._unwritten) + len(blob) > _MAX_UNWRITTEN_BYTES:
+                self.lines_dropped += len(self._pending)
+            else:
+                self._unwritten += blob
+                self.lines_written += len(self._pending)
+            self._pending.clear()
+        view = memoryview(self._unwritten)
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            raise BackendError(
+                f"writing {self.path}: {exc.strerror or exc} "
+                f"({len(view) - done} bytes kept for retry)"
+            ) from exc
+        finally:
+            view.release()
+            del self._unwritten[:done]
+
+    def _reset_after_fork(self) -> None:
+        # The parent writes what it had buffered; the child starts empty with fresh locks.
+        self._lock = threading.Lock()
+        self._pending = []
+        self._unwritten = bytearray()
+
+
+def _make_run_dir(base: Path) -> Path:
+    """Create ``base/telemetry_YYYY-MM-DD_HHMMSS``; if that second is taken, the next free one.
+
+    Moving to the next second (rather than adding a suffix) keeps every name parseable with
+    ``%Y-%m-%d_%H%M%S`` and sorted in creation order; mkdir is atomic, so two processes never
+    share a directory.
+    """
+    try:
+        base.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise BackendConfigError(
+            f"cannot create telemetry directory {base}: {exc.strerror or exc}"
+        ) from exc
+    stamp = datetime.now(UTC).replace(microsecond=0)
+    for _ in range(10_000):
+        candidate = base / f"{RUN_DIR_PREFIX}{stamp:{RUN_DIR_TIME_FORMAT}}"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            stamp += timedelta(seconds=1)
+            continue
+        except OSError as exc:
+            raise BackendConfigError(
+                f"cannot create run directory {candidate}: {exc.strerror or exc}"
+            ) from exc
+        return candidate
+    raise BackendConfigError(f"no free run directory name under {base}")
+
+
+def parse_run_dir_time(path: str | os.PathLike[str]) -> datetime:
+    """The UTC time encoded in a run directory's name."""
+    name = Path(path).name
+    if not name.startswith(RUN_DIR_PREFIX):
+        raise ValueError(f"{name!r} is not a run directory name")
+    stamp = datetime.strptime(name[len(RUN_DIR_PREFIX) :], RUN_DIR_TIME_FORMAT)
+    return stamp.replace(tzinfo=UTC)
+
+
+class DirectoryOutput(FileOutput):
+    """Creates a run directory ``base_path/telemetry_YYYY-MM-DD_HHMMSS/`` and writes
+    ``events.jsonl`` inside it (UTC time). ``output_dir`` is the directory created."""
+
+    def __init__(self, base_path: str | os.PathLike[str], buffer_size: int = 10) -> None:
+        self.output_dir = _make_run_dir(Path(base_path))
+        super().__init__(self.output_dir / EVENTS_FILE, buffer_size=buffer_size)
+
+    @property
+    def name(self) -> str:
+        return f"dir:{self.output_dir}"

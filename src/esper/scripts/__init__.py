@@ -1,0 +1,1 @@
+"""Command-line entry points: ``esper train``, ``esper telemetry`` and friends."""

@@ -1,0 +1,119 @@
+"""argparse value types: each rejects a bad value with a message argparse puts after the flag."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+FAULT_KINDS: tuple[str, ...] = ("exploding-gradients", "nan-loss")
+
+
+def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An integer in [lo, hi]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            bound = f">= {lo}" if hi is None else f"in {lo}..{hi}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        return value
+
+    return parse
+
+
+def float_range(
+    lo: float, hi: float | None = None, *, lo_open: bool = False
+) -> Callable[[str], float]:
+    """A finite float above lo (or at it, unless lo_open) and at most hi."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        bad_lo = value <= lo if lo_open else value < lo
+        if value != value or bad_lo or (hi is not None and value > hi):  # noqa: PLR0124 - NaN
+            op = ">" if lo_open else ">="
+            bound = f"{op} {lo}" + ("" if hi is None else f" and <= {hi}")
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {text}")
+        return value
+
+    return parse
+
+
+_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+
+
+def device(text: str) -> str:
+    """A torch device string: cpu, cuda, cuda:N or mps."""
+    if not _DEVICE.match(text):
+        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    return text
+
+
+def existing_file(text: str) -> Path:
+    path = Path(text)
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return path
+
+
+def existing_dir(text: str) -> Path:
+    path = Path(text)
+    if not path.is_dir():
+        raise argparse.ArgumentTypeError(f"no such directory: {text}")
+    return path
+
+
+def host_address(text: str) -> str:
+    """An IP address or a hostname to bind to."""
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", text):
+            raise argparse.ArgumentTypeError(f"not an IP address or hostname: {text!r}") from None
+    return text
+
+
+def http_url(text: str) -> str:
+    parsed = urlparse(text)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise argparse.ArgumentTypeError(f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """A fault to inject: ``kind`` at ``epoch`` of each episode's first env."""
+
+    kind: str
+    epoch: int
+
+    def __str__(self) -> str:
+        return f"{self.kind}@{self.epoch}"
+
+
+def fault(text: str) -> FaultSpec:
+    """KIND@EPOCH, e.g. nan-loss@4."""
+    kind, sep, epoch_text = text.partition("@")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KIND@EPOCH, got {text!r}")
+    if kind not in FAULT_KINDS:
+        raise argparse.ArgumentTypeError(
+            f"unknown fault kind {kind!r} in {text!r} (known: {', '.join(FAULT_KINDS)})"
+        )
+    try:
+        epoch = int(epoch_text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"EPOCH must be an integer in {text!r}") from None
+    if epoch < 1:
+        raise argparse.ArgumentTypeError(f"EPOCH must be >= 1 in {text!r}")
+    return FaultSpec(kind, epoch)

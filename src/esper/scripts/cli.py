@@ -1,0 +1,40 @@
+"""The ``esper`` command: dispatches to ``train``, ``telemetry`` and ``docs``."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+
+from esper.scripts import docs, telemetry, train
+
+USAGE = """usage: esper COMMAND [ARGS...]
+
+commands:
+  train {ppo,heuristic}   train with a PPO or heuristic controller (esper train --help)
+  telemetry               summarise a recorded run, or replay it into backends
+  docs                    regenerate docs/EVENTS.md from the payload catalogue
+"""
+
+
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
+    "train": train.main,
+    "telemetry": telemetry.main,
+    "docs": docs.main,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if not args or args[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if args else 2
+    commands = COMMANDS
+    if args[0] not in commands:
+        print(USAGE, end="", file=sys.stderr)
+        print(f"esper: error: unknown command {args[0]!r}", file=sys.stderr)
+        return 2
+    return commands[args[0]](args[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""``esper train {ppo,heuristic}``: parse and validate flags, set up telemetry, run, summarise.
+
+Bad flag values exit with status 2 and a message naming the flag; a telemetry destination that
+cannot be opened is reported (naming the path) before any training starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TextIO
+
+from esper.leyline import (
+    BackendConfigError,
+    Severity,
+    TelemetryConfig,
+    TelemetryEvent,
+    TelemetryEventType,
+    TelemetryLevel,
+)
+from esper.nissa import DirectoryOutput, FileOutput, NissaHub, get_hub, install_signal_handlers
+from esper.scripts import _argtypes as at
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+
+TASKS: tuple[str, ...] = ("digits", "cifar10")
+TELEMETRY_LEVELS: tuple[str, ...] = tuple(level.name.lower() for level in TelemetryLevel)
+
+
+def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
+    """The parser of ``esper train``; every flag validates its value."""
+    p = argparse.ArgumentParser(
+        prog=prog,
+        description="Train a morphogenetic network with a PPO or heuristic controller.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("mode", choices=("ppo", "heuristic"), help="controller that decides")
+
+    g = p.add_argument_group("task and training")
+    g.add_argument("--task", choices=TASKS, default="digits", help="task to train on")
+    g.add_argument("--data-dir", type=at.existing_dir, help="directory holding cifar-10-batches-py")
+    g.add_argument("--device", type=at.device, default="cpu", help="torch device for host models")
+    g.add_argument("--seed", type=at.int_range(0), default=42, help="random seed")
+    g.add_argument(
+        "--episodes",
+        type=at.int_range(1),
+        default=None,
+        help="episodes to run (default: 8 for ppo, 1 for heuristic)",
+    )
+    g.add_argument("--max-epochs", type=at.int_range(1), default=15, help="host epochs per episode")
+    g.add_argument("--n-envs", type=at.int_range(1, 256), default=4, help="parallel environments")
+    g.add_argument(
+        "--vectorized",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="step all envs in lockstep with one batched policy call (ppo)",
+    )
+    g.add_argument(
+        "--lr",
+        type=at.float_range(0.0, 1.0, lo_open=True),
+        default=3e-4,
+        help="policy learning rate",
+    )
+    g.add_argument(
+        "--clip-ratio",
+        type=at.float_range(0.0, 1.0, lo_open=True),
+        default=0.2,
+        help="PPO clip ratio",
+    )
+    g.add_argument(
+        "--entropy-coef",
+        type=at.float_range(0.0, 1.0),
+        default=0.05,
+        help="initial entropy bonus coefficient",
+    )
+    g.add_argument(
+        "--entropy-anneal",
+        type=at.int_range(0),
+        default=0,
+        help="episodes over which the entropy coefficient anneals (0: off)",
+    )
+    g.add_argument(
+        "--param-budget",
+        type=at.int_range(1),
+        default=60_000,
+        help="parameters seeds may add before compute rent bites",
+    )
+    g.add_argument("--save", type=Path, help="write a checkpoint here at the end")
+    g.add_argument("--resume", type=at.existing_file, help="resume from this checkpoint")
+    g.add_argument(
+        "--inject-fault",
+        type=at.fault,
+        action="append",
+        default=[],
+        metavar="KIND@EPOCH",
+        help=f"inject a fault at EPOCH of each episode's first env; KIND is one of "
+        f"{', '.join(at.FAULT_KINDS)} (repeatable)",
+    )
+
+    t = p.add_argument_group("telemetry")
+    t.add_argument("--telemetry-file", type=Path, help="append events as JSONL to this file")
+    t.add_argument(
+        "--telemetry-dir",
+        type=Path,
+        help="create a run directory telemetry_YYYY-MM-DD_HHMMSS/ under this one",
+    )
+    t.add_argument(
+        "--telemetry-level", choices=TELEMETRY_LEVELS, default="normal", help="how much to emit"
+    )
+    t.add_argument(
+        "--telemetry-lifecycle-only",
+        action="store_true",
+        help="keep seed lifecycle events even at --telemetry-level off",
+    )
+    t.add_argument(
+        "--metrics-addr",
+        type=at.host_address,
+        default="127.0.0.1",
+        help="address /metrics binds to",
+    )
+    t.add_argument(
+        "--metrics-port",
+        type=at.int_range(0, 65535),
+        default=None,
+        help="serve Prometheus /metrics on this port (0: pick a free one)",
+    )
+    t.add_argument("--otlp-endpoint", type=at.http_url, help="OTLP/HTTP endpoint for traces")
+    t.add_argument("--sanctum", action="store_true", help="show the Sanctum terminal dashboard")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and cross-check flags; exits 2 naming the flag on a bad value."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.task == "cifar10" and args.data_dir is None:
+        parser.error("--task cifar10 needs --data-dir (a directory holding cifar-10-batches-py)")
+    if args.episodes is None:
+        args.episodes = 8 if args.mode == "ppo" else 1
+    for spec in args.inject_fault:
+        if spec.epoch > args.max_epochs:
+            parser.error(
+                f"argument --inject-fault: epoch {spec.epoch} in {spec} is after "
+                f"--max-epochs {args.max_epochs}"
+            )
+    return args
+
+
+def telemetry_config(args: argparse.Namespace) -> TelemetryConfig:
+    return TelemetryConfig(
+        TelemetryLevel[args.telemetry_level.upper()], args.telemetry_lifecycle_only
+    )
+
+
+@dataclass(slots=True)
+class TelemetrySetup:
+    """Where this run's telemetry goes, for the closing summary."""
+
+    hub: NissaHub
+    destinations: list[str] = field(default_factory=list)
+
+
+def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
+    """Attach the backends the flags ask for. Raises BackendConfigError naming the path."""
+    setup = TelemetrySetup(hub)
+    if args.telemetry_file is not None:
+        file_out = FileOutput(args.telemetry_file)
+        hub.add_backend(file_out)
+        setup.destinations.append(f"JSONL file: {file_out.path}")
+    if args.telemetry_dir is not None:
+        dir_out = DirectoryOutput(args.telemetry_dir)
+        hub.add_backend(dir_out)
+        print(f"Telemetry will be saved to: {dir_out.output_dir}", flush=True)
+        setup.destinations.append(f"run directory: {dir_out.output_dir}")
+    config = telemetry_config(args)
+    if config.level is TelemetryLevel.OFF:
+        detail = "telemetry level is off" + (
+            "; seed lifecycle events stay on (--telemetry-lifecycle-only)"
+            if config.lifecycle_only
+            else ""
+        )
+        hub.emit(
+            TelemetryEvent(
+                event_type=TelemetryEventType.TELEMETRY_WARNING,
+                message=detail,
+                data={"reason": "telemetry_disabled", "detail": detail},
+                severity=Severity.WARNING,
+            )
+        )
+    return setup
+
+
+def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> None:
+    """The closing lines: where telemetry went, events written and dropped."""
+    stats = setup.hub.stats()
+    lines = ["", "Telemetry summary"]
+    lines += [f"  {d}" for d in setup.destinations] or ["  no telemetry destination configured"]
+    lines.append(f"  events emitted: {stats.emitted}, dropped: {stats.total_dropped}")
+    for b in stats.backends:
+        problem = f", last error: {b.last_error}" if b.last_error else ""
+        lines.append(
+            f"  {b.name}: delivered {b.delivered}, dropped {b.dropped}, failed {b.failed}{problem}"
+        )
+    print("\n".join(lines), file=stream or sys.stdout)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    install_signal_handlers()
+    hub = get_hub()
+    try:
+        setup = setup_telemetry(args, hub)
+    except BackendConfigError as exc:
+        print(f"esper train: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        print(
+            f"esper train {args.mode}: training is not implemented yet in this version; "
+            "the flags were validated and telemetry was set up, but nothing was trained.",
+            file=sys.stderr,
+        )
+        return EXIT_FAILURE
+    finally:
+        hub.close()
+        print_summary(setup)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

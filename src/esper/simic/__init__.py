@@ -1,0 +1,1 @@
+"""Reinforcement learning for the controller: vectorized PPO, rewards, features, gradients."""

@@ -1,0 +1,1 @@
+"""Controllers that decide what seeds do: the heuristic policy, signal tracker, policy network."""

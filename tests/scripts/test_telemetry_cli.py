@@ -1,0 +1,48 @@
+"""``esper telemetry``: summarise and replay recorded runs; ``esper docs --check``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.nissa import DirectoryOutput, read_events
+from esper.scripts import cli
+
+
+def _record(base: Path, n: int) -> Path:
+    out = DirectoryOutput(base)
+    for i in range(n):
+        out.emit(TelemetryEvent(event_type=TelemetryEventType.EPOCH_COMPLETED, epoch=i))
+    out.close()
+    return out.output_dir
+
+
+def test_summarize_counts_events_and_names_a_corrupt_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _record(tmp_path / "runs", 4)
+    with (run / "events.jsonl").open("a") as fh:
+        fh.write("garbage\n")
+    assert cli.main(["telemetry", "summarize", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "4 events" in captured.out
+    assert "EPOCH_COMPLETED" in captured.out
+    assert f"{run / 'events.jsonl'}:5: corrupt line" in captured.err
+    assert cli.main(["telemetry", "summarize", "--strict", str(run)]) == 1
+
+
+def test_replay_copies_a_run_exactly(tmp_path: Path) -> None:
+    run = _record(tmp_path / "runs", 30)
+    assert (
+        cli.main(["telemetry", "replay", str(run), "--telemetry-dir", str(tmp_path / "copy")]) == 0
+    )
+    original = read_events(run, strict=True).events
+    copied = read_events(tmp_path / "copy", strict=True).events
+    assert copied == original
+
+
+def test_docs_check_passes_on_the_checked_in_docs() -> None:
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    assert cli.main(["docs", "--check", "--out", str(docs)]) == 0
