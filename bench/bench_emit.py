@@ -15,9 +15,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from prometheus_client import CollectorRegistry, Histogram
 
-from _report import per_call_ns, quantile, write_section
 from esper.leyline import DEFAULT_BUDGETS, TelemetryEvent, TelemetryEventType
 from esper.nissa import InMemoryOutput, NissaHub, OutputBackend
+
+from _report import per_call_ns, quantile, write_section
 
 N = 300_000
 ET = TelemetryEventType.EPOCH_COMPLETED

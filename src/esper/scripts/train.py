@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TextIO
 
+import torch
+
 from esper.leyline import (
     BackendConfigError,
     Severity,
@@ -20,9 +22,14 @@ from esper.leyline import (
     TelemetryEvent,
     TelemetryEventType,
     TelemetryLevel,
+    UsageError,
 )
 from esper.nissa import DirectoryOutput, FileOutput, NissaHub, get_hub, install_signal_handlers
 from esper.scripts import _argtypes as at
+from esper.scripts._progress import ProgressBar
+from esper.tamiyo.run_heuristic import RunResult, run_heuristic, run_host_only
+from esper.tolaria.config import RunConfig
+from esper.tolaria.environment import Fault
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -52,7 +59,12 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
         help="episodes to run (default: 8 for ppo, 1 for heuristic)",
     )
     g.add_argument("--max-epochs", type=at.int_range(1), default=15, help="host epochs per episode")
-    g.add_argument("--n-envs", type=at.int_range(1, 256), default=4, help="parallel environments")
+    g.add_argument(
+        "--n-envs",
+        type=at.int_range(1, 256),
+        default=None,
+        help="parallel environments (default: 4 for ppo, 1 for heuristic)",
+    )
     g.add_argument(
         "--vectorized",
         action=argparse.BooleanOptionalAction,
@@ -91,6 +103,11 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
     )
     g.add_argument("--save", type=Path, help="write a checkpoint here at the end")
     g.add_argument("--resume", type=at.existing_file, help="resume from this checkpoint")
+    g.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also train the host alone (same seed and data) and compare (heuristic)",
+    )
     g.add_argument(
         "--inject-fault",
         type=at.fault,
@@ -141,6 +158,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("--task cifar10 needs --data-dir (a directory holding cifar-10-batches-py)")
     if args.episodes is None:
         args.episodes = 8 if args.mode == "ppo" else 1
+    if args.n_envs is None:
+        args.n_envs = 4 if args.mode == "ppo" else 1
+    if args.mode == "heuristic" and args.resume is not None:
+        parser.error("argument --resume: only ppo runs resume (the heuristic has no state)")
+    if args.mode == "ppo" and args.baseline:
+        parser.error("argument --baseline: only for heuristic runs")
     for spec in args.inject_fault:
         if spec.epoch > args.max_epochs:
             parser.error(
@@ -208,25 +231,97 @@ def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> None:
     print("\n".join(lines), file=stream or sys.stdout)
 
 
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The training configuration the flags describe."""
+    return RunConfig(
+        mode=args.mode,
+        task=args.task,
+        data_dir=args.data_dir,
+        device=args.device,
+        seed=args.seed,
+        episodes=args.episodes,
+        max_epochs=args.max_epochs,
+        n_envs=args.n_envs,
+        vectorized=args.vectorized,
+        lr=args.lr,
+        clip_ratio=args.clip_ratio,
+        entropy_coef=args.entropy_coef,
+        entropy_anneal=args.entropy_anneal,
+        param_budget=args.param_budget,
+        save=args.save,
+        resume=args.resume,
+        faults=tuple(Fault(f.kind, f.epoch) for f in args.inject_fault),
+        telemetry=telemetry_config(args),
+    )
+
+
+def _check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UsageError(
+            f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available on this machine")
+
+
+def print_training_summary(result: RunResult, baseline: list[float] | None) -> None:
+    lines = ["", f"Run {result.run_id}: {result.episodes_completed} episode(s) in "
+             f"{result.wall_time_seconds:.1f} s"]  # fmt: skip
+    if result.final_accuracy is not None:
+        accs = ", ".join(f"{a:.2f}%" for a in result.final_accuracies)
+        lines.append(f"  final validation accuracy: {result.final_accuracy:.2f}% (envs: {accs})")
+    if baseline:
+        mean = sum(baseline) / len(baseline)
+        delta = "" if result.final_accuracy is None else f" ({result.final_accuracy - mean:+.2f})"
+        lines.append(f"  host-only baseline, same seed: {mean:.2f}%{delta}")
+    c = result.counts
+    lines.append(
+        f"  seeds: {c['germinated']} germinated, {c['fossilized']} fossilized, {c['culled']} culled"
+    )
+    if result.checkpoint:
+        lines.append(f"  checkpoint: {result.checkpoint}")
+    print("\n".join(lines))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     install_signal_handlers()
+    config = run_config(args)
+    try:
+        _check_device(config.device)
+    except UsageError as exc:
+        print(f"esper train: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     hub = get_hub()
+    hub.run_id = config.run_id
     try:
         setup = setup_telemetry(args, hub)
     except BackendConfigError as exc:
         print(f"esper train: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    code = EXIT_FAILURE
     try:
-        print(
-            f"esper train {args.mode}: training is not implemented yet in this version; "
-            "the flags were validated and telemetry was set up, but nothing was trained.",
-            file=sys.stderr,
-        )
-        return EXIT_FAILURE
+        if config.mode != "heuristic":
+            print(
+                f"esper train {config.mode}: PPO training is not implemented yet in this "
+                "version; the flags were validated and telemetry was set up, but nothing "
+                "was trained.",
+                file=sys.stderr,
+            )
+            return EXIT_FAILURE
+        result = run_heuristic(config, progress=ProgressBar("training"))
+        baseline = run_host_only(config) if args.baseline else None
+        print_training_summary(result, baseline)
+        code = 0
+    except UsageError as exc:
+        print(f"esper train: error: {exc}", file=sys.stderr)
+        code = EXIT_USAGE
     finally:
         hub.close()
         print_summary(setup)
+    return code
 
 
 if __name__ == "__main__":

@@ -1,0 +1,43 @@
+"""RunConfig: everything a training run needs, independent of the command line."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from esper.leyline import TelemetryConfig
+from esper.tolaria.environment import Fault
+
+
+def new_run_id(mode: str) -> str:
+    """Sortable and unique: mode, UTC start time, and random bits."""
+    return f"{mode}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
+
+
+@dataclass(slots=True)
+class RunConfig:
+    mode: str
+    task: str = "digits"
+    data_dir: Path | None = None
+    device: str = "cpu"
+    seed: int = 42
+    episodes: int = 1
+    max_epochs: int = 15
+    n_envs: int = 1
+    vectorized: bool = True
+    lr: float = 3e-4
+    clip_ratio: float = 0.2
+    entropy_coef: float = 0.05
+    entropy_anneal: int = 0
+    param_budget: int = 60_000
+    save: Path | None = None
+    resume: Path | None = None
+    faults: tuple[Fault, ...] = ()
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    run_id: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.run_id:
+            self.run_id = new_run_id(self.mode)
