@@ -131,3 +131,26 @@ def test_exploding_gradients_fault_reports_a_gradient_anomaly(tmp_path: Path) ->
         ("exploding", "host", 4)
     }
     assert all(a.data["value"] > a.data["threshold"] for a in anomalies)
+
+
+def test_cifar10_trains_from_a_local_archive(tmp_path: Path) -> None:
+    from tests.tolaria.test_data import _cifar_dir
+
+    data = _cifar_dir(tmp_path / "data")
+    events, out = _train(
+        tmp_path / "runs", "--task", "cifar10", "--data-dir", str(data), "--max-epochs", "2"
+    )
+    started = events[0].data
+    assert (started["task"], started["max_epochs"]) == ("cifar10", 2)
+    assert events[-1].data["status"] == "completed"
+    assert "final validation accuracy" in out
+
+
+def test_a_bad_cifar_directory_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "esper.scripts.train", "heuristic", "--task", "cifar10",
+         "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 2
+    assert f"--data-dir: {tmp_path} holds neither cifar-10-batches-py/" in proc.stderr
