@@ -27,9 +27,11 @@ from esper.leyline import (
 from esper.nissa import DirectoryOutput, FileOutput, NissaHub, get_hub, install_signal_handlers
 from esper.scripts import _argtypes as at
 from esper.scripts._progress import ProgressBar
-from esper.tamiyo.run_heuristic import RunResult, run_heuristic, run_host_only
+from esper.simic.vectorized import run_ppo
+from esper.tamiyo.run_heuristic import run_heuristic, run_host_only
 from esper.tolaria.config import RunConfig
 from esper.tolaria.environment import Fault
+from esper.tolaria.run_common import RunResult
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -280,6 +282,9 @@ def print_training_summary(result: RunResult, baseline: list[float] | None) -> N
     lines.append(
         f"  seeds: {c['germinated']} germinated, {c['fossilized']} fossilized, {c['culled']} culled"
     )
+    if len(result.episode_rewards) > 1:
+        first, last = result.episode_rewards[0], result.episode_rewards[-1]
+        lines.append(f"  mean episode reward: first batch {first:+.3f}, last batch {last:+.3f}")
     if result.checkpoint:
         lines.append(f"  checkpoint: {result.checkpoint}")
     print("\n".join(lines))
@@ -303,15 +308,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     code = EXIT_FAILURE
     try:
-        if config.mode != "heuristic":
-            print(
-                f"esper train {config.mode}: PPO training is not implemented yet in this "
-                "version; the flags were validated and telemetry was set up, but nothing "
-                "was trained.",
-                file=sys.stderr,
-            )
-            return EXIT_FAILURE
-        result = run_heuristic(config, progress=ProgressBar("training"))
+        progress = ProgressBar("training")
+        if config.mode == "ppo":
+            result = run_ppo(config, hub=hub, progress=progress)
+        else:
+            result = run_heuristic(config, emit=hub.emit, progress=progress)
         baseline = run_host_only(config) if args.baseline else None
         print_training_summary(result, baseline)
         code = 0

@@ -6,110 +6,26 @@ import os
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import torch
 
-from esper.kasmina import SLOT_IDS
 from esper.leyline import TelemetryEvent, TelemetryEventType, make_event
 from esper.nissa import emit as hub_emit
 from esper.tamiyo.heuristic import HeuristicTamiyo
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.config import RunConfig
 from esper.tolaria.data import load_task
-from esper.tolaria.environment import EpochResult, MorphogeneticEnv
+from esper.tolaria.environment import MorphogeneticEnv
+from esper.tolaria.run_common import (
+    RunResult,
+    emit_aggregate_epoch,
+    emit_training_completed,
+    training_started_payload,
+)
 
 ET = TelemetryEventType
 Progress = Callable[[int, int, str], None]
 """progress(done, total, status line) — called once per epoch."""
-
-
-@dataclass(slots=True)
-class RunResult:
-    run_id: str
-    episodes_completed: int = 0
-    final_accuracies: list[float] = field(default_factory=list)
-    """Validation accuracy of each env at the end of the last episode."""
-    counts: dict[str, int] = field(
-        default_factory=lambda: dict.fromkeys(("germinated", "fossilized", "culled"), 0)
-    )
-    wall_time_seconds: float = 0.0
-    checkpoint: str | None = None
-
-    @property
-    def final_accuracy(self) -> float | None:
-        return statistics.fmean(self.final_accuracies) if self.final_accuracies else None
-
-
-def training_started_payload(
-    config: RunConfig, host_params: int, **overrides: object
-) -> dict[str, object]:
-    """TRAINING_STARTED's payload; PPO passes its policy fields as overrides."""
-    devices = [config.device] * config.n_envs
-    data: dict[str, object] = {
-        "run_id": config.run_id,
-        "mode": config.mode,
-        "task": config.task,
-        "task_type": "classification",
-        "topology": "cnn",
-        "max_epochs": config.max_epochs,
-        "n_envs": config.n_envs,
-        "n_episodes": config.episodes,
-        "seed": config.seed,
-        "policy_device": None,
-        "env_devices": devices,
-        "env_device_counts": {config.device: config.n_envs},
-        "env_device_map_strategy": "single_device",
-        "host_params": host_params,
-        "slot_ids": list(SLOT_IDS),
-        "reward_mode": "none",
-        "use_telemetry": False,
-        "telemetry_level": config.telemetry.level.name.lower(),
-        "state_dim": None,
-        "resume_path": None if config.resume is None else str(config.resume),
-        "lr": None,
-        "clip_ratio": None,
-        "entropy_coef": None,
-        "entropy_anneal": config.entropy_anneal,
-        "gpu_preload": config.device != "cpu",
-        "dataloader": "preloaded_tensors",
-        "param_budget": config.param_budget,
-    }
-    data.update(overrides)
-    return data
-
-
-def emit_aggregate_epoch(
-    emit: Callable[[TelemetryEvent], None],
-    results: list[EpochResult],
-    batch: int,
-    plateau: bool,
-) -> None:
-    """EPOCH_COMPLETED with scope=aggregate: means over the batch's envs."""
-
-    def mean(attr: str) -> float:
-        return statistics.fmean(getattr(r, attr) for r in results)
-
-    emit(
-        make_event(
-            ET.EPOCH_COMPLETED,
-            {
-                "scope": "aggregate",
-                "inner_epoch": results[0].inner_epoch,
-                "batch": batch,
-                "train_loss": mean("train_loss"),
-                "train_accuracy": mean("train_accuracy"),
-                "val_loss": mean("val_loss"),
-                "val_accuracy": mean("val_accuracy"),
-                "n_envs": len(results),
-                "skipped_update": any(r.rollback_reason is not None for r in results),
-                "plateau_detected": plateau,
-            },
-            message=f"batch {batch} epoch {results[0].inner_epoch}: "
-            f"val {mean('val_accuracy'):.2f}%",
-            epoch=results[0].inner_epoch,
-        )
-    )
 
 
 def save_host_checkpoint(
@@ -217,21 +133,7 @@ def run_heuristic(
             result.counts[key] = sum(e.counts[key] for e in envs)
         result.wall_time_seconds = time.perf_counter() - start
         if tel.lifecycle:
-            emit(
-                make_event(
-                    ET.TRAINING_COMPLETED,
-                    {
-                        "status": status,
-                        "episodes_completed": result.episodes_completed,
-                        "final_accuracy": result.final_accuracy,
-                        "wall_time_seconds": result.wall_time_seconds,
-                        "seeds_germinated": result.counts["germinated"],
-                        "seeds_fossilized": result.counts["fossilized"],
-                        "seeds_culled": result.counts["culled"],
-                    },
-                    message=f"run {config.run_id} {status}",
-                )
-            )
+            emit_training_completed(emit, result, status)
     return result
 
 

@@ -30,6 +30,7 @@ from esper.leyline import (
     make_event,
 )
 from esper.nissa import emit as hub_emit
+from esper.simic.emitters import _emit_cf_computed, _emit_cf_unavailable
 from esper.simic.gradient_collector import STATS_LEN, SeedGradientCollector
 from esper.tolaria.data import TaskData
 from esper.tolaria.governor import TolariaGovernor
@@ -377,23 +378,13 @@ class MorphogeneticEnv:
         ctx = self.context
         if ctx.fast_mode or not ctx.telemetry.analytics:
             return
-        available = reason is None
-        contribution = None if real is None or baseline is None else real - baseline
-        self._emit(
-            ET.COUNTERFACTUAL_COMPUTED,
-            {
-                "env_id": self.env_id,
-                "slot_id": slot_id,
-                "available": available,
-                "reason": reason,
-                "real_accuracy": real,
-                "baseline_accuracy": baseline,
-                "contribution": contribution,
-            },
-            f"counterfactual {slot_id}: "
-            + (f"{contribution:+.2f} points" if available else f"unavailable ({reason})"),
-            slot_id=slot_id,
-        )
+        try:
+            if real is None or baseline is None:
+                _emit_cf_unavailable(ctx, self.env_id, slot_id, reason or "missing_baseline")
+            else:
+                _emit_cf_computed(ctx, self.env_id, slot_id, real, baseline)
+        except Exception:  # noqa: BLE001 - telemetry must never stop training
+            _log.warning("COUNTERFACTUAL_COMPUTED telemetry failed", exc_info=True)
 
     def _report_anomalies(self, host: dict[str, Any], seeds: dict[str, dict[str, Any]]) -> None:
         ctx = self.context

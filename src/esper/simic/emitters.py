@@ -1,0 +1,248 @@
+"""The PPO run's telemetry, one helper per event (SPEC 5). Each builds its payload through the
+catalogue (``make_event``) and hands it to ``hub.emit``: it only enqueues."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import torch
+
+from esper.leyline import (
+    ACTION_HEADS,
+    Severity,
+    TelemetryConfig,
+    TelemetryEvent,
+    TelemetryEventType,
+    TelemetryLevel,
+    make_event,
+)
+
+ET = TelemetryEventType
+SNAPSHOT = ET.ANALYTICS_SNAPSHOT
+
+
+class EmitsEvents(Protocol):
+    """Anything with ``emit(event)``: a NissaHub, or a test double."""
+
+    def emit(self, event: TelemetryEvent) -> None: ...
+
+
+class HasSlotContext(Protocol):
+    @property
+    def context(self) -> Any: ...
+
+
+def _apply_slot_telemetry(
+    env_state: HasSlotContext, telemetry_enabled: bool = True, lifecycle_only: bool = False
+) -> TelemetryConfig:
+    """Set what an env's slots emit: everything when ``telemetry_enabled``; otherwise only
+    their lifecycle events when ``lifecycle_only``; otherwise nothing."""
+    if telemetry_enabled:
+        config = TelemetryConfig(TelemetryLevel.NORMAL, lifecycle_only)
+    else:
+        config = TelemetryConfig(TelemetryLevel.OFF, lifecycle_only)
+    env_state.context.telemetry = config
+    return config
+
+
+def _emit_last_action(
+    hub: EmitsEvents,
+    *,
+    env_id: int,
+    epoch: int,
+    op: str,
+    slot_id: str,
+    blueprint_id: str,
+    blend_id: str,
+    masked: Mapping[str, bool],
+    action_success: bool,
+) -> None:
+    """ANALYTICS_SNAPSHOT kind=last_action: one env's decision (debug level)."""
+    data = {
+        "kind": "last_action",
+        "env_id": env_id,
+        "epoch": epoch,
+        "op": op,
+        "slot_id": slot_id,
+        "blueprint_id": blueprint_id,
+        "blend_id": blend_id,
+        **{f"{h}_masked": bool(masked[h]) for h in ACTION_HEADS},
+        "action_success": action_success,
+    }
+    hub.emit(make_event(SNAPSHOT, data, message=f"env {env_id}: {op} {slot_id}", epoch=epoch))
+
+
+def _emit_ppo_update_event(
+    *,
+    hub: EmitsEvents,
+    metrics: Mapping[str, Any],
+    episodes_completed: int,
+    batch_idx: int,
+    epoch: int,
+    optimizer: torch.optim.Optimizer,
+    grad_norm: float,
+    update_time_ms: float,
+    avg_accuracy: float = 0.0,
+    avg_reward: float = 0.0,
+    rolling_avg_accuracy: float = 0.0,
+) -> None:
+    """PPO_UPDATE_COMPLETED: the update's vital signs; lr is read from the optimizer."""
+    data = {
+        **metrics,
+        "lr": float(optimizer.param_groups[0]["lr"]),
+        "grad_norm": grad_norm,
+        "update_time_ms": update_time_ms,
+        "inner_epoch": epoch,
+        "batch": batch_idx,
+        "avg_accuracy": avg_accuracy,
+        "avg_reward": avg_reward,
+        "rolling_avg_accuracy": rolling_avg_accuracy,
+    }
+    severity = Severity.WARNING if metrics.get("entropy_collapsed") else Severity.INFO
+    hub.emit(
+        make_event(
+            ET.PPO_UPDATE_COMPLETED,
+            data,
+            message=f"PPO update {batch_idx} after {episodes_completed} episodes: "
+            f"policy loss {data.get('policy_loss', float('nan')):.4f}",
+            severity=severity,
+            epoch=epoch,
+        )
+    )
+
+
+def _emit_action_distribution(
+    hub: EmitsEvents,
+    *,
+    batch_idx: int,
+    episodes_completed: int,
+    action_counts: Mapping[str, int],
+    success_counts: Mapping[str, int],
+) -> None:
+    """ANALYTICS_SNAPSHOT kind=action_distribution: how often each op was taken."""
+    hub.emit(
+        make_event(
+            SNAPSHOT,
+            {
+                "kind": "action_distribution",
+                "batch_idx": batch_idx,
+                "episodes_completed": episodes_completed,
+                "action_counts": dict(action_counts),
+                "success_counts": dict(success_counts),
+            },
+            message=f"batch {batch_idx} actions {dict(action_counts)}",
+        )
+    )
+
+
+def _emit_cf_unavailable(hub: EmitsEvents, env_id: int, slot_id: str, reason: str) -> None:
+    """COUNTERFACTUAL_COMPUTED with available=false and why."""
+    hub.emit(
+        make_event(
+            ET.COUNTERFACTUAL_COMPUTED,
+            {
+                "env_id": env_id,
+                "slot_id": slot_id,
+                "available": False,
+                "reason": reason,
+                "real_accuracy": None,
+                "baseline_accuracy": None,
+                "contribution": None,
+            },
+            message=f"counterfactual {slot_id}: unavailable ({reason})",
+            slot_id=slot_id,
+        )
+    )
+
+
+def _emit_cf_computed(
+    hub: EmitsEvents, env_id: int, slot_id: str, real: float, baseline: float
+) -> None:
+    """COUNTERFACTUAL_COMPUTED with the measured alpha=0 baseline."""
+    hub.emit(
+        make_event(
+            ET.COUNTERFACTUAL_COMPUTED,
+            {
+                "env_id": env_id,
+                "slot_id": slot_id,
+                "available": True,
+                "reason": None,
+                "real_accuracy": real,
+                "baseline_accuracy": baseline,
+                "contribution": real - baseline,
+            },
+            message=f"counterfactual {slot_id}: {real - baseline:+.2f} points",
+            slot_id=slot_id,
+        )
+    )
+
+
+def _emit_throughput(
+    hub: EmitsEvents,
+    *,
+    env_id: int,
+    batch_idx: int,
+    episodes_completed: int,
+    step_time_ms: float,
+    fps: float,
+    dataloader_wait_ms: float,
+) -> None:
+    """ANALYTICS_SNAPSHOT kind=throughput: one env's speed over a batch."""
+    hub.emit(
+        make_event(
+            SNAPSHOT,
+            {
+                "kind": "throughput",
+                "env_id": env_id,
+                "batch_idx": batch_idx,
+                "episodes_completed": episodes_completed,
+                "step_time_ms": step_time_ms,
+                "fps": fps,
+                "dataloader_wait_ms": dataloader_wait_ms,
+            },
+            message=f"env {env_id}: {step_time_ms:.1f} ms/step, {fps:.0f} samples/s",
+        )
+    )
+
+
+def _emit_reward_summary(
+    hub: EmitsEvents, *, env_id: int, batch_idx: int, summary: Mapping[str, float]
+) -> None:
+    """ANALYTICS_SNAPSHOT kind=reward_summary: an env's reward components over its episode."""
+    hub.emit(
+        make_event(
+            SNAPSHOT,
+            {
+                "kind": "reward_summary",
+                "env_id": env_id,
+                "batch_idx": batch_idx,
+                "summary": dict(summary),
+            },
+            message=f"env {env_id}: episode reward {sum(summary.values()):.3f}",
+        )
+    )
+
+
+def _emit_mask_hit_rates(
+    hub: EmitsEvents,
+    *,
+    batch_idx: int,
+    episodes_completed: int,
+    mask_hits: Mapping[str, int],
+    mask_total: Mapping[str, int],
+) -> None:
+    """ANALYTICS_SNAPSHOT kind=mask_hit_rates: decisions where a mask removed a choice."""
+    hub.emit(
+        make_event(
+            SNAPSHOT,
+            {
+                "kind": "mask_hit_rates",
+                "batch_idx": batch_idx,
+                "episodes_completed": episodes_completed,
+                "mask_hits": dict(mask_hits),
+                "mask_total": dict(mask_total),
+            },
+            message=f"batch {batch_idx} mask hits {dict(mask_hits)}",
+        )
+    )

@@ -1,0 +1,535 @@
+"""Vectorized PPO: ``n_envs`` envs step in lockstep, one batched policy call per epoch.
+
+A batch is one episode in every env (``max_epochs`` host epochs each). After each epoch but
+the last, the policy observes every env and picks one factored action per env; the reward of
+that action is measured at the next epoch. After the batch, PPO updates the policy.
+
+Telemetry, by level: minimal (lifecycle: run start and end, seeds, rollbacks, checkpoints,
+gradient anomalies); normal adds EPOCH_COMPLETED, COUNTERFACTUAL_COMPUTED, BATCH_EPOCH_COMPLETED,
+PPO_UPDATE_COMPLETED and the per-batch snapshots (action_distribution, throughput,
+reward_summary, mask_hit_rates); debug adds per-step last_action snapshots and REWARD_COMPUTED.
+Device values reach the host once per epoch per env (the env's own read-back) plus once per
+epoch for the batched actions and once per batch for the mask counts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import statistics
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
+from esper.leyline import (
+    ACTION_HEADS,
+    BlendMode,
+    Op,
+    TelemetryEventType,
+    UsageError,
+    make_event,
+)
+from esper.nissa import get_hub
+from esper.simic.emitters import (
+    EmitsEvents,
+    _apply_slot_telemetry,
+    _emit_action_distribution,
+    _emit_cf_unavailable,
+    _emit_last_action,
+    _emit_mask_hit_rates,
+    _emit_ppo_update_event,
+    _emit_reward_summary,
+    _emit_throughput,
+)
+from esper.simic.observation import action_masks, observe, state_dim
+from esper.simic.ppo import PPOConfig, PPOTrainer, Rollout
+from esper.simic.rewards import REWARD_MODE, compute_reward
+from esper.tamiyo.policy import ActionBatch, PolicyNetwork
+from esper.tamiyo.tracker import SignalTracker
+from esper.tolaria.config import RunConfig
+from esper.tolaria.data import load_task
+from esper.tolaria.environment import EpochResult, MorphogeneticEnv
+from esper.tolaria.run_common import (
+    RunResult,
+    emit_aggregate_epoch,
+    emit_training_completed,
+    training_started_payload,
+)
+
+__all__ = [
+    "_apply_slot_telemetry",
+    "_emit_action_distribution",
+    "_emit_cf_unavailable",
+    "_emit_last_action",
+    "_emit_mask_hit_rates",
+    "_emit_ppo_update_event",
+    "_emit_reward_summary",
+    "_emit_throughput",
+    "load_checkpoint",
+    "run_ppo",
+]
+
+ET = TelemetryEventType
+CHECKPOINT_FORMAT = "esper-ppo-v1"
+ROLLING_WINDOW = 10
+Progress = Callable[[int, int, str], None]
+
+
+@dataclass(slots=True)
+class _Pending:
+    """An action taken after one epoch, rewarded at the next."""
+
+    op: Op
+    slot_id: str
+    success: bool
+    contribution: float | None
+    before: EpochResult
+
+
+@dataclass(slots=True)
+class _BatchStats:
+    action_counts: dict[str, int] = field(default_factory=lambda: {op.name: 0 for op in Op})
+    success_counts: dict[str, int] = field(default_factory=lambda: {op.name: 0 for op in Op})
+    step_seconds: list[list[float]] = field(default_factory=list)
+    wait_seconds: list[list[float]] = field(default_factory=list)
+    samples: list[int] = field(default_factory=list)
+    reward_parts: list[dict[str, float]] = field(default_factory=list)
+
+
+def load_checkpoint(
+    path: str | os.PathLike[str], policy: PolicyNetwork, trainer: PPOTrainer
+) -> int:
+    """Restore policy and optimizer from a ``--save`` checkpoint; returns episodes completed.
+
+    Loads with ``weights_only=True``: a checkpoint can hold tensors and plain values only.
+    """
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UsageError(f"--resume {path}: not a loadable checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise UsageError(f"--resume {path}: not an {CHECKPOINT_FORMAT} checkpoint")
+    if ckpt.get("state_dim") != policy.state_dim:
+        raise UsageError(
+            f"--resume {path}: policy observes {ckpt.get('state_dim')} features, "
+            f"this build {policy.state_dim}"
+        )
+    policy.load_state_dict(ckpt["policy"])
+    trainer.optimizer.load_state_dict(ckpt["optimizer"])
+    trainer.entropy_coef = float(ckpt.get("entropy_coef", trainer.entropy_coef))
+    return int(ckpt["episodes_completed"])
+
+
+def _save_checkpoint(
+    config: RunConfig, policy: PolicyNetwork, trainer: PPOTrainer, episodes: int, hub: EmitsEvents
+) -> str:
+    assert config.save is not None
+    config.save.parent.mkdir(parents=True, exist_ok=True)
+    tmp = config.save.with_name(config.save.name + ".tmp")
+    torch.save(
+        {
+            "format": CHECKPOINT_FORMAT,
+            "run_id": config.run_id,
+            "episodes_completed": episodes,
+            "state_dim": policy.state_dim,
+            "entropy_coef": trainer.entropy_coef,
+            "policy": policy.state_dict(),
+            "optimizer": trainer.optimizer.state_dict(),
+        },
+        tmp,
+    )
+    os.replace(tmp, config.save)  # a crash mid-save never leaves a torn checkpoint
+    if config.telemetry.lifecycle:
+        hub.emit(
+            make_event(
+                ET.CHECKPOINT_SAVED,
+                {
+                    "path": str(config.save),
+                    "episodes_completed": episodes,
+                    "size_bytes": os.path.getsize(config.save),
+                },
+                message=f"checkpoint saved to {config.save}",
+            )
+        )
+    return str(config.save)
+
+
+class _VectorizedRun:
+    """State of one PPO run; ``run()`` drives it."""
+
+    def __init__(self, config: RunConfig, hub: EmitsEvents, progress: Progress | None) -> None:
+        self.config = config
+        self.hub = hub
+        self.progress = progress
+        self.tel = config.telemetry
+        task = load_task(config.task, config.data_dir).to(config.device)
+        self.envs = [
+            MorphogeneticEnv(
+                i,
+                task,
+                device=config.device,
+                seed=config.seed,
+                telemetry=config.telemetry,
+                emit=hub.emit,
+                faults=config.faults,
+            )
+            for i in range(config.n_envs)
+        ]
+        for env in self.envs:
+            _apply_slot_telemetry(env, self.tel.analytics, self.tel.lifecycle)
+        self.policy_device = config.device
+        self.policy = PolicyNetwork(state_dim(len(SLOT_IDS)), len(SLOT_IDS), len(BLUEPRINT_IDS))
+        self.policy.to(self.policy_device)
+        self.trainer = PPOTrainer(
+            self.policy,
+            PPOConfig(
+                lr=config.lr,
+                clip_ratio=config.clip_ratio,
+                entropy_coef=config.entropy_coef,
+                entropy_anneal_episodes=config.entropy_anneal,
+            ),
+        )
+        self.result = RunResult(config.run_id)
+        self.rolling: deque[float] = deque(maxlen=ROLLING_WINDOW)
+        self.start_episode = 0
+
+    # -- one batch -----------------------------------------------------------------------------
+
+    def _decide(
+        self, obs: list[list[float]], masks: list[tuple[torch.Tensor, torch.Tensor]]
+    ) -> tuple[torch.Tensor, ActionBatch]:
+        """One action per env: a single batched policy call when vectorized, else one call
+        per env (same result, for comparison)."""
+        dev = self.policy_device
+        obs_t = torch.tensor(obs, dtype=torch.float32, device=dev)
+        op_masks = torch.stack([m[0] for m in masks]).to(dev)
+        slot_masks = torch.stack([m[1] for m in masks]).to(dev)
+        if self.config.vectorized:
+            return obs_t, self.policy.act(obs_t, op_masks, slot_masks)
+        parts = [
+            self.policy.act(obs_t[i : i + 1], op_masks[i : i + 1], slot_masks[i : i + 1])
+            for i in range(len(obs))
+        ]
+        return obs_t, ActionBatch(
+            torch.cat([b.actions for b in parts]),
+            torch.cat([b.log_prob for b in parts]),
+            torch.cat([b.value for b in parts]),
+            {h: torch.cat([b.masks[h] for b in parts]) for h in ACTION_HEADS},
+        )
+
+    def _act(
+        self,
+        env: MorphogeneticEnv,
+        action: list[int],
+        masked: dict[str, bool],
+        before: EpochResult,
+        stats: _BatchStats,
+    ) -> _Pending:
+        """Carry out one env's action and remember what is needed to reward it."""
+        op = Op(action[0])
+        slot_id = SLOT_IDS[action[1]]
+        blueprint_id = BLUEPRINT_IDS[action[2]]
+        blend = BlendMode(action[3])
+        slot_state = env.model.slot(slot_id).state
+        contribution = (
+            None if slot_state is None else slot_state.metrics.counterfactual_contribution
+        )
+        success = env.apply(op, slot_id, blueprint_id, blend)
+        stats.action_counts[op.name] += 1
+        stats.success_counts[op.name] += int(success)
+        if self.tel.debug:
+            _emit_last_action(
+                self.hub,
+                env_id=env.env_id,
+                epoch=before.inner_epoch,
+                op=op.name,
+                slot_id=slot_id,
+                blueprint_id=blueprint_id,
+                blend_id=blend.name,
+                masked=masked,
+                action_success=success,
+            )
+        return _Pending(op, slot_id, success, contribution, before)
+
+    def _reward(
+        self,
+        rollout: Rollout,
+        stats: _BatchStats,
+        env: MorphogeneticEnv,
+        p: _Pending,
+        after: EpochResult,
+        *,
+        episode: int,
+        terminal: bool,
+    ) -> None:
+        parts = compute_reward(
+            env,
+            p.before,
+            after,
+            op=p.op,
+            slot_id=p.slot_id,
+            success=p.success,
+            param_budget=self.config.param_budget,
+            terminal=terminal,
+            acted_contribution=p.contribution,
+        )
+        total = sum(parts.values())
+        rollout.rewards[env.env_id].append(total)
+        summary = stats.reward_parts[env.env_id]
+        for k, v in parts.items():
+            summary[k] = summary.get(k, 0.0) + v
+        if not self.tel.debug:
+            return
+        slot_state = env.model.slot(p.slot_id).state
+        if p.contribution is None and p.op in (Op.CULL, Op.FOSSILIZE) and p.success:
+            # The reward wanted the acted seed's alpha=0 baseline and there was none.
+            _emit_cf_unavailable(self.hub, env.env_id, p.slot_id, "missing_baseline")
+        self.hub.emit(
+            make_event(
+                ET.REWARD_COMPUTED,
+                {
+                    "env_id": env.env_id,
+                    "episode": episode,
+                    "epoch": p.before.inner_epoch,
+                    "action": p.op.name,
+                    "action_success": p.success,
+                    "total_reward": total,
+                    "val_acc": after.val_accuracy,
+                    "acc_delta": after.val_accuracy - p.before.val_accuracy,
+                    "param_ratio": env.seed_params() / max(self.config.param_budget, 1),
+                    "seed_stage": None if slot_state is None else slot_state.stage.name,
+                    **parts,
+                },
+                message=f"env {env.env_id}: {p.op.name} -> reward {total:+.3f}",
+                epoch=p.before.inner_epoch,
+            )
+        )
+
+    def _run_batch(self, batch_idx: int, episode0: int) -> None:
+        cfg, tel, envs, hub = self.config, self.tel, self.envs, self.hub
+        epochs = cfg.max_epochs
+        rollout = Rollout.for_envs(len(envs))
+        stats = _BatchStats(
+            step_seconds=[[] for _ in envs],
+            wait_seconds=[[] for _ in envs],
+            samples=[0] * len(envs),
+            reward_parts=[{} for _ in envs],
+        )
+        analytics_emit = hub.emit if tel.analytics else None
+        trackers = [SignalTracker(e.env_id, emit=analytics_emit) for e in envs]
+        for i, env in enumerate(envs):
+            env.reset(episode0 + i)
+        pending: list[_Pending | None] = [None] * len(envs)
+        # Mask hits are counted on the policy's device and read back once per batch.
+        mask_hits = torch.zeros(len(ACTION_HEADS), device=self.policy_device)
+        decisions = 0
+        results: list[EpochResult] = []
+        for epoch in range(1, epochs + 1):
+            results = [env.run_epoch(epoch, batch_idx, epochs) for env in envs]
+            plateaus = [
+                t.update(r.val_accuracy, epoch) for t, r in zip(trackers, results, strict=True)
+            ]
+            for i, (env, r) in enumerate(zip(envs, results, strict=True)):
+                stats.step_seconds[i].append(r.step_seconds)
+                stats.wait_seconds[i].append(r.dataloader_wait_seconds)
+                stats.samples[i] += r.samples
+                p = pending[i]
+                if p is not None:
+                    self._reward(
+                        rollout, stats, env, p, r, episode=episode0 + i, terminal=epoch == epochs
+                    )
+            if tel.analytics:
+                emit_aggregate_epoch(hub.emit, results, batch_idx, any(plateaus))
+            if epoch == epochs:
+                break
+            obs = [
+                observe(
+                    env,
+                    r,
+                    previous_accuracy=(p.before.val_accuracy if p else r.val_accuracy),
+                    best_accuracy=t.best,
+                    plateau=pl,
+                    param_budget=cfg.param_budget,
+                )
+                for env, r, p, t, pl in zip(envs, results, pending, trackers, plateaus, strict=True)
+            ]
+            obs_t, batch = self._decide(obs, [action_masks(env) for env in envs])
+            hits = torch.stack([(~batch.masks[h]).any(dim=-1) for h in ACTION_HEADS], dim=1)
+            mask_hits += hits.sum(dim=0)
+            decisions += len(envs)
+            actions = batch.actions.tolist()  # the host must know the actions to carry them out
+            hit_rows = hits.tolist() if tel.debug else [[False] * len(ACTION_HEADS)] * len(envs)
+            for i, env in enumerate(envs):
+                rollout.add(i, obs_t, batch, i)
+                masked = dict(zip(ACTION_HEADS, hit_rows[i], strict=True))
+                pending[i] = self._act(env, actions[i], masked, results[i], stats)
+        self._finish_batch(
+            batch_idx, rollout, stats, results, mask_hits=mask_hits, decisions=decisions
+        )
+
+    def _finish_batch(
+        self,
+        batch_idx: int,
+        rollout: Rollout,
+        stats: _BatchStats,
+        results: list[EpochResult],
+        *,
+        mask_hits: torch.Tensor,
+        decisions: int,
+    ) -> None:
+        cfg, tel, hub, res = self.config, self.tel, self.hub, self.result
+        res.episodes_completed += len(self.envs)
+        episodes = self.start_episode + res.episodes_completed
+        accs = [r.val_accuracy for r in results]
+        res.final_accuracies = accs
+        avg_acc = statistics.fmean(accs)
+        episode_rewards = [sum(r) for r in rollout.rewards]
+        avg_reward = statistics.fmean(episode_rewards)
+        res.episode_rewards.append(avg_reward)
+        self.rolling.append(avg_acc)
+        rolling = statistics.fmean(self.rolling)
+        metrics = self.trainer.update(rollout)
+        self.trainer.anneal(episodes)
+        if tel.analytics:
+            update_ms = metrics.pop("update_time_ms")
+            grad_norm = metrics.pop("grad_norm")
+            _emit_ppo_update_event(
+                hub=hub,
+                metrics=metrics,
+                episodes_completed=episodes,
+                batch_idx=batch_idx,
+                epoch=cfg.max_epochs,
+                optimizer=self.trainer.optimizer,
+                grad_norm=grad_norm,
+                update_time_ms=update_ms,
+                avg_accuracy=avg_acc,
+                avg_reward=avg_reward,
+                rolling_avg_accuracy=rolling,
+            )
+            hub.emit(
+                make_event(
+                    ET.BATCH_EPOCH_COMPLETED,
+                    {
+                        "batch_idx": batch_idx,
+                        "episodes_completed": episodes,
+                        "total_episodes": self.start_episode + self.total_episodes,
+                        "start_episode": self.start_episode,
+                        "requested_episodes": cfg.episodes,
+                        "env_accuracies": accs,
+                        "avg_accuracy": avg_acc,
+                        "rolling_accuracy": rolling,
+                        "avg_reward": avg_reward,
+                    },
+                    message=f"batch {batch_idx}: accuracy {avg_acc:.2f}%, reward {avg_reward:+.3f}",
+                )
+            )
+            _emit_action_distribution(
+                hub,
+                batch_idx=batch_idx,
+                episodes_completed=episodes,
+                action_counts=stats.action_counts,
+                success_counts=stats.success_counts,
+            )
+            for i, env in enumerate(self.envs):
+                steps = stats.step_seconds[i]
+                _emit_throughput(
+                    hub,
+                    env_id=env.env_id,
+                    batch_idx=batch_idx,
+                    episodes_completed=episodes,
+                    step_time_ms=1000.0 * statistics.fmean(steps),
+                    fps=stats.samples[i] / max(sum(steps), 1e-9),
+                    dataloader_wait_ms=1000.0 * statistics.fmean(stats.wait_seconds[i]),
+                )
+                _emit_reward_summary(
+                    hub, env_id=env.env_id, batch_idx=batch_idx, summary=stats.reward_parts[i]
+                )
+            hits = [int(h) for h in mask_hits.tolist()]  # once per batch
+            _emit_mask_hit_rates(
+                hub,
+                batch_idx=batch_idx,
+                episodes_completed=episodes,
+                mask_hits=dict(zip(ACTION_HEADS, hits, strict=True)),
+                mask_total=dict.fromkeys(ACTION_HEADS, decisions),
+            )
+
+    # -- the run -------------------------------------------------------------------------------
+
+    def run(self) -> RunResult:
+        cfg, tel, hub = self.config, self.tel, self.hub
+        start = time.perf_counter()
+        n_envs = len(self.envs)
+        n_batches = math.ceil(cfg.episodes / n_envs)
+        self.total_episodes = n_batches * n_envs
+        if cfg.resume is not None:
+            self.start_episode = load_checkpoint(cfg.resume, self.policy, self.trainer)
+            if tel.lifecycle:
+                hub.emit(
+                    make_event(
+                        ET.CHECKPOINT_LOADED,
+                        {"path": str(cfg.resume), "episodes_completed": self.start_episode},
+                        message=f"resumed from {cfg.resume} after {self.start_episode} episodes",
+                    )
+                )
+        if tel.lifecycle:
+            hub.emit(
+                make_event(
+                    ET.TRAINING_STARTED,
+                    training_started_payload(
+                        cfg,
+                        self.envs[0].model.host_param_count(),
+                        policy_device=self.policy_device,
+                        reward_mode=REWARD_MODE,
+                        use_telemetry=True,
+                        state_dim=self.policy.state_dim,
+                        lr=cfg.lr,
+                        clip_ratio=cfg.clip_ratio,
+                        entropy_coef=cfg.entropy_coef,
+                    ),
+                    message=f"ppo run {cfg.run_id} on {cfg.task} with {n_envs} envs",
+                )
+            )
+        status = "failed"
+        first_batch = self.start_episode // n_envs
+        try:
+            for b in range(n_batches):
+                batch_idx = first_batch + b
+                self._run_batch(batch_idx, self.start_episode + b * n_envs)
+                if self.progress is not None:
+                    self.progress(
+                        b + 1,
+                        n_batches,
+                        f"batch {batch_idx} acc {self.result.final_accuracy or 0:.1f}% "
+                        f"reward {self.result.episode_rewards[-1]:+.2f}",
+                    )
+            if cfg.save is not None:
+                self.result.checkpoint = _save_checkpoint(
+                    cfg,
+                    self.policy,
+                    self.trainer,
+                    self.start_episode + self.result.episodes_completed,
+                    hub,
+                )
+            status = "completed"
+        except (KeyboardInterrupt, SystemExit):
+            status = "interrupted"
+            raise
+        finally:
+            for key in self.result.counts:
+                self.result.counts[key] = sum(e.counts[key] for e in self.envs)
+            self.result.wall_time_seconds = time.perf_counter() - start
+            if tel.lifecycle:
+                emit_training_completed(hub.emit, self.result, status)
+        return self.result
+
+
+def run_ppo(
+    config: RunConfig, *, hub: EmitsEvents | None = None, progress: Progress | None = None
+) -> RunResult:
+    """Train the PPO controller for ``config.episodes`` episodes (rounded up to whole batches
+    of ``config.n_envs``), emitting telemetry into ``hub`` (default: the process-wide hub)."""
+    return _VectorizedRun(config, hub if hub is not None else get_hub(), progress).run()

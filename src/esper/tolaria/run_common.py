@@ -1,0 +1,125 @@
+"""What every training run shares: its result record and its start, epoch and end events."""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from esper.kasmina import SLOT_IDS
+from esper.leyline import TelemetryEvent, TelemetryEventType, make_event
+from esper.tolaria.config import RunConfig
+from esper.tolaria.environment import EpochResult
+
+ET = TelemetryEventType
+
+
+@dataclass(slots=True)
+class RunResult:
+    run_id: str
+    episodes_completed: int = 0
+    final_accuracies: list[float] = field(default_factory=list)
+    """Validation accuracy of each env at the end of the last episode."""
+    counts: dict[str, int] = field(
+        default_factory=lambda: dict.fromkeys(("germinated", "fossilized", "culled"), 0)
+    )
+    wall_time_seconds: float = 0.0
+    checkpoint: str | None = None
+    episode_rewards: list[float] = field(default_factory=list)
+    """Mean episode reward of each batch, in order (PPO)."""
+
+    @property
+    def final_accuracy(self) -> float | None:
+        return statistics.fmean(self.final_accuracies) if self.final_accuracies else None
+
+
+def training_started_payload(
+    config: RunConfig, host_params: int, **overrides: object
+) -> dict[str, object]:
+    """TRAINING_STARTED's payload; PPO passes its policy fields as overrides."""
+    devices = [config.device] * config.n_envs
+    data: dict[str, object] = {
+        "run_id": config.run_id,
+        "mode": config.mode,
+        "task": config.task,
+        "task_type": "classification",
+        "topology": "cnn",
+        "max_epochs": config.max_epochs,
+        "n_envs": config.n_envs,
+        "n_episodes": config.episodes,
+        "seed": config.seed,
+        "policy_device": None,
+        "env_devices": devices,
+        "env_device_counts": {config.device: config.n_envs},
+        "env_device_map_strategy": "single_device",
+        "host_params": host_params,
+        "slot_ids": list(SLOT_IDS),
+        "reward_mode": "none",
+        "use_telemetry": False,
+        "telemetry_level": config.telemetry.level.name.lower(),
+        "state_dim": None,
+        "resume_path": None if config.resume is None else str(config.resume),
+        "lr": None,
+        "clip_ratio": None,
+        "entropy_coef": None,
+        "entropy_anneal": config.entropy_anneal,
+        "gpu_preload": config.device != "cpu",
+        "dataloader": "preloaded_tensors",
+        "param_budget": config.param_budget,
+    }
+    data.update(overrides)
+    return data
+
+
+def emit_aggregate_epoch(
+    emit: Callable[[TelemetryEvent], None],
+    results: list[EpochResult],
+    batch: int,
+    plateau: bool,
+) -> None:
+    """EPOCH_COMPLETED with scope=aggregate: means over the batch's envs."""
+
+    def mean(attr: str) -> float:
+        return statistics.fmean(getattr(r, attr) for r in results)
+
+    emit(
+        make_event(
+            ET.EPOCH_COMPLETED,
+            {
+                "scope": "aggregate",
+                "inner_epoch": results[0].inner_epoch,
+                "batch": batch,
+                "train_loss": mean("train_loss"),
+                "train_accuracy": mean("train_accuracy"),
+                "val_loss": mean("val_loss"),
+                "val_accuracy": mean("val_accuracy"),
+                "n_envs": len(results),
+                "skipped_update": any(r.rollback_reason is not None for r in results),
+                "plateau_detected": plateau,
+            },
+            message=f"batch {batch} epoch {results[0].inner_epoch}: "
+            f"val {mean('val_accuracy'):.2f}%",
+            epoch=results[0].inner_epoch,
+        )
+    )
+
+
+def emit_training_completed(
+    emit: Callable[[TelemetryEvent], None], result: RunResult, status: str
+) -> None:
+    """TRAINING_COMPLETED: how the run ended and what it did."""
+    emit(
+        make_event(
+            ET.TRAINING_COMPLETED,
+            {
+                "status": status,
+                "episodes_completed": result.episodes_completed,
+                "final_accuracy": result.final_accuracy,
+                "wall_time_seconds": result.wall_time_seconds,
+                "seeds_germinated": result.counts["germinated"],
+                "seeds_fossilized": result.counts["fossilized"],
+                "seeds_culled": result.counts["culled"],
+            },
+            message=f"run {result.run_id} {status}",
+        )
+    )
