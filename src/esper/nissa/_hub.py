@@ -72,6 +72,8 @@ class BackendStats:
     failed: int
     dropped: int
     last_error: str | None
+    cpu_seconds: float = 0.0
+    """CPU time this backend's delivery thread has used."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,12 @@ class HubStats:
     dropped: int
     by_type: dict[str, int]
     backends: tuple[BackendStats, ...]
+    pump_cpu_seconds: float = 0.0
+
+    @property
+    def cpu_seconds(self) -> float:
+        """CPU time used by the hub's own threads (pump and every lane)."""
+        return self.pump_cpu_seconds + sum(b.cpu_seconds for b in self.backends)
 
     @property
     def total_dropped(self) -> int:
@@ -102,6 +110,7 @@ class _Lane:
         self.dropped = 0
         self.last_error: str | None = None
         self.reported_failures = 0
+        self.cpu_seconds = 0.0
         self._init_runtime()
 
     def _init_runtime(self) -> None:
@@ -135,31 +144,46 @@ class _Lane:
         while True:
             self.wake.wait()
             self.wake.clear()
-            while queue:
-                item = queue.popleft()
-                if isinstance(item, _Marker):
-                    try:
-                        backend.flush()
-                    except Exception as exc:  # noqa: BLE001 - isolate every backend failure
-                        self._failure("flush", exc)
-                    item.arrive()
-                    if item.stop:
-                        return
-                    continue
-                try:
-                    backend.emit(item)
-                    self.delivered += 1
-                except Exception as exc:  # noqa: BLE001 - isolate every backend failure
-                    self.failed += 1
-                    self._failure("emit", exc)
+            started = time.thread_time()
             try:
-                backend.flush()  # idle: make what was delivered visible (files current)
+                if self._drain(queue, backend):
+                    return
+            finally:
+                self.cpu_seconds += time.thread_time() - started
+
+    def _drain(self, queue: deque[TelemetryEvent | _Marker], backend: OutputBackend) -> bool:
+        """Deliver everything queued; True when a stop marker was reached."""
+        while queue:
+            item = queue.popleft()
+            if isinstance(item, _Marker):
+                try:
+                    backend.flush()
+                except Exception as exc:  # noqa: BLE001 - isolate every backend failure
+                    self._failure("flush", exc)
+                item.arrive()
+                if item.stop:
+                    return True
+                continue
+            try:
+                backend.emit(item)
+                self.delivered += 1
             except Exception as exc:  # noqa: BLE001 - isolate every backend failure
-                self._failure("flush", exc)
+                self.failed += 1
+                self._failure("emit", exc)
+        try:
+            backend.flush()  # idle: make what was delivered visible (files current)
+        except Exception as exc:  # noqa: BLE001 - isolate every backend failure
+            self._failure("flush", exc)
+        return False
 
     def stats(self) -> BackendStats:
         return BackendStats(
-            self.backend.name, self.delivered, self.failed, self.dropped, self.last_error
+            self.backend.name,
+            self.delivered,
+            self.failed,
+            self.dropped,
+            self.last_error,
+            self.cpu_seconds,
         )
 
 
@@ -208,6 +232,7 @@ class NissaHub:
         self._by_type: dict[str, int] = {}
         self._reported_drops = 0
         self._last_report = 0.0
+        self._pump_cpu = 0.0
         self._init_runtime()
         self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
@@ -274,7 +299,10 @@ class NissaHub:
         while True:
             self._wake.wait(self._schedule_delay)
             self._wake.clear()
-            if self._pump_once():
+            started = time.thread_time()
+            stopped = self._pump_once()
+            self._pump_cpu += time.thread_time() - started
+            if stopped:
                 return
 
     def _pump_once(self) -> bool:
@@ -385,6 +413,7 @@ class NissaHub:
             dropped=self._dropped,
             by_type=self._by_type.copy(),  # dict.copy is atomic under the GIL
             backends=tuple(lane.stats() for lane in self._lanes),
+            pump_cpu_seconds=self._pump_cpu,
         )
 
     # -- fork ----------------------------------------------------------------------------------

@@ -224,7 +224,10 @@ def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> None:
     stats = setup.hub.stats()
     lines = ["", "Telemetry summary"]
     lines += [f"  {d}" for d in setup.destinations] or ["  no telemetry destination configured"]
-    lines.append(f"  events emitted: {stats.emitted}, dropped: {stats.total_dropped}")
+    lines.append(
+        f"  events emitted: {stats.emitted}, dropped: {stats.total_dropped}; "
+        f"telemetry threads used {stats.cpu_seconds:.3f} s of CPU"
+    )
     for b in stats.backends:
         problem = f", last error: {b.last_error}" if b.last_error else ""
         lines.append(
