@@ -1,0 +1,179 @@
+"""The Prometheus metric catalogue: every family the exporter serves, declared once.
+
+Each entry names its type, labels, unit and the event field it is fed from (``source``, as
+``EVENT_TYPE[:variant].field``). The exporter registers exactly these families; the tests
+check every source against the payload catalogue, and ``docs/METRICS.md`` is rendered from
+this list.
+
+Units follow Prometheus conventions: base units (seconds, bytes), counters end in
+``_total``, and accuracies and other ratios are 0..1 (events carry accuracy in percent; the
+exporter divides by 100).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class MetricKind(StrEnum):
+    GAUGE = "gauge"
+    COUNTER = "counter"
+    HISTOGRAM = "histogram"
+
+
+@dataclass(frozen=True, slots=True)
+class MetricSpec:
+    name: str
+    kind: MetricKind
+    help: str
+    labels: tuple[str, ...] = ()
+    unit: str = ""
+    source: str = ""
+    buckets: tuple[float, ...] = ()
+
+    @property
+    def family(self) -> str:
+        """The name prometheus_client registers (counters without ``_total``)."""
+        if self.kind is MetricKind.COUNTER:
+            return self.name.removesuffix("_total")
+        return self.name
+
+
+G, C, H = MetricKind.GAUGE, MetricKind.COUNTER, MetricKind.HISTOGRAM
+
+# PPO updates take tens of milliseconds on a CPU and up to seconds for large rollouts.
+UPDATE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# One env step is one host epoch: ~0.05 s for the digits host, minutes for a large model.
+STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+# Waiting for a batch: microseconds when preloaded, tens of milliseconds from disk.
+WAIT_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0)
+
+PPO = "PPO_UPDATE_COMPLETED"
+EPOCH_ENV = "EPOCH_COMPLETED:env"
+THROUGHPUT = "ANALYTICS_SNAPSHOT:throughput"
+MASKS = "ANALYTICS_SNAPSHOT:mask_hit_rates"
+BATCH = "BATCH_EPOCH_COMPLETED"
+
+METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("esper_run_info", G, "The run being trained (value 1).",
+               ("run_id", "task", "mode", "reward_mode"), "", "TRAINING_STARTED.run_id"),
+    MetricSpec("esper_telemetry_events_total", C, "Telemetry events seen by the exporter.",
+               ("event_type",), "events", "event_type"),
+    MetricSpec("esper_telemetry_events_dropped_total", C,
+               "Telemetry events dropped under overload, per backend ('hub': before any).",
+               ("backend",), "events", "TELEMETRY_WARNING.reason"),
+    MetricSpec("esper_ppo_updates_total", C, "PPO updates done.", (), "updates", PPO),
+    MetricSpec("esper_ppo_update_duration_seconds", H, "Wall time of a PPO update.", (), "s",
+               f"{PPO}.update_time_ms", UPDATE_BUCKETS),
+    MetricSpec("esper_ppo_grad_norm", G, "Policy gradient L2 norm before clipping.", (), "",
+               f"{PPO}.grad_norm"),
+    MetricSpec("esper_ppo_policy_loss", G, "PPO clipped surrogate loss.", (), "",
+               f"{PPO}.policy_loss"),
+    MetricSpec("esper_ppo_value_loss", G, "Value function loss.", (), "", f"{PPO}.value_loss"),
+    MetricSpec("esper_ppo_entropy", G, "Mean policy entropy (sum over heads).", (), "nats",
+               f"{PPO}.entropy"),
+    MetricSpec("esper_ppo_entropy_collapsed", G, "1 when entropy fell below its collapse level.",
+               (), "", f"{PPO}.entropy_collapsed"),
+    MetricSpec("esper_ppo_kl_divergence", G, "Approximate KL of the update.", (), "",
+               f"{PPO}.kl_divergence"),
+    MetricSpec("esper_ppo_clip_fraction", G, "Fraction of ratios clipped.", (), "ratio",
+               f"{PPO}.clip_fraction"),
+    MetricSpec("esper_ppo_explained_variance", G, "Explained variance of the value function.",
+               (), "", f"{PPO}.explained_variance"),
+    MetricSpec("esper_ppo_learning_rate", G, "Policy learning rate.", (), "", f"{PPO}.lr"),
+    MetricSpec("esper_ppo_head_entropy", G, "Entropy of one action head.", ("head",), "nats",
+               f"{PPO}.head_{{head}}_entropy"),
+    MetricSpec("esper_ppo_head_grad_norm", G, "Gradient norm of one action head.", ("head",), "",
+               f"{PPO}.head_{{head}}_grad_norm"),
+    MetricSpec("esper_env_step_duration_seconds", H, "Wall time of one env step (a host epoch).",
+               ("env_id",), "s", f"{THROUGHPUT}.step_time_ms", STEP_BUCKETS),
+    MetricSpec("esper_dataloader_wait_seconds", H, "Time per env step spent waiting for data.",
+               ("env_id",), "s", f"{THROUGHPUT}.dataloader_wait_ms", WAIT_BUCKETS),
+    MetricSpec("esper_env_fps", G, "Training samples per second of one env.", ("env_id",),
+               "samples/s", f"{THROUGHPUT}.fps"),
+    MetricSpec("esper_action_mask_hit_ratio", G,
+               "Share of the last batch's decisions where the mask removed a choice.", ("head",),
+               "ratio", f"{MASKS}.mask_hits"),
+    MetricSpec("esper_action_mask_hits_total", C, "Decisions where the mask removed a choice.",
+               ("head",), "decisions", f"{MASKS}.mask_hits"),
+    MetricSpec("esper_action_mask_checks_total", C, "Decisions taken (mask checks).", ("head",),
+               "decisions", f"{MASKS}.mask_total"),
+    MetricSpec("esper_actions_total", C, "Controller ops taken, by whether they succeeded.",
+               ("op", "success"), "actions",
+               "ANALYTICS_SNAPSHOT:action_distribution.action_counts"),
+    MetricSpec("esper_episodes_completed_total", C, "Episodes finished.", (), "episodes",
+               f"{BATCH}.episodes_completed"),
+    MetricSpec("esper_batch_avg_accuracy", G, "Mean final validation accuracy of the last batch.",
+               (), "ratio", f"{BATCH}.avg_accuracy"),
+    MetricSpec("esper_batch_rolling_accuracy", G, "Rolling mean of batch accuracy.", (), "ratio",
+               f"{BATCH}.rolling_accuracy"),
+    MetricSpec("esper_batch_avg_reward", G, "Mean episode reward of the last batch.", (), "",
+               f"{BATCH}.avg_reward"),
+    MetricSpec("esper_env_val_accuracy", G, "Validation accuracy of one env.", ("env_id",),
+               "ratio", f"{EPOCH_ENV}.val_accuracy"),
+    MetricSpec("esper_env_val_loss", G, "Validation loss of one env.", ("env_id",), "",
+               f"{EPOCH_ENV}.val_loss"),
+    MetricSpec("esper_env_epochs_total", C, "Host epochs completed by one env.", ("env_id",),
+               "epochs", f"{EPOCH_ENV}.inner_epoch"),
+    MetricSpec("esper_last_progress_timestamp_seconds", G,
+               "Unix time of the last completed host epoch (any env).", (), "s",
+               f"{EPOCH_ENV}.inner_epoch"),
+    MetricSpec("esper_host_grad_norm", G, "Host gradient L2 norm (worst step of the epoch).",
+               ("env_id",), "", f"{EPOCH_ENV}.host_grad_norm"),
+    MetricSpec("esper_seed_germinated_total", C, "Seeds germinated.", ("slot_id", "blueprint_id"),
+               "seeds", "SEED_GERMINATED.blueprint_id"),
+    MetricSpec("esper_seed_fossilized_total", C, "Seeds fossilized.", ("slot_id", "blueprint_id"),
+               "seeds", "SEED_FOSSILIZED.blueprint_id"),
+    MetricSpec("esper_seed_culled_total", C, "Seeds culled, by reason.",
+               ("slot_id", "blueprint_id", "reason"), "seeds", "SEED_CULLED.reason"),
+    MetricSpec("esper_seed_stage_transitions_total", C, "Seed stage transitions.",
+               ("from_stage", "to_stage"), "transitions", "SEED_STAGE_CHANGED.to_stage"),
+    MetricSpec("esper_seeds", G, "Seeds currently in each stage, over all envs and slots.",
+               ("stage",), "seeds", f"{EPOCH_ENV}.seeds"),
+    MetricSpec("esper_seed_alpha", G, "Blend weight of the seed in a slot.", ("env_id", "slot_id"),
+               "ratio", f"{EPOCH_ENV}.seeds"),
+    MetricSpec("esper_seed_gradient_norm", G, "Raw gradient norm of the seed in a slot.",
+               ("env_id", "slot_id"), "", f"{EPOCH_ENV}.seeds"),
+    MetricSpec("esper_seed_gradient_health", G, "Gradient health (0..1) of the seed in a slot.",
+               ("env_id", "slot_id"), "ratio", f"{EPOCH_ENV}.seeds"),
+    MetricSpec("esper_gradient_anomalies_total", C, "Gradient anomalies.", ("scope", "kind"),
+               "anomalies", "GRADIENT_ANOMALY.kind"),
+    MetricSpec("esper_governor_rollbacks_total", C, "Governor rollbacks.", ("env_id", "reason"),
+               "rollbacks", "GOVERNOR_ROLLBACK.reason"),
+    MetricSpec("esper_reward_component", G,
+               "Reward component summed over an episode, mean over the batch's envs.",
+               ("component",), "", "ANALYTICS_SNAPSHOT:reward_summary.summary"),
+    MetricSpec("esper_counterfactual_unavailable_total", C,
+               "Counterfactual baselines that could not be measured.", ("reason",), "",
+               "COUNTERFACTUAL_COMPUTED.reason"),
+    MetricSpec("esper_cuda_memory_allocated_bytes", G,
+               "CUDA memory allocated by tensors (read at scrape; CUDA only).", ("device",),
+               "bytes", ""),
+    MetricSpec("esper_cuda_memory_reserved_bytes", G,
+               "CUDA memory reserved by the caching allocator (read at scrape; CUDA only).",
+               ("device",), "bytes", ""),
+)  # fmt: skip
+
+METRICS_BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}
+
+
+def render_metrics_markdown() -> str:
+    """The whole of ``docs/METRICS.md``, generated from the metric catalogue."""
+    out = [
+        "# Prometheus metrics",
+        "",
+        "Generated from `esper.nissa` (the metric catalogue) by `esper docs`; do not edit.",
+        "A test fails when this file differs from what the catalogue generates.",
+        "",
+        "Served on `/metrics` by the training process (`--metrics-port`). Accuracies and other",
+        "ratios are 0..1; durations are seconds. Sources are `EVENT_TYPE[:variant].field`.",
+        "",
+        "| name | type | labels | unit | source | meaning |",
+        "|---|---|---|---|---|---|",
+    ]
+    for m in METRICS:
+        labels = ", ".join(f"`{label}`" for label in m.labels)
+        source = f"`{m.source}`" if m.source else "(read at scrape)"
+        out.append(f"| `{m.name}` | {m.kind.value} | {labels} | {m.unit} | {source} | {m.help} |")
+    return "\n".join(out) + "\n"

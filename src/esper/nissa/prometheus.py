@@ -1,0 +1,408 @@
+"""PrometheusOutput: turns events into metrics on its own registry and serves ``/metrics``.
+
+Every family of the metric catalogue (``_metric_catalogue.METRICS``) is registered on a
+``CollectorRegistry`` of the backend's own (never the global one). Labelled children are bound
+once and cached, since ``.labels(...)`` costs about a microsecond a call. Counters whose label
+values are known in advance (anomaly scopes and kinds, heads, stages) start at zero, so
+``increase()`` sees their first step. Labels are bounded: env, slot, head, stage, blueprint,
+op and reason; never a seed or event id.
+
+``serve()`` starts the HTTP endpoint (127.0.0.1 unless told otherwise, optional TLS); a port
+in use is a BackendConfigError raised before training starts. ``write_sd_file`` registers the
+endpoint for Prometheus file-based service discovery and ``close`` removes it again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+from wsgiref.simple_server import WSGIServer
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from esper.leyline import (
+    ACTION_HEADS,
+    BackendConfigError,
+    Op,
+    SeedStage,
+    TelemetryEvent,
+    TelemetryEventType,
+)
+from esper.nissa._backend import OutputBackend
+from esper.nissa._hub import HubStats
+from esper.nissa._metric_catalogue import METRICS, METRICS_BY_NAME, MetricKind
+
+ET = TelemetryEventType
+_ANOMALY_SCOPES = ("policy", "host", "seed")
+_ANOMALY_KINDS = ("exploding", "vanishing", "nan")
+_INACTIVE = frozenset({"DORMANT"})
+
+
+def _ratio(percent: float) -> float:
+    return percent / 100.0
+
+
+class _HubCollector(Collector):
+    """Drop counts read from the hub at scrape time (they are counted where they happen)."""
+
+    def __init__(self, stats: Callable[[], HubStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        spec = METRICS_BY_NAME["esper_telemetry_events_dropped_total"]
+        family = CounterMetricFamily(spec.family, spec.help, labels=["backend"])
+        stats = self._stats()
+        family.add_metric(["hub"], stats.dropped)
+        for b in stats.backends:
+            family.add_metric([b.name], b.dropped)
+        yield family
+
+
+class _CudaCollector(Collector):
+    """Device memory gauges, read at scrape time (no synchronisation)."""
+
+    def collect(self) -> Iterator[Metric]:
+        import torch  # noqa: PLC0415 - only when CUDA is present
+
+        allocated = METRICS_BY_NAME["esper_cuda_memory_allocated_bytes"]
+        reserved = METRICS_BY_NAME["esper_cuda_memory_reserved_bytes"]
+        fa = GaugeMetricFamily(allocated.name, allocated.help, labels=["device"])
+        fr = GaugeMetricFamily(reserved.name, reserved.help, labels=["device"])
+        for i in range(torch.cuda.device_count()):
+            fa.add_metric([f"cuda:{i}"], torch.cuda.memory_allocated(i))
+            fr.add_metric([f"cuda:{i}"], torch.cuda.memory_reserved(i))
+        yield fa
+        yield fr
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch  # noqa: PLC0415 - the exporter works without torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+class PrometheusOutput(OutputBackend):
+    """Prometheus metrics from telemetry events (see the module docstring)."""
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        hub_stats: Callable[[], HubStats] | None = None,
+        cuda: bool | None = None,
+    ) -> None:
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self._lock = threading.Lock()  # the hub lane and direct callers may both emit
+        self._m: dict[str, Any] = {}
+        for spec in METRICS:
+            if (
+                spec.name.startswith("esper_cuda_")
+                or spec.name == "esper_telemetry_events_dropped_total"
+            ):
+                continue
+            if spec.kind is MetricKind.GAUGE:
+                metric: Any = Gauge(spec.name, spec.help, spec.labels, registry=self.registry)
+            elif spec.kind is MetricKind.COUNTER:
+                metric = Counter(spec.family, spec.help, spec.labels, registry=self.registry)
+            else:
+                metric = Histogram(
+                    spec.name, spec.help, spec.labels, registry=self.registry, buckets=spec.buckets
+                )
+            self._m[spec.name] = metric
+        if hub_stats is not None:
+            self.registry.register(_HubCollector(hub_stats))
+        if cuda if cuda is not None else _cuda_available():
+            self.registry.register(_CudaCollector())
+        self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        self._seed_stages: dict[tuple[int, str], str] = {}
+        self._seed_series: dict[int, set[str]] = {}
+        self._reward_parts: dict[int, dict[str, float]] = {}
+        self._episodes_seen: int | None = None
+        self._server: WSGIServer | None = None
+        self._server_thread: threading.Thread | None = None
+        self._sd_file: Path | None = None
+        self._closed = False
+        self._preinitialise()
+        self._handlers: dict[TelemetryEventType, Callable[[TelemetryEvent], None]] = {
+            ET.TRAINING_STARTED: self._on_training_started,
+            ET.TRAINING_COMPLETED: self._on_training_completed,
+            ET.PPO_UPDATE_COMPLETED: self._on_ppo_update,
+            ET.EPOCH_COMPLETED: self._on_epoch,
+            ET.BATCH_EPOCH_COMPLETED: self._on_batch,
+            ET.ANALYTICS_SNAPSHOT: self._on_snapshot,
+            ET.SEED_GERMINATED: self._on_germinated,
+            ET.SEED_STAGE_CHANGED: self._on_stage_changed,
+            ET.SEED_FOSSILIZED: self._on_fossilized,
+            ET.SEED_CULLED: self._on_culled,
+            ET.GRADIENT_ANOMALY: self._on_anomaly,
+            ET.GOVERNOR_ROLLBACK: self._on_rollback,
+            ET.COUNTERFACTUAL_COMPUTED: self._on_counterfactual,
+        }
+
+    # -- children, bound once --------------------------------------------------------------
+
+    def _child(self, name: str, *labels: str) -> Any:
+        key = (name, labels)
+        child = self._children.get(key)
+        if child is None:
+            child = self._m[name].labels(*labels)
+            self._children[key] = child
+        return child
+
+    def _preinitialise(self) -> None:
+        for scope in _ANOMALY_SCOPES:
+            for kind in _ANOMALY_KINDS:
+                self._child("esper_gradient_anomalies_total", scope, kind)
+        for head in ACTION_HEADS:
+            self._child("esper_action_mask_hits_total", head)
+            self._child("esper_action_mask_checks_total", head)
+        for op in Op:
+            for success in ("true", "false"):
+                self._child("esper_actions_total", op.name, success)
+        for stage in SeedStage:
+            if stage.name != "UNKNOWN":
+                self._child("esper_seeds", stage.name).set(0)
+        for event_type in ET:
+            self._child("esper_telemetry_events_total", event_type.name)
+
+    # -- OutputBackend ---------------------------------------------------------------------
+
+    def emit(self, event: TelemetryEvent) -> None:
+        with self._lock:
+            self._child("esper_telemetry_events_total", event.event_type.name).inc()
+            handler = self._handlers.get(event.event_type)
+            if handler is not None:
+                handler(event)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        if self._sd_file is not None:
+            self._sd_file.unlink(missing_ok=True)
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    # -- serving ---------------------------------------------------------------------------
+
+    def serve(
+        self,
+        port: int = 0,
+        addr: str = "127.0.0.1",
+        *,
+        certfile: str | None = None,
+        keyfile: str | None = None,
+        client_cafile: str | None = None,
+    ) -> int:
+        """Serve ``/metrics`` on addr:port (0 picks a free port); returns the port bound."""
+        if (certfile is None) != (keyfile is None):
+            raise BackendConfigError("TLS for /metrics needs both a certificate and a key")
+        for path in (certfile, keyfile, client_cafile):
+            if path is not None and not Path(path).is_file():
+                raise BackendConfigError(f"TLS file for /metrics not found: {path}")
+        try:
+            self._server, self._server_thread = start_http_server(
+                port, addr, self.registry, certfile=certfile, keyfile=keyfile,
+                client_cafile=client_cafile, client_auth_required=client_cafile is not None,
+            )  # fmt: skip
+        except OSError as exc:
+            raise BackendConfigError(
+                f"cannot serve /metrics on {addr}:{port}: {exc.strerror or exc}"
+            ) from exc
+        except Exception as exc:  # ssl.SSLError and friends from a bad certificate
+            raise BackendConfigError(f"cannot set up TLS for /metrics: {exc}") from exc
+        return int(self._server.server_port)
+
+    @property
+    def port(self) -> int | None:
+        return None if self._server is None else int(self._server.server_port)
+
+    def write_sd_file(
+        self, directory: str | os.PathLike[str], *, host: str, labels: dict[str, str]
+    ) -> Path:
+        """Register this endpoint for Prometheus file-based service discovery: writes
+        ``directory/esper-<run_id>.json`` atomically; ``close()`` removes it."""
+        if self.port is None:
+            raise BackendConfigError("write_sd_file needs serve() first")
+        if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding it
+            host = socket.gethostname()
+        target = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
+        directory = Path(directory)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            name = f"esper-{labels.get('run_id', os.getpid())}.json"
+            payload = json.dumps([{"targets": [target], "labels": labels}], indent=2)
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+            with os.fdopen(fd, "w") as fh:
+                fh.write(payload)
+            path = directory / name
+            os.replace(tmp, path)
+        except OSError as exc:
+            raise BackendConfigError(
+                f"cannot write service discovery file in {directory}: {exc.strerror or exc}"
+            ) from exc
+        self._sd_file = path
+        return path
+
+    # -- handlers --------------------------------------------------------------------------
+
+    def _set(self, name: str, value: float, *labels: str) -> None:
+        self._child(name, *labels).set(value)
+
+    def _on_training_started(self, e: TelemetryEvent) -> None:
+        d = e.data
+        self._set("esper_run_info", 1, str(d["run_id"]), str(d["task"]), str(d["mode"]),
+                  str(d["reward_mode"]))  # fmt: skip
+
+    def _on_training_completed(self, e: TelemetryEvent) -> None:
+        if e.data["status"] == "completed" and self._episodes_seen is None:
+            self._child("esper_episodes_completed_total").inc(e.data["episodes_completed"])
+
+    def _on_ppo_update(self, e: TelemetryEvent) -> None:
+        d = e.data
+        self._child("esper_ppo_updates_total").inc()
+        self._child("esper_ppo_update_duration_seconds").observe(d["update_time_ms"] / 1000.0)
+        for name, key in (
+            ("esper_ppo_grad_norm", "grad_norm"), ("esper_ppo_policy_loss", "policy_loss"),
+            ("esper_ppo_value_loss", "value_loss"), ("esper_ppo_entropy", "entropy"),
+            ("esper_ppo_kl_divergence", "kl_divergence"),
+            ("esper_ppo_clip_fraction", "clip_fraction"),
+            ("esper_ppo_explained_variance", "explained_variance"),
+            ("esper_ppo_learning_rate", "lr"),
+        ):  # fmt: skip
+            self._set(name, d[key])
+        self._set("esper_ppo_entropy_collapsed", 1.0 if d["entropy_collapsed"] else 0.0)
+        for head in ACTION_HEADS:
+            self._set("esper_ppo_head_entropy", d[f"head_{head}_entropy"], head)
+            self._set("esper_ppo_head_grad_norm", d[f"head_{head}_grad_norm"], head)
+
+    def _on_epoch(self, e: TelemetryEvent) -> None:
+        d = e.data
+        if d["scope"] != "env":
+            return
+        env = str(d["env_id"])
+        self._set("esper_env_val_accuracy", _ratio(d["val_accuracy"]), env)
+        self._set("esper_env_val_loss", d["val_loss"], env)
+        self._set("esper_host_grad_norm", d["host_grad_norm"], env)
+        self._child("esper_env_epochs_total", env).inc()
+        self._set("esper_last_progress_timestamp_seconds", e.timestamp_ns / 1e9)
+        # The seeds map is the truth about this env's slots: it also covers hosts that were
+        # replaced at an episode boundary without a lifecycle event.
+        env_id = int(d["env_id"])
+        seeds: dict[str, dict[str, Any]] = d["seeds"]
+        for key in [k for k in self._seed_stages if k[0] == env_id]:
+            del self._seed_stages[key]
+        live = set()
+        for slot_id, s in seeds.items():
+            self._seed_stages[(env_id, slot_id)] = s["stage"]
+            live.add(slot_id)
+            self._set("esper_seed_alpha", s["alpha"], env, slot_id)
+            self._set("esper_seed_gradient_norm", s["gradient_norm"], env, slot_id)
+            self._set("esper_seed_gradient_health", s["gradient_health"], env, slot_id)
+        for slot_id in self._seed_series.get(env_id, set()) - live:
+            for name in ("esper_seed_alpha", "esper_seed_gradient_norm",
+                         "esper_seed_gradient_health"):  # fmt: skip
+                self._m[name].remove(env, slot_id)
+                self._children.pop((name, (env, slot_id)), None)
+        self._seed_series[env_id] = live
+        self._refresh_stage_counts()
+
+    def _refresh_stage_counts(self) -> None:
+        counts = dict.fromkeys((s.name for s in SeedStage if s.name != "UNKNOWN"), 0)
+        for stage in self._seed_stages.values():
+            counts[stage] = counts.get(stage, 0) + 1
+        for stage, n in counts.items():
+            self._set("esper_seeds", n, stage)
+
+    def _on_batch(self, e: TelemetryEvent) -> None:
+        d = e.data
+        if self._episodes_seen is None:
+            self._episodes_seen = d["start_episode"]
+        delta = d["episodes_completed"] - self._episodes_seen
+        if delta > 0:
+            self._child("esper_episodes_completed_total").inc(delta)
+            self._episodes_seen = d["episodes_completed"]
+        self._set("esper_batch_avg_accuracy", _ratio(d["avg_accuracy"]))
+        self._set("esper_batch_rolling_accuracy", _ratio(d["rolling_accuracy"]))
+        self._set("esper_batch_avg_reward", d["avg_reward"])
+
+    def _on_snapshot(self, e: TelemetryEvent) -> None:
+        d = e.data
+        kind = d["kind"]
+        if kind == "throughput":
+            env = str(d["env_id"])
+            self._child("esper_env_step_duration_seconds", env).observe(d["step_time_ms"] / 1000)
+            self._child("esper_dataloader_wait_seconds", env).observe(
+                d["dataloader_wait_ms"] / 1000
+            )
+            self._set("esper_env_fps", d["fps"], env)
+        elif kind == "mask_hit_rates":
+            for head, hits in d["mask_hits"].items():
+                total = d["mask_total"].get(head, 0)
+                self._child("esper_action_mask_hits_total", head).inc(hits)
+                self._child("esper_action_mask_checks_total", head).inc(total)
+                self._set("esper_action_mask_hit_ratio", hits / total if total else 0.0, head)
+        elif kind == "action_distribution":
+            for op, n in d["action_counts"].items():
+                ok = d["success_counts"].get(op, 0)
+                self._child("esper_actions_total", op, "true").inc(ok)
+                self._child("esper_actions_total", op, "false").inc(max(n - ok, 0))
+        elif kind == "reward_summary":
+            self._reward_parts[int(d["env_id"])] = dict(d["summary"])
+            parts = self._reward_parts.values()
+            for component in {c for p in parts for c in p}:
+                values = [p[component] for p in parts if component in p]
+                self._set("esper_reward_component", sum(values) / len(values), component)
+
+    def _seed_labels(self, e: TelemetryEvent) -> tuple[str, str]:
+        return str(e.data["slot_id"]), str(e.data["blueprint_id"])
+
+    def _on_germinated(self, e: TelemetryEvent) -> None:
+        self._child("esper_seed_germinated_total", *self._seed_labels(e)).inc()
+        self._seed_stages[(int(e.data["env_id"]), str(e.data["slot_id"]))] = "GERMINATED"
+        self._refresh_stage_counts()
+
+    def _on_stage_changed(self, e: TelemetryEvent) -> None:
+        d = e.data
+        self._child("esper_seed_stage_transitions_total", d["from_stage"], d["to_stage"]).inc()
+        key = (int(d["env_id"]), str(d["slot_id"]))
+        if d["to_stage"] in _INACTIVE:
+            self._seed_stages.pop(key, None)
+        else:
+            self._seed_stages[key] = d["to_stage"]
+        self._refresh_stage_counts()
+
+    def _on_fossilized(self, e: TelemetryEvent) -> None:
+        self._child("esper_seed_fossilized_total", *self._seed_labels(e)).inc()
+
+    def _on_culled(self, e: TelemetryEvent) -> None:
+        self._child("esper_seed_culled_total", *self._seed_labels(e), str(e.data["reason"])).inc()
+
+    def _on_anomaly(self, e: TelemetryEvent) -> None:
+        self._child("esper_gradient_anomalies_total", e.data["scope"], e.data["kind"]).inc()
+
+    def _on_rollback(self, e: TelemetryEvent) -> None:
+        self._child("esper_governor_rollbacks_total", str(e.data["env_id"]), e.data["reason"]).inc()
+
+    def _on_counterfactual(self, e: TelemetryEvent) -> None:
+        if not e.data["available"]:
+            reason = str(e.data["reason"] or "unknown")
+            self._child("esper_counterfactual_unavailable_total", reason).inc()
+
+
+def families(registry: CollectorRegistry) -> set[str]:
+    """Names of the metric families a registry exposes (counters with ``_total``)."""
+    return {m.name + ("_total" if m.type == "counter" else "") for m in registry.collect()}
