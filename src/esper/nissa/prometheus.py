@@ -66,6 +66,20 @@ class _HubCollector(Collector):
         yield family
 
 
+class _ScrapeWatcher(Collector):
+    """Counts scrapes, so a finishing run can wait for Prometheus to read its final state."""
+
+    def __init__(self) -> None:
+        self.scrapes = 0
+        self.condition = threading.Condition()
+
+    def collect(self) -> Iterator[Metric]:
+        with self.condition:
+            self.scrapes += 1
+            self.condition.notify_all()
+        return iter(())
+
+
 class _CudaCollector(Collector):
     """Device memory gauges, read at scrape time (no synchronisation)."""
 
@@ -122,6 +136,8 @@ class PrometheusOutput(OutputBackend):
             self._m[spec.name] = metric
         if hub_stats is not None:
             self.registry.register(_HubCollector(hub_stats))
+        self._scrapes = _ScrapeWatcher()
+        self.registry.register(self._scrapes)
         if cuda if cuda is not None else _cuda_available():
             self.registry.register(_CudaCollector())
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
@@ -156,7 +172,8 @@ class PrometheusOutput(OutputBackend):
         key = (name, labels)
         child = self._children.get(key)
         if child is None:
-            child = self._m[name].labels(*labels)
+            metric = self._m[name]
+            child = metric.labels(*labels) if labels else metric
             self._children[key] = child
         return child
 
@@ -225,6 +242,14 @@ class PrometheusOutput(OutputBackend):
         except Exception as exc:  # ssl.SSLError and friends from a bad certificate
             raise BackendConfigError(f"cannot set up TLS for /metrics: {exc}") from exc
         return int(self._server.server_port)
+
+    def wait_for_scrape(self, timeout: float) -> bool:
+        """Block until ``/metrics`` is scraped once more (after everything delivered so far
+        is in the registry), or ``timeout`` seconds pass. True if a scrape happened."""
+        watcher = self._scrapes
+        with watcher.condition:
+            seen = watcher.scrapes
+            return watcher.condition.wait_for(lambda: watcher.scrapes > seen, timeout)
 
     @property
     def port(self) -> int | None:

@@ -1,4 +1,4 @@
-"""``esper docs``: regenerate the generated reference pages (``docs/EVENTS.md``)."""
+"""``esper docs``: regenerate the generated reference pages (docs/EVENTS.md, docs/METRICS.md)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from esper.leyline import render_events_markdown
+from esper.nissa._metric_catalogue import render_metrics_markdown
 
-GENERATED: dict[str, Callable[[], str]] = {"EVENTS.md": render_events_markdown}
+GENERATED: dict[str, Callable[[], str]] = {
+    "EVENTS.md": render_events_markdown,
+    "METRICS.md": render_metrics_markdown,
+}
 """File name under the docs directory -> function that renders it."""
 
 

@@ -25,6 +25,7 @@ from esper.leyline import (
     UsageError,
 )
 from esper.nissa import DirectoryOutput, FileOutput, NissaHub, get_hub, install_signal_handlers
+from esper.nissa.prometheus import PrometheusOutput
 from esper.scripts import _argtypes as at
 from esper.scripts._progress import ProgressBar
 from esper.simic.vectorized import run_ppo
@@ -147,6 +148,26 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
         default=None,
         help="serve Prometheus /metrics on this port (0: pick a free one)",
     )
+    t.add_argument(
+        "--metrics-tls-cert", type=at.existing_file, help="serve /metrics over TLS with this cert"
+    )
+    t.add_argument("--metrics-tls-key", type=at.existing_file, help="private key for the cert")
+    t.add_argument(
+        "--metrics-tls-client-ca",
+        type=at.existing_file,
+        help="require client certificates signed by this CA",
+    )
+    t.add_argument(
+        "--metrics-sd-dir",
+        type=Path,
+        help="write this process's scrape target here for Prometheus file_sd (removed at exit)",
+    )
+    t.add_argument(
+        "--metrics-linger",
+        type=at.float_range(0.0, 3600.0),
+        default=0.0,
+        help="after training, keep /metrics up until one more scrape, at most this many seconds",
+    )
     t.add_argument("--otlp-endpoint", type=at.http_url, help="OTLP/HTTP endpoint for traces")
     t.add_argument("--sanctum", action="store_true", help="show the Sanctum terminal dashboard")
     return p
@@ -164,6 +185,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.n_envs = 4 if args.mode == "ppo" else 1
     if args.mode == "heuristic" and args.resume is not None:
         parser.error("argument --resume: only ppo runs resume (the heuristic has no state)")
+    if (args.metrics_tls_cert is None) != (args.metrics_tls_key is None):
+        parser.error("argument --metrics-tls-cert: needs --metrics-tls-key as well (and back)")
+    metrics_only = (args.metrics_sd_dir, args.metrics_tls_cert, args.metrics_linger)
+    if args.metrics_port is None and any(metrics_only):
+        parser.error("--metrics-sd-dir, --metrics-tls-* and --metrics-linger need --metrics-port")
     if args.mode == "ppo" and args.baseline:
         parser.error("argument --baseline: only for heuristic runs")
     for spec in args.inject_fault:
@@ -187,6 +213,7 @@ class TelemetrySetup:
 
     hub: NissaHub
     destinations: list[str] = field(default_factory=list)
+    prometheus: PrometheusOutput | None = None
 
 
 def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
@@ -201,6 +228,29 @@ def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
         hub.add_backend(dir_out)
         print(f"Telemetry will be saved to: {dir_out.output_dir}", flush=True)
         setup.destinations.append(f"run directory: {dir_out.output_dir}")
+    if args.metrics_port is not None:
+        prom = PrometheusOutput(hub_stats=hub.stats)
+        port = prom.serve(
+            args.metrics_port,
+            args.metrics_addr,
+            certfile=_opt(args.metrics_tls_cert),
+            keyfile=_opt(args.metrics_tls_key),
+            client_cafile=_opt(args.metrics_tls_client_ca),
+        )
+        scheme = "https" if args.metrics_tls_cert else "http"
+        host = f"[{args.metrics_addr}]" if ":" in args.metrics_addr else args.metrics_addr
+        url = f"{scheme}://{host}:{port}/metrics"
+        setup.prometheus = prom
+        hub.add_backend(prom)
+        print(f"Serving Prometheus metrics at {url}", flush=True)
+        setup.destinations.append(f"Prometheus metrics: {url}")
+        if args.metrics_sd_dir is not None:
+            sd = prom.write_sd_file(
+                args.metrics_sd_dir,
+                host=args.metrics_addr,
+                labels={"run_id": hub.run_id or "", "mode": args.mode, "task": args.task},
+            )
+            setup.destinations.append(f"scrape target registered in {sd}")
     config = telemetry_config(args)
     if config.level is TelemetryLevel.OFF:
         detail = "telemetry level is off" + (
@@ -217,6 +267,10 @@ def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
             )
         )
     return setup
+
+
+def _opt(path: Path | None) -> str | None:
+    return None if path is None else str(path)
 
 
 def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> None:
@@ -307,6 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         setup = setup_telemetry(args, hub)
     except BackendConfigError as exc:
+        hub.close()
         print(f"esper train: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     code = EXIT_FAILURE
@@ -323,6 +378,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"esper train: error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
     finally:
+        if setup.prometheus is not None and args.metrics_linger > 0:
+            hub.flush()
+            print(f"Waiting up to {args.metrics_linger:g} s for a final scrape of /metrics")
+            setup.prometheus.wait_for_scrape(args.metrics_linger)
         hub.close()
         print_summary(setup)
     return code

@@ -21,6 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -29,6 +30,7 @@ from esper.leyline import (
     ACTION_HEADS,
     BlendMode,
     Op,
+    Severity,
     TelemetryEventType,
     UsageError,
     make_event,
@@ -394,6 +396,8 @@ class _VectorizedRun:
         rolling = statistics.fmean(self.rolling)
         metrics = self.trainer.update(rollout)
         self.trainer.anneal(episodes)
+        if tel.lifecycle:
+            self._report_policy_anomalies(metrics)
         if tel.analytics:
             update_ms = metrics.pop("update_time_ms")
             grad_norm = metrics.pop("grad_norm")
@@ -456,6 +460,32 @@ class _VectorizedRun:
                 mask_hits=dict(zip(ACTION_HEADS, hits, strict=True)),
                 mask_total=dict.fromkeys(ACTION_HEADS, decisions),
             )
+
+    def _report_policy_anomalies(self, metrics: dict[str, Any]) -> None:
+        """GRADIENT_ANOMALY (scope policy) when the update saw non-finite, exploding or
+        vanishing gradients in a layer of the policy."""
+        threshold = self.trainer.collector
+        for kind, count, limit in (
+            ("nan", metrics["nan_grad_count"], threshold.exploding_threshold),
+            ("exploding", metrics["exploding_layers"], threshold.exploding_threshold),
+            ("vanishing", metrics["dead_layers"], threshold.vanishing_threshold),
+        ):
+            if count:
+                self.hub.emit(
+                    make_event(
+                        ET.GRADIENT_ANOMALY,
+                        {
+                            "scope": "policy",
+                            "kind": kind,
+                            "env_id": None,
+                            "slot_id": None,
+                            "value": float(metrics["grad_norm"]),
+                            "threshold": limit,
+                        },
+                        message=f"policy gradients {kind} in {count} layer(s)",
+                        severity=Severity.WARNING,
+                    )
+                )
 
     # -- the run -------------------------------------------------------------------------------
 
