@@ -6,6 +6,7 @@ import json
 import socket
 import ssl
 import subprocess
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -301,3 +302,29 @@ def test_registry_is_never_the_global_one() -> None:
     PrometheusOutput(cuda=False)
     assert set(families(REGISTRY)) == before
     assert "esper_seeds" in generate_latest(PrometheusOutput(cuda=False).registry).decode()
+
+
+def test_wait_for_scrape_returns_once_a_later_scrape_is_answered_in_full() -> None:
+    out = PrometheusOutput(cuda=False)
+    port = out.serve(0)
+    try:
+        assert out.wait_for_scrape(0.2) is False  # nobody scraped
+        answered = threading.Event()
+
+        def waiter() -> None:
+            if out.wait_for_scrape(30):
+                answered.set()
+
+        thread = threading.Thread(target=waiter)
+        thread.start()
+        # Scrape until the waiter reports: a scrape that raced ahead of its snapshot does not
+        # count, the next one does.
+        deadline = 30.0
+        while not answered.is_set() and deadline > 0:
+            _get(f"http://127.0.0.1:{port}/metrics")
+            answered.wait(0.5)
+            deadline -= 0.5
+        thread.join(30)
+        assert answered.is_set()
+    finally:
+        out.close()

@@ -244,6 +244,7 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
             _f("env_device_map_strategy", STR, "", "how envs were assigned to devices"),
             _f("host_params", INT, "params", "parameters of one host model before any seed"),
             _f("slot_ids", LIST, "", "the host's slot names"),
+            _f("blueprint_ids", LIST, "", "blueprints seeds can be built from"),
             _f("reward_mode", STR, "", "reward function in use"),
             _f("use_telemetry", BOOL, "", "seed telemetry features fed to the controller"),
             _f("telemetry_level", STR, "", "off, minimal, normal or debug"),

@@ -38,6 +38,20 @@ from esper.nissa._backend import OutputBackend
 
 _log = logging.getLogger("esper.nissa")
 
+_SHUTDOWN_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def block_shutdown_signals() -> set[int | signal.Signals]:
+    """Block SIGINT and SIGTERM in the calling thread; returns the previous mask.
+
+    Python runs signal handlers only in the main thread, but the kernel may deliver a signal to
+    any thread that does not block it; if a helper thread takes Ctrl-C, a main thread blocked
+    in a system call never wakes up to handle it. Threads Esper starts call this first, and
+    threads they create inherit the mask.
+    """
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _SHUTDOWN_SIGNALS)
+
+
 _REPORT_INTERVAL_SECONDS = 10.0
 """At most one drop or failure warning per this many seconds (plus one at close)."""
 
@@ -140,6 +154,7 @@ class _Lane:
         self.reported_failures += 1
 
     def _run(self) -> None:
+        block_shutdown_signals()
         queue, backend = self.queue, self.backend
         while True:
             self.wake.wait()
@@ -296,6 +311,7 @@ class NissaHub:
     # -- delivery (pump thread) ----------------------------------------------------------------
 
     def _pump(self) -> None:
+        block_shutdown_signals()
         while True:
             self._wake.wait(self._schedule_delay)
             self._wake.clear()

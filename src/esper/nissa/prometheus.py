@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from wsgiref.simple_server import WSGIServer
@@ -37,7 +38,7 @@ from esper.leyline import (
     TelemetryEventType,
 )
 from esper.nissa._backend import OutputBackend
-from esper.nissa._hub import HubStats
+from esper.nissa._hub import HubStats, block_shutdown_signals
 from esper.nissa._metric_catalogue import METRICS, METRICS_BY_NAME, MetricKind
 
 ET = TelemetryEventType
@@ -66,18 +67,50 @@ class _HubCollector(Collector):
         yield family
 
 
-class _ScrapeWatcher(Collector):
-    """Counts scrapes, so a finishing run can wait for Prometheus to read its final state."""
+class _ScrapeTracker:
+    """Wraps the /metrics WSGI app to know when a scrape's response has been fully written
+    (WSGI calls ``close()`` on the response after writing it), so a finishing run can wait
+    until Prometheus holds its final state before the server goes away."""
 
-    def __init__(self) -> None:
-        self.scrapes = 0
+    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.started = 0
+        self.latest_completed = 0
         self.condition = threading.Condition()
 
-    def collect(self) -> Iterator[Metric]:
+    def __call__(
+        self, environ: dict[str, Any], start_response: Callable[..., Any]
+    ) -> Iterable[bytes]:
         with self.condition:
-            self.scrapes += 1
+            self.started += 1
+            seq = self.started
+        return _Response(self.app(environ, start_response), lambda: self._completed(seq))
+
+    def _completed(self, seq: int) -> None:
+        with self.condition:
+            self.latest_completed = max(self.latest_completed, seq)
             self.condition.notify_all()
-        return iter(())
+
+    def wait_for_next(self, timeout: float) -> bool:
+        """Wait until a scrape that starts after this call has been answered in full."""
+        with self.condition:
+            after = self.started
+            return self.condition.wait_for(lambda: self.latest_completed > after, timeout)
+
+
+class _Response:
+    def __init__(self, body: Iterable[bytes], done: Callable[[], None]) -> None:
+        self._body = body
+        self._done = done
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._body)
+
+    def close(self) -> None:
+        close = getattr(self._body, "close", None)
+        if close is not None:
+            close()
+        self._done()
 
 
 class _CudaCollector(Collector):
@@ -136,8 +169,7 @@ class PrometheusOutput(OutputBackend):
             self._m[spec.name] = metric
         if hub_stats is not None:
             self.registry.register(_HubCollector(hub_stats))
-        self._scrapes = _ScrapeWatcher()
-        self.registry.register(self._scrapes)
+        self._scrapes: _ScrapeTracker | None = None
         if cuda if cuda is not None else _cuda_available():
             self.registry.register(_CudaCollector())
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
@@ -230,6 +262,8 @@ class PrometheusOutput(OutputBackend):
         for path in (certfile, keyfile, client_cafile):
             if path is not None and not Path(path).is_file():
                 raise BackendConfigError(f"TLS file for /metrics not found: {path}")
+        # The server's threads inherit this thread's signal mask: keep Ctrl-C for the main one.
+        previous_mask = block_shutdown_signals()
         try:
             self._server, self._server_thread = start_http_server(
                 port, addr, self.registry, certfile=certfile, keyfile=keyfile,
@@ -241,15 +275,20 @@ class PrometheusOutput(OutputBackend):
             ) from exc
         except Exception as exc:  # ssl.SSLError and friends from a bad certificate
             raise BackendConfigError(f"cannot set up TLS for /metrics: {exc}") from exc
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
+        app = self._server.get_app()
+        assert app is not None  # start_http_server installed the metrics app
+        self._scrapes = _ScrapeTracker(app)
+        self._server.set_app(self._scrapes)
         return int(self._server.server_port)
 
     def wait_for_scrape(self, timeout: float) -> bool:
-        """Block until ``/metrics`` is scraped once more (after everything delivered so far
-        is in the registry), or ``timeout`` seconds pass. True if a scrape happened."""
-        watcher = self._scrapes
-        with watcher.condition:
-            seen = watcher.scrapes
-            return watcher.condition.wait_for(lambda: watcher.scrapes > seen, timeout)
+        """Block until a scrape that starts after this call has been answered in full (so
+        it saw everything delivered so far), or ``timeout`` seconds pass."""
+        if self._scrapes is None:
+            return False
+        return self._scrapes.wait_for_next(timeout)
 
     @property
     def port(self) -> int | None:
@@ -270,7 +309,7 @@ class PrometheusOutput(OutputBackend):
             directory.mkdir(parents=True, exist_ok=True)
             name = f"esper-{labels.get('run_id', os.getpid())}.json"
             payload = json.dumps([{"targets": [target], "labels": labels}], indent=2)
-            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+            fd, tmp = tempfile.mkstemp(dir=directory, prefix=".esper-", suffix=".tmp")
             with os.fdopen(fd, "w") as fh:
                 fh.write(payload)
             path = directory / name
@@ -289,6 +328,12 @@ class PrometheusOutput(OutputBackend):
 
     def _on_training_started(self, e: TelemetryEvent) -> None:
         d = e.data
+        # Every slot x blueprint starts at zero, so increase() sees the first germination
+        # and dashboards draw a zero line rather than no data.
+        for slot_id in d["slot_ids"]:
+            for blueprint_id in d["blueprint_ids"]:
+                self._child("esper_seed_germinated_total", str(slot_id), str(blueprint_id))
+                self._child("esper_seed_fossilized_total", str(slot_id), str(blueprint_id))
         self._set("esper_run_info", 1, str(d["run_id"]), str(d["task"]), str(d["mode"]),
                   str(d["reward_mode"]))  # fmt: skip
 

@@ -6,7 +6,7 @@ import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from esper.kasmina import SLOT_IDS
+from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.leyline import TelemetryEvent, TelemetryEventType, make_event
 from esper.tolaria.config import RunConfig
 from esper.tolaria.environment import EpochResult
@@ -54,6 +54,7 @@ def training_started_payload(
         "env_device_map_strategy": "single_device",
         "host_params": host_params,
         "slot_ids": list(SLOT_IDS),
+        "blueprint_ids": list(BLUEPRINT_IDS),
         "reward_mode": "none",
         "use_telemetry": False,
         "telemetry_level": config.telemetry.level.name.lower(),

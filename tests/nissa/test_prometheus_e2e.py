@@ -1,0 +1,155 @@
+"""A real Prometheus scrapes a real ``esper train ppo`` run; a real Alertmanager delivers the
+alert that the run's injected exploding gradients fire to a webhook on loopback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from esper.leyline import TelemetryConfig
+from esper.nissa import NissaHub
+from esper.nissa._metric_catalogue import METRICS, MetricKind
+from esper.nissa.prometheus import PrometheusOutput
+from esper.simic.vectorized import run_ppo
+from esper.tolaria.config import RunConfig
+from tests._stack import DEPLOY, Webhook, alertmanager, metric_names, prometheus, query, wait_until
+
+pytestmark = pytest.mark.slow
+
+TRAIN = [
+    "--n-envs", "2", "--episodes", "8", "--max-epochs", "12", "--seed", "1",
+    "--telemetry-level", "debug", "--inject-fault", "exploding-gradients@8",
+    "--inject-fault", "nan-loss@10", "--metrics-port", "0", "--metrics-linger", "30",
+]  # fmt: skip
+
+
+@dataclass
+class Stack:
+    prometheus: str
+    webhook: Webhook
+    train: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp = tmp_path_factory.mktemp("stack")
+    sd = tmp / "targets"
+    webhook = Webhook()
+    try:
+        with (
+            alertmanager(tmp / "am", webhook.url) as am_port,
+            prometheus(tmp / "prom", sd_dir=sd, alertmanager_port=am_port) as base,
+        ):
+            train = subprocess.run(
+                [sys.executable, "-m", "esper.scripts.train", "ppo", *TRAIN,
+                 "--metrics-sd-dir", str(sd), "--telemetry-dir", str(tmp / "runs")],
+                capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+            assert train.returncode == 0, train.stderr
+            yield Stack(base, webhook, train)
+    finally:
+        webhook.close()
+
+
+def test_the_run_registered_and_removed_its_scrape_target(stack: Stack, tmp_path: Path) -> None:
+    assert "Serving Prometheus metrics at http://127.0.0.1:" in stack.train.stdout
+    assert "scrape target registered in" in stack.train.stdout
+    up = query(stack.prometheus, 'max_over_time(up{job="esper-trainer"}[10m])')
+    assert [float(r["value"][1]) for r in up] == [1.0]
+    assert (
+        query(stack.prometheus, "max_over_time(esper_run_info[10m])")[0]["metric"]["mode"] == "ppo"
+    )
+
+
+def test_every_catalogue_family_is_stored(stack: Stack) -> None:
+    stored = metric_names(stack.prometheus)
+    missing = []
+    for m in METRICS:
+        if m.name.startswith("esper_cuda_"):
+            continue  # CUDA only; this machine has none
+        name = m.name + ("_bucket" if m.kind is MetricKind.HISTOGRAM else "")
+        if name not in stored:
+            missing.append(name)
+    assert not missing, f"not stored by Prometheus: {missing}"
+
+
+def test_values_agree_with_the_run(stack: Stack) -> None:
+    episodes = query(stack.prometheus, "max_over_time(esper_episodes_completed_total[10m])")
+    assert float(episodes[0]["value"][1]) == 8
+    updates = query(stack.prometheus, "max_over_time(esper_ppo_updates_total[10m])")
+    assert float(updates[0]["value"][1]) == 4
+    rollbacks = query(stack.prometheus, "max_over_time(esper_governor_rollbacks_total[10m])")
+    assert {(r["metric"]["env_id"], r["metric"]["reason"]) for r in rollbacks} == {
+        ("0", "nan_loss")
+    }
+
+
+def test_exploding_gradients_fire_and_reach_the_webhook(stack: Stack) -> None:
+    alert = stack.webhook.wait_for("EsperExplodingGradients", timeout=90)
+    assert alert["status"] == "firing"
+    assert alert["labels"]["severity"] == "critical"
+    assert alert["labels"]["scope"] == "host"
+    assert alert["annotations"]["runbook"]
+    firing = query(stack.prometheus, 'ALERTS{alertname="EsperExplodingGradients"}')
+    assert firing
+    nan = stack.webhook.wait_for("EsperNaNGradients", timeout=90)
+    assert nan["labels"]["scope"] == "host"
+
+
+def test_recording_rules_produce_quantiles(stack: Stack) -> None:
+    def have() -> bool:
+        return bool(query(stack.prometheus, "esper:ppo_update_duration_seconds:p95"))
+
+    wait_until(have, 30, "the PPO update duration quantile")
+
+
+def test_promtool_check_metrics_passes_on_a_real_runs_scrape() -> None:
+    hub = NissaHub()
+    out = PrometheusOutput(hub_stats=hub.stats, cuda=False)
+    port = out.serve(0)
+    hub.add_backend(out)
+    run_ppo(RunConfig(mode="ppo", episodes=2, n_envs=2, max_epochs=6, seed=2,
+                      telemetry=TelemetryConfig()), hub=hub)  # fmt: skip
+    hub.flush()
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
+        text = resp.read().decode()
+    hub.close()
+    assert "esper_ppo_updates_total 1.0" in text
+    lint = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                          text=True, check=False)  # fmt: skip
+    assert (lint.returncode, lint.stdout + lint.stderr) == (0, "")
+
+
+def test_alert_and_recording_rules_pass_promtool() -> None:
+    rules = [str(DEPLOY / "prometheus" / f) for f in ("alerts.yml", "recording.yml")]
+    check = subprocess.run(["promtool", "check", "rules", *rules], capture_output=True, text=True,
+                           check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+    unit = subprocess.run(
+        ["promtool", "test", "rules", str(DEPLOY / "prometheus" / "tests" / "alerts_test.yml")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert unit.returncode == 0, unit.stdout + unit.stderr
+
+
+def test_every_spec_alert_is_defined_with_summary_description_and_runbook() -> None:
+    import yaml
+
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    rules = {r["alert"]: r for g in doc["groups"] for r in g["rules"]}
+    assert set(rules) == {
+        "EsperExplodingGradients", "EsperNaNGradients", "EsperVanishingSeedGradients",
+        "EsperEntropyCollapse", "EsperGovernorRollbackStorm", "EsperTrainingStalled",
+        "EsperTelemetryDropping", "EsperTrainerDown",
+    }  # fmt: skip
+    for name, rule in rules.items():
+        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), name
+    tests = (DEPLOY / "prometheus" / "tests" / "alerts_test.yml").read_text()
+    for name in rules:
+        assert f"alertname: {name}" in tests, f"{name} has no promtool unit test"
