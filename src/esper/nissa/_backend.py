@@ -25,6 +25,11 @@ class OutputBackend(ABC):
     def emit(self, event: TelemetryEvent) -> None:
         """Take one event."""
 
+    @property
+    def lost(self) -> int:
+        """Items this backend accepted but could not keep (a full disk, a dead collector)."""
+        return 0
+
     def flush(self) -> None:  # noqa: B027 - most backends have nothing to flush
         """Make everything taken so far durable or visible."""
 

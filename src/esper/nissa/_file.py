@@ -68,6 +68,10 @@ class FileOutput(OutputBackend):
     def name(self) -> str:
         return f"file:{self.path}"
 
+    @property
+    def lost(self) -> int:
+        return self.lines_dropped
+
     def emit(self, event: TelemetryEvent) -> None:
         line = encode_event(event, next(self._seq))  # encode outside the lock
         with self._lock:

@@ -88,6 +88,8 @@ class BackendStats:
     last_error: str | None
     cpu_seconds: float = 0.0
     """CPU time this backend's delivery thread has used."""
+    lost: int = 0
+    """Items the backend took but could not keep (its own count: lines, spans)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +201,7 @@ class _Lane:
             self.dropped,
             self.last_error,
             self.cpu_seconds,
+            self.backend.lost,
         )
 
 

@@ -45,6 +45,9 @@ ET = TelemetryEventType
 _ANOMALY_SCOPES = ("policy", "host", "seed")
 _ANOMALY_KINDS = ("exploding", "vanishing", "nan")
 _INACTIVE = frozenset({"DORMANT"})
+_READ_AT_SCRAPE = frozenset(
+    {"esper_telemetry_events_dropped_total", "esper_telemetry_backend_lost_total"}
+)
 
 
 def _ratio(percent: float) -> float:
@@ -65,6 +68,11 @@ class _HubCollector(Collector):
         for b in stats.backends:
             family.add_metric([b.name], b.dropped)
         yield family
+        lost_spec = METRICS_BY_NAME["esper_telemetry_backend_lost_total"]
+        lost = CounterMetricFamily(lost_spec.family, lost_spec.help, labels=["backend"])
+        for b in stats.backends:
+            lost.add_metric([b.name], b.lost)
+        yield lost
 
 
 class _ScrapeTracker:
@@ -153,10 +161,7 @@ class PrometheusOutput(OutputBackend):
         self._lock = threading.Lock()  # the hub lane and direct callers may both emit
         self._m: dict[str, Any] = {}
         for spec in METRICS:
-            if (
-                spec.name.startswith("esper_cuda_")
-                or spec.name == "esper_telemetry_events_dropped_total"
-            ):
+            if spec.name.startswith("esper_cuda_") or spec.name in _READ_AT_SCRAPE:
                 continue
             if spec.kind is MetricKind.GAUGE:
                 metric: Any = Gauge(spec.name, spec.help, spec.labels, registry=self.registry)

@@ -25,6 +25,7 @@ from esper.leyline import (
     UsageError,
 )
 from esper.nissa import DirectoryOutput, FileOutput, NissaHub, get_hub, install_signal_handlers
+from esper.nissa.otel import OTelOutput, otlp_configured, traces_endpoint
 from esper.nissa.prometheus import PrometheusOutput
 from esper.scripts import _argtypes as at
 from esper.scripts._progress import ProgressBar
@@ -251,6 +252,16 @@ def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
                 labels={"run_id": hub.run_id or "", "mode": args.mode, "task": args.task},
             )
             setup.destinations.append(f"scrape target registered in {sd}")
+    if args.otlp_endpoint is not None or otlp_configured():
+        otel = OTelOutput(endpoint=args.otlp_endpoint, run_id=hub.run_id)
+        hub.add_backend(otel)
+        where = (
+            traces_endpoint(args.otlp_endpoint)
+            if args.otlp_endpoint
+            else "the endpoint in OTEL_EXPORTER_OTLP_*"
+        )
+        print(f"Exporting traces over OTLP/HTTP to {where}", flush=True)
+        setup.destinations.append(f"OpenTelemetry traces: {where}")
     config = telemetry_config(args)
     if config.level is TelemetryLevel.OFF:
         detail = "telemetry level is off" + (
@@ -284,8 +295,10 @@ def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> None:
     )
     for b in stats.backends:
         problem = f", last error: {b.last_error}" if b.last_error else ""
+        lost = f", lost {b.lost}" if b.lost else ""
         lines.append(
-            f"  {b.name}: delivered {b.delivered}, dropped {b.dropped}, failed {b.failed}{problem}"
+            f"  {b.name}: delivered {b.delivered}, dropped {b.dropped}, failed {b.failed}"
+            f"{lost}{problem}"
         )
     print("\n".join(lines), file=stream or sys.stdout)
 

@@ -1,0 +1,445 @@
+"""OTelOutput: the life of every seed as an OpenTelemetry trace, exported over OTLP/HTTP.
+
+One trace per run::
+
+    esper.run                          TRAINING_STARTED .. TRAINING_COMPLETED
+     +-- esper.episode (per env)       batch start .. batch end (aggregate EPOCH_COMPLETED)
+     |    +-- esper.seed               SEED_GERMINATED .. SEED_FOSSILIZED / SEED_CULLED
+     |         +-- esper.seed.stage    one span per stage; gate evaluations are span events
+     +-- esper.ppo.update              PPO_UPDATE_COMPLETED (its update_time_ms before it)
+
+A stage gets its own child span, so a seed that changes stage hundreds of times loses nothing to
+a per-span event limit, and a long-lived seed shows up stage by stage while it lives.
+GOVERNOR_ROLLBACK marks the env's episode span with an error status and an event. Start and
+end times come from the events' timestamps, never from when this backend saw them. Spans
+still open at close are ended then, with ``esper.seed.outcome = unfinished``.
+
+Export is batched on the SDK's own thread (a dead collector never reaches the training
+thread); export timeouts and shutdown are bounded; spans that were ended but never exported
+are counted (``lost``) and reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    SimpleSpanProcessor,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import Span, Status, StatusCode
+
+from esper.leyline import BackendConfigError, TelemetryEvent, TelemetryEventType
+from esper.nissa._backend import OutputBackend
+from esper.nissa._hub import block_shutdown_signals
+
+ET = TelemetryEventType
+DEFAULT_SERVICE_NAME = "esper-trainer"
+SHUTDOWN_SECONDS = 5.0
+"""At most this long to flush and shut down the exporter at close."""
+EXPORT_TIMEOUT_SECONDS = 3.0
+"""Per-export timeout unless OTEL_EXPORTER_OTLP_[TRACES_]TIMEOUT says otherwise."""
+
+_log = logging.getLogger("esper.nissa.otel")
+# The SDK logs a warning for every span it drops from a full queue; we count them instead.
+logging.getLogger("opentelemetry.sdk._shared_internal").setLevel(logging.ERROR)
+
+
+class _CountingExporter(SpanExporter):
+    """Counts spans exported and spans whose export failed."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+        self.exported = 0
+        self.failed = 0
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        try:
+            result = self.inner.export(spans)
+        except Exception:  # noqa: BLE001 - an exporter failure must not kill the worker
+            result = SpanExportResult.FAILURE
+        with self._lock:
+            if result is SpanExportResult.SUCCESS:
+                self.exported += len(spans)
+            else:
+                self.failed += len(spans)
+        return result
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def traces_endpoint(base: str) -> str:
+    """The OTLP/HTTP traces URL for ``--otlp-endpoint`` (a base URL, like
+    OTEL_EXPORTER_OTLP_ENDPOINT): ``/v1/traces`` is appended unless already there."""
+    base = base.rstrip("/")
+    return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
+
+
+def otlp_configured() -> bool:
+    """True when the standard OTEL_* variables name an OTLP endpoint for traces."""
+    return bool(
+        os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+    )
+
+
+def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
+    """An OTLP/HTTP protobuf exporter. ``endpoint`` (a base URL) wins over the OTEL_*
+    variables; headers, compression and certificates come from the standard variables."""
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # noqa: PLC0415
+        OTLPSpanExporter,
+    )
+
+    timeout_env = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or os.environ.get(
+        "OTEL_EXPORTER_OTLP_TIMEOUT"
+    )
+    timeout = None if timeout_env else EXPORT_TIMEOUT_SECONDS
+    try:
+        return OTLPSpanExporter(
+            endpoint=None if endpoint is None else traces_endpoint(endpoint), timeout=timeout
+        )
+    except Exception as exc:
+        raise BackendConfigError(f"cannot set up the OTLP exporter: {exc}") from exc
+
+
+@dataclass(slots=True)
+class _Seed:
+    span: Span
+    stage_span: Span
+    env_id: int
+
+
+@dataclass(slots=True)
+class _Runtime:
+    run: Span | None = None
+    batch_start_ns: int = 0
+    max_epochs: int = 0
+    episodes: dict[int, Span] = field(default_factory=dict)
+    seeds: dict[str, _Seed] = field(default_factory=dict)
+
+
+class OTelOutput(OutputBackend):
+    """Seed-lifecycle traces (see the module docstring).
+
+    ``exporter`` defaults to OTLP/HTTP at ``endpoint`` (or the OTEL_* variables); pass an
+    in-memory exporter in tests. ``batch=False`` exports on the calling thread (tests only: a
+    simple processor against a dead collector blocks for its whole timeout).
+    """
+
+    def __init__(
+        self,
+        *,
+        endpoint: str | None = None,
+        exporter: SpanExporter | None = None,
+        service_name: str | None = None,
+        run_id: str | None = None,
+        batch: bool = True,
+        max_queue_size: int = 4096,
+    ) -> None:
+        self._counting = _CountingExporter(exporter or otlp_exporter(endpoint))
+        attributes: dict[str, Any] = {
+            "service.name": os.environ.get("OTEL_SERVICE_NAME")
+            or service_name
+            or DEFAULT_SERVICE_NAME,
+            "service.instance.id": f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}",
+        }
+        if run_id:
+            attributes["esper.run.id"] = run_id
+        self.resource = Resource.create(attributes)
+        self.provider = TracerProvider(resource=self.resource)
+        if batch:
+            previous = block_shutdown_signals()  # the SDK's worker thread inherits the mask
+            try:
+                processor: Any = BatchSpanProcessor(
+                    self._counting, max_queue_size=max_queue_size, schedule_delay_millis=1000
+                )
+            finally:
+                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        else:
+            processor = SimpleSpanProcessor(self._counting)
+        self.provider.add_span_processor(processor)
+        self.tracer = self.provider.get_tracer("esper.nissa")
+        self._state = _Runtime()
+        self.spans_ended = 0
+        self._closed = False
+        self._handlers = {
+            ET.TRAINING_STARTED: self._on_started,
+            ET.TRAINING_COMPLETED: self._on_completed,
+            ET.SEED_GERMINATED: self._on_germinated,
+            ET.SEED_STAGE_CHANGED: self._on_stage_changed,
+            ET.SEED_GATE_EVALUATED: self._on_gate,
+            ET.SEED_FOSSILIZED: self._on_fossilized,
+            ET.SEED_CULLED: self._on_culled,
+            ET.PPO_UPDATE_COMPLETED: self._on_ppo_update,
+            ET.GOVERNOR_ROLLBACK: self._on_rollback,
+            ET.EPOCH_COMPLETED: self._on_epoch,
+        }
+
+    @property
+    def name(self) -> str:
+        return "otel"
+
+    @property
+    def lost(self) -> int:
+        """Spans ended but not (yet) exported: failed exports, queue overflow, shutdown."""
+        return max(0, self.spans_ended - self._counting.exported)
+
+    @property
+    def exported(self) -> int:
+        return self._counting.exported
+
+    # -- span helpers ----------------------------------------------------------------------
+
+    def _end(self, span: Span, end_ns: int) -> None:
+        span.end(end_time=end_ns)
+        self.spans_ended += 1
+
+    def _start(
+        self, name: str, start_ns: int, parent: Span | None, attributes: dict[str, Any]
+    ) -> Span:
+        context = None if parent is None else trace.set_span_in_context(parent)
+        return self.tracer.start_span(
+            name, context=context, start_time=start_ns, attributes=attributes
+        )
+
+    def _run_span(self, e: TelemetryEvent) -> Span:
+        """The run span; opened implicitly if events arrive without TRAINING_STARTED."""
+        st = self._state
+        if st.run is None:
+            st.run = self._start(
+                "esper.run", e.timestamp_ns, None, {"esper.run.id": e.run_id or ""}
+            )
+            st.batch_start_ns = e.timestamp_ns
+        return st.run
+
+    def _episode(self, env_id: int, e: TelemetryEvent) -> Span:
+        st = self._state
+        span = st.episodes.get(env_id)
+        if span is None:
+            span = self._start(
+                "esper.episode",
+                st.batch_start_ns or e.timestamp_ns,
+                self._run_span(e),
+                {"esper.run.id": e.run_id or "", "esper.env.id": env_id},
+            )
+            st.episodes[env_id] = span
+        return span
+
+    def _end_seed(self, seed_id: str, end_ns: int, outcome: str, **attrs: Any) -> None:
+        seed = self._state.seeds.pop(seed_id, None)
+        if seed is None:
+            return
+        self._end(seed.stage_span, end_ns)
+        seed.span.set_attribute("esper.seed.outcome", outcome)
+        for k, v in attrs.items():
+            if v is not None:
+                seed.span.set_attribute(k, v)
+        self._end(seed.span, end_ns)
+
+    def _end_batch(self, end_ns: int) -> None:
+        st = self._state
+        for seed_id, seed in list(st.seeds.items()):
+            if seed.env_id in st.episodes:
+                self._end_seed(seed_id, end_ns, "unfinished")
+        for span in st.episodes.values():
+            self._end(span, end_ns)
+        st.episodes.clear()
+        st.batch_start_ns = end_ns
+
+    # -- OutputBackend ---------------------------------------------------------------------
+
+    def emit(self, event: TelemetryEvent) -> None:
+        if self._closed:
+            return
+        handler = self._handlers.get(event.event_type)
+        if handler is not None:
+            handler(event)
+
+    def flush(self) -> None:
+        """Export what has ended (bounded by the export timeout)."""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        now = time.time_ns()
+        st = self._state
+        for seed_id in list(st.seeds):
+            self._end_seed(seed_id, now, "unfinished")
+        for span in st.episodes.values():
+            self._end(span, now)
+        st.episodes.clear()
+        if st.run is not None:
+            st.run.set_attribute("esper.run.outcome", "unfinished")
+            self._end(st.run, now)
+            st.run = None
+        # Shutdown flushes the queue through the exporter; never wait longer than the budget.
+        done = threading.Event()
+
+        def shutdown() -> None:
+            try:
+                self.provider.shutdown()
+            finally:
+                done.set()
+
+        threading.Thread(target=shutdown, name="esper-otel-shutdown", daemon=True).start()
+        if not done.wait(SHUTDOWN_SECONDS):
+            _log.warning("OTLP export did not finish within %.0f s; %d spans not exported",
+                         SHUTDOWN_SECONDS, self.lost)  # fmt: skip
+
+    # -- handlers --------------------------------------------------------------------------
+
+    def _on_started(self, e: TelemetryEvent) -> None:
+        st = self._state
+        d = e.data
+        st.max_epochs = int(d["max_epochs"])
+        run = self._run_span(e)
+        run.set_attributes(
+            {
+                "esper.run.id": str(d["run_id"]),
+                "esper.mode": str(d["mode"]),
+                "esper.task": str(d["task"]),
+                "esper.n_envs": int(d["n_envs"]),
+            }
+        )
+
+    def _on_completed(self, e: TelemetryEvent) -> None:
+        st = self._state
+        self._end_batch(e.timestamp_ns)
+        run = self._run_span(e)
+        status = str(e.data["status"])
+        run.set_attribute("esper.run.outcome", status)
+        if status != "completed":
+            run.set_status(Status(StatusCode.ERROR, f"run {status}"))
+        self._end(run, e.timestamp_ns)
+        st.run = None
+
+    def _on_epoch(self, e: TelemetryEvent) -> None:
+        d = e.data
+        if d["scope"] == "aggregate" and d["inner_epoch"] == self._state.max_epochs:
+            self._end_batch(e.timestamp_ns)
+
+    def _seed_attrs(self, e: TelemetryEvent) -> dict[str, Any]:
+        d = e.data
+        return {
+            "esper.run.id": e.run_id or "",
+            "esper.env.id": int(d["env_id"]),
+            "esper.slot.id": str(d["slot_id"]),
+            "esper.seed.id": str(d["seed_id"]),
+            "esper.blueprint.id": str(d["blueprint_id"]),
+        }
+
+    def _on_germinated(self, e: TelemetryEvent) -> None:
+        d = e.data
+        env_id = int(d["env_id"])
+        attrs = self._seed_attrs(e)
+        span = self._start("esper.seed", e.timestamp_ns, self._episode(env_id, e), attrs)
+        stage = self._start(
+            "esper.seed.stage", e.timestamp_ns, span, {**attrs, "esper.stage": "GERMINATED"}
+        )
+        self._state.seeds[str(d["seed_id"])] = _Seed(span, stage, env_id)
+
+    def _on_stage_changed(self, e: TelemetryEvent) -> None:
+        seed = self._state.seeds.get(str(e.data["seed_id"]))
+        if seed is None:
+            return  # after the seed's end (embargo, reset): not part of its life span
+        self._end(seed.stage_span, e.timestamp_ns)
+        seed.stage_span = self._start(
+            "esper.seed.stage",
+            e.timestamp_ns,
+            seed.span,
+            {
+                **self._seed_attrs(e),
+                "esper.stage": str(e.data["to_stage"]),
+                "esper.from_stage": str(e.data["from_stage"]),
+            },
+        )
+
+    def _on_gate(self, e: TelemetryEvent) -> None:
+        seed = self._state.seeds.get(str(e.data["seed_id"]))
+        if seed is None:
+            return
+        d = e.data
+        seed.stage_span.add_event(
+            "esper.gate",
+            {
+                "esper.gate": str(d["gate"]),
+                "esper.gate.passed": bool(d["passed"]),
+                "esper.gate.target_stage": str(d["target_stage"]),
+                "esper.gate.checks_passed": [str(c) for c in d["checks_passed"]],
+                "esper.gate.checks_failed": [str(c) for c in d["checks_failed"]],
+            },
+            timestamp=e.timestamp_ns,
+        )
+
+    def _on_fossilized(self, e: TelemetryEvent) -> None:
+        self._end_seed(
+            str(e.data["seed_id"]),
+            e.timestamp_ns,
+            "fossilized",
+            **{"esper.seed.improvement": float(e.data["improvement"])},
+        )
+
+    def _on_culled(self, e: TelemetryEvent) -> None:
+        self._end_seed(
+            str(e.data["seed_id"]),
+            e.timestamp_ns,
+            "culled",
+            **{
+                "esper.seed.improvement": float(e.data["improvement"]),
+                "esper.seed.cull_reason": str(e.data["reason"]),
+            },
+        )
+
+    def _on_ppo_update(self, e: TelemetryEvent) -> None:
+        d = e.data
+        start = e.timestamp_ns - int(float(d["update_time_ms"]) * 1e6)
+        span = self._start(
+            "esper.ppo.update",
+            start,
+            self._run_span(e),
+            {
+                "esper.run.id": e.run_id or "",
+                "esper.ppo.batch": int(d["batch"]),
+                "esper.ppo.policy_loss": float(d["policy_loss"]),
+                "esper.ppo.value_loss": float(d["value_loss"]),
+                "esper.ppo.entropy": float(d["entropy"]),
+                "esper.ppo.kl_divergence": float(d["kl_divergence"]),
+                "esper.ppo.grad_norm": float(d["grad_norm"]),
+            },
+        )
+        self._end(span, e.timestamp_ns)
+
+    def _on_rollback(self, e: TelemetryEvent) -> None:
+        d = e.data
+        episode = self._episode(int(d["env_id"]), e)
+        episode.add_event(
+            "esper.governor_rollback",
+            {
+                "esper.rollback.reason": str(d["reason"]),
+                "esper.rollback.loss_at_panic": str(d["loss_at_panic"]),
+                "esper.rollback.seeds_culled": int(d["seeds_culled"]),
+                "esper.device": str(d["device"]),
+            },
+            timestamp=e.timestamp_ns,
+        )
+        episode.set_status(Status(StatusCode.ERROR, f"governor rollback: {d['reason']}"))
