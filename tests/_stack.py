@@ -16,6 +16,7 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,17 @@ def _ready(url: str) -> bool:
     except OSError:
         return False
     return True
+
+
+@dataclass
+class Stack:
+    """A Prometheus (base URL) that scraped a training run, and the webhook its alerts reach."""
+
+    prometheus: str
+    webhook: Webhook
+    train: subprocess.CompletedProcess[str]
+    started: float
+    finished: float
 
 
 class Webhook:
@@ -177,6 +189,15 @@ def prometheus(tmp: Path, *, sd_dir: Path, alertmanager_port: int | None = None)
 def query(base: str, promql: str) -> list[dict[str, Any]]:
     """An instant query's result vector."""
     url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+    body = json.loads(http_get(url))
+    assert body["status"] == "success", body
+    return list(body["data"]["result"])
+
+
+def query_range(base: str, promql: str, start: float, end: float) -> list[dict[str, Any]]:
+    """A range query's result matrix (1 s steps)."""
+    params = {"query": promql, "start": start, "end": end, "step": "1"}
+    url = f"{base}/api/v1/query_range?" + urllib.parse.urlencode(params)
     body = json.loads(http_get(url))
     assert body["status"] == "success", body
     return list(body["data"]["result"])

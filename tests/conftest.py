@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from esper.nissa import reset_hub
+from tests._stack import Stack, Webhook, alertmanager, prometheus
 
 
 @pytest.fixture(autouse=True)
@@ -14,3 +18,36 @@ def _fresh_global_hub() -> Iterator[None]:
     reset_hub()
     yield
     reset_hub(timeout=10)
+
+
+STACK_TRAIN = [
+    "--n-envs", "2", "--episodes", "8", "--max-epochs", "12", "--seed", "1",
+    "--telemetry-level", "debug", "--inject-fault", "exploding-gradients@8",
+    "--inject-fault", "nan-loss@10", "--metrics-port", "0", "--metrics-linger", "30",
+]  # fmt: skip
+"""A short, fault-injected PPO run: exploding gradients and a NaN loss in every episode's
+first env, so the alert, rollback and anomaly panels have data."""
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """A real Alertmanager (delivering to a loopback webhook) and a real Prometheus that
+    scraped a real ``esper train ppo`` run, shared by the end-to-end tests."""
+    tmp = tmp_path_factory.mktemp("stack")
+    sd = tmp / "targets"
+    webhook = Webhook()
+    try:
+        with (
+            alertmanager(tmp / "am", webhook.url) as am_port,
+            prometheus(tmp / "prom", sd_dir=sd, alertmanager_port=am_port) as base,
+        ):
+            start = time.time()
+            train = subprocess.run(
+                [sys.executable, "-m", "esper.scripts.train", "ppo", *STACK_TRAIN,
+                 "--metrics-sd-dir", str(sd), "--telemetry-dir", str(tmp / "runs")],
+                capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+            assert train.returncode == 0, train.stderr
+            yield Stack(base, webhook, train, start, time.time())
+    finally:
+        webhook.close()

@@ -4,11 +4,7 @@ alert that the run's injected exploding gradients fire to a webhook on loopback.
 from __future__ import annotations
 
 import subprocess
-import sys
 import urllib.request
-from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 
@@ -18,46 +14,12 @@ from esper.nissa._metric_catalogue import METRICS, MetricKind
 from esper.nissa.prometheus import PrometheusOutput
 from esper.simic.vectorized import run_ppo
 from esper.tolaria.config import RunConfig
-from tests._stack import DEPLOY, Webhook, alertmanager, metric_names, prometheus, query, wait_until
+from tests._stack import DEPLOY, Stack, metric_names, query, wait_until
 
 pytestmark = pytest.mark.slow
 
-TRAIN = [
-    "--n-envs", "2", "--episodes", "8", "--max-epochs", "12", "--seed", "1",
-    "--telemetry-level", "debug", "--inject-fault", "exploding-gradients@8",
-    "--inject-fault", "nan-loss@10", "--metrics-port", "0", "--metrics-linger", "30",
-]  # fmt: skip
 
-
-@dataclass
-class Stack:
-    prometheus: str
-    webhook: Webhook
-    train: subprocess.CompletedProcess[str]
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    tmp = tmp_path_factory.mktemp("stack")
-    sd = tmp / "targets"
-    webhook = Webhook()
-    try:
-        with (
-            alertmanager(tmp / "am", webhook.url) as am_port,
-            prometheus(tmp / "prom", sd_dir=sd, alertmanager_port=am_port) as base,
-        ):
-            train = subprocess.run(
-                [sys.executable, "-m", "esper.scripts.train", "ppo", *TRAIN,
-                 "--metrics-sd-dir", str(sd), "--telemetry-dir", str(tmp / "runs")],
-                capture_output=True, text=True, timeout=600, check=False,
-            )  # fmt: skip
-            assert train.returncode == 0, train.stderr
-            yield Stack(base, webhook, train)
-    finally:
-        webhook.close()
-
-
-def test_the_run_registered_and_removed_its_scrape_target(stack: Stack, tmp_path: Path) -> None:
+def test_the_run_registered_and_removed_its_scrape_target(stack: Stack) -> None:
     assert "Serving Prometheus metrics at http://127.0.0.1:" in stack.train.stdout
     assert "scrape target registered in" in stack.train.stdout
     up = query(stack.prometheus, 'max_over_time(up{job="esper-trainer"}[10m])')

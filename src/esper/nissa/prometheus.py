@@ -317,6 +317,7 @@ class PrometheusOutput(OutputBackend):
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".esper-", suffix=".tmp")
             with os.fdopen(fd, "w") as fh:
                 fh.write(payload)
+            os.chmod(tmp, 0o644)  # mkstemp makes it 0600; Prometheus may run as another user
             path = directory / name
             os.replace(tmp, path)
         except OSError as exc:

@@ -5,14 +5,15 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from esper.scripts import docs, telemetry, train
+from esper.scripts import dashboards, docs, telemetry, train
 
 USAGE = """usage: esper COMMAND [ARGS...]
 
 commands:
   train {ppo,heuristic}   train with a PPO or heuristic controller (esper train --help)
   telemetry               summarise a recorded run, or replay it into backends
-  docs                    regenerate docs/EVENTS.md from the payload catalogue
+  docs                    regenerate docs/EVENTS.md and docs/METRICS.md from the catalogues
+  dashboards              regenerate the Grafana dashboards in dashboards/
 """
 
 
@@ -20,6 +21,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": train.main,
     "telemetry": telemetry.main,
     "docs": docs.main,
+    "dashboards": dashboards.main,
 }
 
 

@@ -164,6 +164,12 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
         help="write this process's scrape target here for Prometheus file_sd (removed at exit)",
     )
     t.add_argument(
+        "--metrics-sd-host",
+        type=at.host_address,
+        help="host name Prometheus should scrape (default: --metrics-addr, or this host's name "
+        "when that is a wildcard)",
+    )
+    t.add_argument(
         "--metrics-linger",
         type=at.float_range(0.0, 3600.0),
         default=0.0,
@@ -188,9 +194,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         parser.error("argument --resume: only ppo runs resume (the heuristic has no state)")
     if (args.metrics_tls_cert is None) != (args.metrics_tls_key is None):
         parser.error("argument --metrics-tls-cert: needs --metrics-tls-key as well (and back)")
-    metrics_only = (args.metrics_sd_dir, args.metrics_tls_cert, args.metrics_linger)
+    metrics_only = (
+        args.metrics_sd_dir,
+        args.metrics_sd_host,
+        args.metrics_tls_cert,
+        args.metrics_linger,
+    )
     if args.metrics_port is None and any(metrics_only):
-        parser.error("--metrics-sd-dir, --metrics-tls-* and --metrics-linger need --metrics-port")
+        parser.error(
+            "--metrics-sd-dir, --metrics-sd-host, --metrics-tls-* and --metrics-linger need "
+            "--metrics-port"
+        )
     if args.mode == "ppo" and args.baseline:
         parser.error("argument --baseline: only for heuristic runs")
     for spec in args.inject_fault:
@@ -248,7 +262,7 @@ def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
         if args.metrics_sd_dir is not None:
             sd = prom.write_sd_file(
                 args.metrics_sd_dir,
-                host=args.metrics_addr,
+                host=args.metrics_sd_host or args.metrics_addr,
                 labels={"run_id": hub.run_id or "", "mode": args.mode, "task": args.task},
             )
             setup.destinations.append(f"scrape target registered in {sd}")

@@ -1,0 +1,315 @@
+"""Grafana dashboards, generated as code with Grafana's own SDK (grafana-foundation-sdk).
+
+``esper dashboards`` writes ``dashboards/*.json``; a test fails when the checked-in files
+differ from what this module generates, and another evaluates every panel's query against a
+real Prometheus that scraped a real run. Panels read the Prometheus datasource provisioned
+with uid ``esper-prometheus``; the trace panel reads Tempo (``esper-tempo``).
+
+Template variables: ``run`` (from ``esper_run_info``), ``instance`` (the scrape targets of the
+chosen runs) and ``env``; every query filters on them.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, cast
+
+from grafana_foundation_sdk.builders import dashboard as db
+from grafana_foundation_sdk.builders import prometheus as pq
+from grafana_foundation_sdk.builders import stat, table, tempo
+from grafana_foundation_sdk.builders import timeseries as ts
+from grafana_foundation_sdk.cog.builder import Builder
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.dashboard import DashboardLink as DashboardLinkModel
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardLinkType,
+    DataSourceRef,
+    VariableRefresh,
+)
+
+PROMETHEUS_UID = "esper-prometheus"
+TEMPO_UID = "esper-tempo"
+PROM = DataSourceRef(type_val="prometheus", uid=PROMETHEUS_UID)
+TEMPO = DataSourceRef(type_val="tempo", uid=TEMPO_UID)
+
+I = 'instance=~"$instance"'  # noqa: E741 - the one filter every query carries
+IE = f'{I}, env_id=~"$env"'
+RATE = "$__rate_interval"
+
+
+def _query(expr: str, legend: str = "", ref: str = "A") -> pq.Dataquery:
+    return pq.Dataquery().expr(expr).legend_format(legend or "__auto").ref_id(ref).datasource(PROM)
+
+
+def _targets(panel: Any, queries: list[tuple[str, str]]) -> Any:
+    for i, (expr, legend) in enumerate(queries):
+        panel = panel.with_target(_query(expr, legend, chr(ord("A") + i)))
+    return panel
+
+
+def _ts(
+    title: str, unit: str, queries: list[tuple[str, str]], desc: str = "", width: int = 12
+) -> ts.Panel:
+    panel = (
+        ts.Panel().title(title).unit(unit).datasource(PROM).height(8).span(width)
+        .description(desc).line_width(1).fill_opacity(10)
+    )  # fmt: skip
+    return cast(ts.Panel, _targets(panel, queries))
+
+
+def _stat(title: str, unit: str, queries: list[tuple[str, str]], desc: str = "") -> stat.Panel:
+    panel = stat.Panel().title(title).unit(unit).datasource(PROM).height(4).span(6)
+    return cast(stat.Panel, _targets(panel.description(desc), queries))
+
+
+def _variables(dashboard: db.Dashboard) -> db.Dashboard:
+    run = (
+        db.QueryVariable("run").label("Run").datasource(PROM)
+        .query("label_values(esper_run_info, run_id)")
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True)
+        .all_value(".*")
+    )  # fmt: skip
+    instance = (
+        db.QueryVariable("instance").label("Trainer").datasource(PROM)
+        .query('label_values(esper_run_info{run_id=~"$run"}, instance)')
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True)
+        .all_value(".*")
+    )  # fmt: skip
+    env = (
+        db.QueryVariable("env").label("Env").datasource(PROM)
+        .query('label_values(esper_env_val_accuracy{instance=~"$instance"}, env_id)')
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True)
+        .all_value(".*")
+    )  # fmt: skip
+    return dashboard.with_variable(run).with_variable(instance).with_variable(env)
+
+
+def _dashboard(uid: str, title: str, description: str) -> db.Dashboard:
+    links: list[Builder[DashboardLinkModel]] = [
+        db.DashboardLink("Esper dashboards").type(DashboardLinkType.DASHBOARDS).tags(["esper"])
+        .as_dropdown(True).include_vars(True).keep_time(True)
+    ]  # fmt: skip
+    d = (
+        db.Dashboard(title).uid(uid).tags(["esper", "generated"]).description(description)
+        .refresh("10s").time("now-1h", "now").timezone("browser").editable().links(links)
+    )  # fmt: skip
+    return _variables(d)
+
+
+def training_overview() -> db.Dashboard:
+    return (
+        _dashboard("esper-overview", "Esper / Training overview",
+                   "Is the run healthy and learning? Accuracy, reward, episodes, seeds, alerts.")
+        .with_row(db.Row("Run"))
+        .with_panel(_stat("Run", "none",
+                          [(f"count by (run_id, mode, task, reward_mode) (esper_run_info{{{I}, run_id=~\"$run\"}})",
+                            "{{run_id}} {{mode}} on {{task}} ({{reward_mode}} reward)")],
+                          "The runs selected above, by id, controller, task and reward mode."))
+        .with_panel(_stat("Episodes completed", "none",
+                          [(f"sum(esper_episodes_completed_total{{{I}}})", "episodes")]))
+        .with_panel(_stat("Batch accuracy", "percentunit",
+                          [(f"avg(esper_batch_avg_accuracy{{{I}}})", "accuracy")]))
+        .with_panel(_stat("Seeds alive", "none",
+                          [(f'sum(esper_seeds{{{I}, stage=~"GERMINATED|TRAINING|BLENDING|PROBATIONARY"}})',
+                            "alive")]))
+        .with_panel(_stat("Governor rollbacks", "none",
+                          [(f"sum(esper_governor_rollbacks_total{{{I}}})", "rollbacks")],
+                          "Needs a run with rollbacks (e.g. --inject-fault nan-loss@N)."))
+        .with_row(db.Row("Learning"))
+        .with_panel(_ts("Validation accuracy per env", "percentunit",
+                        [(f"esper_env_val_accuracy{{{IE}}}", "env {{env_id}}")]))
+        .with_panel(_ts("Batch accuracy and reward", "percentunit",
+                        [(f"esper_batch_avg_accuracy{{{I}}}", "avg accuracy"),
+                         (f"esper_batch_rolling_accuracy{{{I}}}", "rolling accuracy")]))
+        .with_panel(_ts("Mean episode reward", "none",
+                        [(f"esper_batch_avg_reward{{{I}}}", "reward")]))
+        .with_panel(_ts("Reward components (mean over envs)", "none",
+                        [(f"esper_reward_component{{{I}}}", "{{component}}")]))
+        .with_panel(_ts("Validation loss per env", "none",
+                        [(f"esper_env_val_loss{{{IE}}}", "env {{env_id}}")]))
+        .with_panel(_ts("Epochs per minute per env", "none",
+                        [(f"rate(esper_env_epochs_total{{{IE}}}[{RATE}]) * 60", "env {{env_id}}")]))
+        .with_row(db.Row("Health"))
+        .with_panel(_ts("Gradient anomalies", "none",
+                        [(f"sum by (scope, kind) (increase(esper_gradient_anomalies_total{{{I}}}[{RATE}]))",
+                          "{{scope}} {{kind}}")],
+                        "Needs a run with anomalies (e.g. --inject-fault exploding-gradients@N)."))
+        .with_panel(_ts("Host gradient norm", "none",
+                        [(f"esper_host_grad_norm{{{IE}}}", "env {{env_id}}")]))
+        .with_panel(_ts("Firing Esper alerts", "none",
+                        [('sum by (alertname) (ALERTS{alertstate="firing", alertname=~"Esper.*", '
+                          f"{I}}})", "{{alertname}}")],
+                        "Needs a firing alert (a fault-injected run)."))
+        .with_panel(_ts("Seconds since the last completed epoch", "s",
+                        [(f"time() - esper_last_progress_timestamp_seconds{{{I}}}", "{{instance}}")]))
+    )  # fmt: skip
+
+
+def ppo_health() -> db.Dashboard:
+    def ppo(title: str, metric: str, unit: str = "none") -> ts.Panel:
+        return _ts(title, unit, [(f"{metric}{{{I}}}", title.lower())], width=8)
+
+    return (
+        _dashboard("esper-ppo", "Esper / Tamiyo PPO health",
+                   "The controller's vital signs: losses, entropy per head, KL, clipping, "
+                   "gradients, update time.")
+        .with_row(db.Row("Losses"))
+        .with_panel(ppo("Policy loss", "esper_ppo_policy_loss"))
+        .with_panel(ppo("Value loss", "esper_ppo_value_loss"))
+        .with_panel(ppo("Explained variance", "esper_ppo_explained_variance"))
+        .with_row(db.Row("Exploration"))
+        .with_panel(_ts("Entropy per head", "none",
+                        [(f"esper_ppo_head_entropy{{{I}}}", "{{head}}"),
+                         (f"esper_ppo_entropy{{{I}}}", "total")], width=8))
+        .with_panel(ppo("KL divergence", "esper_ppo_kl_divergence"))
+        .with_panel(ppo("Clip fraction", "esper_ppo_clip_fraction", "percentunit"))
+        .with_panel(ppo("Entropy collapsed (1 = yes)", "esper_ppo_entropy_collapsed"))
+        .with_panel(ppo("Learning rate", "esper_ppo_learning_rate"))
+        .with_row(db.Row("Gradients and time"))
+        .with_panel(_ts("Gradient norm", "none",
+                        [(f"esper_ppo_grad_norm{{{I}}}", "total"),
+                         (f"esper_ppo_head_grad_norm{{{I}}}", "{{head}}")], width=8))
+        .with_panel(_ts("Update time (p95)", "s",
+                        [(f"esper:ppo_update_duration_seconds:p95{{{I}}}", "p95"),
+                         (f"rate(esper_ppo_update_duration_seconds_sum{{{I}}}[{RATE}]) / "
+                          f"rate(esper_ppo_update_duration_seconds_count{{{I}}}[{RATE}])", "mean")],
+                        width=8))
+        .with_panel(_ts("Updates per minute", "none",
+                        [(f"rate(esper_ppo_updates_total{{{I}}}[{RATE}]) * 60", "updates/min")],
+                        width=8))
+        .with_panel(_ts("Actions taken", "none",
+                        [(f"sum by (op, success) (increase(esper_actions_total{{{I}}}[{RATE}]))",
+                          "{{op}} success={{success}}")], width=12))
+    )  # fmt: skip
+
+
+def seed_lifecycle() -> db.Dashboard:
+    traces = (
+        table.Panel().title("Seed traces (Tempo)").datasource(TEMPO).height(8).span(24)
+        .description("Every seed's life is a trace: open one to see its stages and gates.")
+        .with_target(
+            tempo.TempoQuery().ref_id("A").datasource(TEMPO).query_type("traceql").limit(50)
+            .query('{ name = "esper.seed" && resource.esper.run.id =~ "$run" }')
+        )
+    )  # fmt: skip
+    return (
+        _dashboard("esper-seeds", "Esper / Seed lifecycle",
+                   "What the controller grew: germinations, fossilizations, culls by reason and "
+                   "blueprint, stages, alpha, seed gradient health, and each seed's trace.")
+        .with_row(db.Row("Lifecycle"))
+        .with_panel(_ts("Germinated by blueprint", "none",
+                        [(f"sum by (blueprint_id) (increase(esper_seed_germinated_total{{{I}}}[{RATE}]))",
+                          "{{blueprint_id}}")], width=8))
+        .with_panel(_ts("Fossilized by blueprint", "none",
+                        [(f"sum by (blueprint_id) (esper_seed_fossilized_total{{{I}}})",
+                          "{{blueprint_id}}")], width=8))
+        .with_panel(_ts("Culled by reason", "none",
+                        [(f"sum by (reason) (esper_seed_culled_total{{{I}}})", "{{reason}}"),
+                         (f"sum by (reason) (esper:seed_culled:rate5m{{{I}}}) * 300",
+                          "{{reason}} (per 5 min)")], width=8))
+        .with_panel(_ts("Seeds per stage", "none",
+                        [(f"esper_seeds{{{I}}}", "{{stage}}")]))
+        .with_panel(_ts("Stage transitions", "none",
+                        [(f"sum by (from_stage, to_stage) (increase(esper_seed_stage_transitions_total{{{I}}}[{RATE}]))",
+                          "{{from_stage}} -> {{to_stage}}")]))
+        .with_row(db.Row("Seeds in slots"))
+        .with_panel(_ts("Alpha per slot", "percentunit",
+                        [(f"esper_seed_alpha{{{IE}}}", "env {{env_id}} {{slot_id}}")], width=8))
+        .with_panel(_ts("Seed gradient norm (raw)", "none",
+                        [(f"esper_seed_gradient_norm{{{IE}}}", "env {{env_id}} {{slot_id}}")],
+                        width=8))
+        .with_panel(_ts("Seed gradient health", "percentunit",
+                        [(f"esper_seed_gradient_health{{{IE}}}", "env {{env_id}} {{slot_id}}")],
+                        width=8))
+        .with_panel(_ts("Counterfactual unavailable", "none",
+                        [(f"sum by (reason) (esper_counterfactual_unavailable_total{{{I}}})",
+                          "{{reason}}")]))
+        .with_panel(_ts("Governor rollbacks by env and reason", "none",
+                        [(f"esper_governor_rollbacks_total{{{IE}}}", "env {{env_id}} {{reason}}")],
+                        "Needs a run with rollbacks (e.g. --inject-fault nan-loss@N)."))
+        .with_panel(traces)
+    )  # fmt: skip
+
+
+def throughput() -> db.Dashboard:
+    return (
+        _dashboard("esper-throughput", "Esper / Throughput and telemetry health",
+                   "How fast the envs run, where they wait, how masks prune actions, and whether "
+                   "the telemetry keeps up.")
+        .with_row(db.Row("Speed"))
+        .with_panel(_ts("Env step time", "s",
+                        [(f"esper:env_step_duration_seconds:p50{{{IE}}}", "p50 env {{env_id}}"),
+                         (f"esper:env_step_duration_seconds:p95{{{IE}}}", "p95 env {{env_id}}")]))
+        .with_panel(_ts("Dataloader wait (p95)", "s",
+                        [(f"esper:dataloader_wait_seconds:p95{{{IE}}}", "env {{env_id}}"),
+                         (f"rate(esper_dataloader_wait_seconds_sum{{{IE}}}[{RATE}]) / "
+                          f"rate(esper_dataloader_wait_seconds_count{{{IE}}}[{RATE}])",
+                          "mean env {{env_id}}")]))
+        .with_panel(_ts("Samples per second", "none",
+                        [(f"esper_env_fps{{{IE}}}", "env {{env_id}}")]))
+        .with_panel(_ts("Device memory", "bytes",
+                        [(f"esper_cuda_memory_allocated_bytes{{{I}}}", "allocated {{device}}"),
+                         (f"esper_cuda_memory_reserved_bytes{{{I}}}", "reserved {{device}}")],
+                        "CUDA only: empty on a CPU run."))
+        .with_row(db.Row("Action masks"))
+        .with_panel(_ts("Mask hit ratio per head", "percentunit",
+                        [(f"esper_action_mask_hit_ratio{{{I}}}", "{{head}}")]))
+        .with_panel(_ts("Mask hits and checks", "none",
+                        [(f"sum by (head) (esper_action_mask_hits_total{{{I}}})", "hits {{head}}"),
+                         (f"sum by (head) (esper_action_mask_checks_total{{{I}}})",
+                          "checks {{head}}")]))
+        .with_row(db.Row("Telemetry"))
+        .with_panel(_ts("Events per second by type", "none",
+                        [(f"esper:telemetry_events:rate1m{{{I}}}", "{{event_type}}"),
+                         (f"sum(rate(esper_telemetry_events_total{{{I}}}[{RATE}]))", "total")]))
+        .with_panel(_ts("Dropped and lost", "none",
+                        [(f"esper_telemetry_events_dropped_total{{{I}}}", "dropped {{backend}}"),
+                         (f"esper_telemetry_backend_lost_total{{{I}}}", "lost {{backend}}")],
+                        "Events dropped under overload, and items a backend could not keep."))
+    )  # fmt: skip
+
+
+DASHBOARDS: dict[str, Callable[[], db.Dashboard]] = {
+    "esper-overview.json": training_overview,
+    "esper-ppo.json": ppo_health,
+    "esper-seeds.json": seed_lifecycle,
+    "esper-throughput.json": throughput,
+}
+"""File name under dashboards/ -> the function that builds it."""
+
+REQUIRES_CUDA = "CUDA only"
+REQUIRES_FAULT = "Needs a"
+
+
+def render(name: str) -> str:
+    """The JSON of one dashboard, as checked in."""
+    dashboard = DASHBOARDS[name]().build()
+    for number, panel in enumerate(dashboard.panels or [], start=1):
+        panel.id_val = number  # Grafana keys panel state (links, edits) on unique ids
+    return JSONEncoder(sort_keys=True, indent=2).encode(dashboard) + "\n"
+
+
+def write_all(directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in DASHBOARDS:
+        path = directory / name
+        text = render(name)
+        if not path.exists() or path.read_text(encoding="utf-8") != text:
+            path.write_text(text, encoding="utf-8")
+            written.append(path)
+    return written
+
+
+def panel_queries(dashboard_json: str) -> list[tuple[str, str, str, str]]:
+    """(panel title, description, datasource uid, expression) of every panel target."""
+    doc = json.loads(dashboard_json)
+    out = []
+    for panel in doc.get("panels", []):
+        for target in panel.get("targets", []):
+            uid = (target.get("datasource") or panel.get("datasource") or {}).get("uid", "")
+            out.append((panel["title"], panel.get("description", ""), uid,
+                        target.get("expr") or target.get("query", "")))  # fmt: skip
+    return out

@@ -1,0 +1,31 @@
+"""``esper dashboards``: regenerate (or check) the Grafana dashboard JSON in dashboards/."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from esper.karn.grafana import DASHBOARDS, render, write_all
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="esper dashboards", description=__doc__)
+    p.add_argument("--out", type=Path, default=Path("dashboards"), help="dashboards directory")
+    p.add_argument("--check", action="store_true", help="fail if a dashboard is out of date")
+    args = p.parse_args(argv)
+    if args.check:
+        stale = [
+            str(args.out / name)
+            for name in DASHBOARDS
+            if not (args.out / name).exists()
+            or (args.out / name).read_text(encoding="utf-8") != render(name)
+        ]
+        if stale:
+            print(f"out of date (run 'esper dashboards'): {', '.join(stale)}", file=sys.stderr)
+            return 1
+        return 0
+    for path in write_all(args.out):
+        print(f"wrote {path}")
+    return 0
