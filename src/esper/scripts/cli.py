@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from esper.scripts import dashboards, docs, telemetry, train
+from esper.scripts import dashboards, docs, sanctum, telemetry, train
 
 USAGE = """usage: esper COMMAND [ARGS...]
 
@@ -14,6 +14,7 @@ commands:
   telemetry               summarise a recorded run, or replay it into backends
   docs                    regenerate docs/EVENTS.md and docs/METRICS.md from the catalogues
   dashboards              regenerate the Grafana dashboards in dashboards/
+  sanctum RUN             the Sanctum terminal dashboard over a recorded run
 """
 
 
@@ -22,6 +23,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "telemetry": telemetry.main,
     "docs": docs.main,
     "dashboards": dashboards.main,
+    "sanctum": sanctum.main,
 }
 
 

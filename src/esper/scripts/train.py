@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 import torch
 
+from esper.karn.sanctum import SanctumAggregator
+from esper.karn.sanctum.app import SanctumApp
 from esper.leyline import (
     BackendConfigError,
     Severity,
@@ -374,6 +377,37 @@ def print_training_summary(result: RunResult, baseline: list[float] | None) -> N
     print("\n".join(lines))
 
 
+def _train(config: RunConfig, hub: NissaHub, progress: ProgressBar | None) -> RunResult:
+    if config.mode == "ppo":
+        return run_ppo(config, hub=hub, progress=progress)
+    return run_heuristic(config, emit=hub.emit, progress=progress)
+
+
+def _train_under_sanctum(config: RunConfig, hub: NissaHub) -> RunResult:
+    """Train on a worker thread while the Sanctum UI runs on the main one (Textual needs
+    it). Quitting the UI early lets training finish; Ctrl-C stops it."""
+    aggregator = SanctumAggregator()
+    hub.add_backend(aggregator)
+    outcome: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            outcome["result"] = _train(config, hub, None)
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=work, name="esper-training", daemon=True)
+    worker.start()
+    SanctumApp(aggregator.get_snapshot).run()
+    if worker.is_alive():
+        print("Sanctum closed; training continues (Ctrl-C stops it)...", flush=True)
+    worker.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    result: RunResult = outcome["result"]
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     install_signal_handlers()
@@ -393,11 +427,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     code = EXIT_FAILURE
     try:
-        progress = ProgressBar("training")
-        if config.mode == "ppo":
-            result = run_ppo(config, hub=hub, progress=progress)
+        if args.sanctum:
+            result = _train_under_sanctum(config, hub)
         else:
-            result = run_heuristic(config, emit=hub.emit, progress=progress)
+            result = _train(config, hub, ProgressBar("training"))
         baseline = run_host_only(config) if args.baseline else None
         print_training_summary(result, baseline)
         code = 0

@@ -1,0 +1,149 @@
+"""The Sanctum terminal dashboard (Textual): a live or recorded run at a glance.
+
+Panels: the run header (configuration and progress), the env overview, the Tamiyo panel
+(losses, entropy per head, gradient norm, update time), the seed lifecycle per slot, and the
+event log (cull reasons and improvements). The app polls a snapshot source; it never blocks
+training, which feeds the aggregator on the hub's delivery thread.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import ClassVar
+
+from textual.app import App, ComposeResult
+from textual.binding import BindingType
+from textual.containers import Horizontal
+from textual.widgets import DataTable, Footer, Header, Static
+
+from esper.karn.sanctum.schema import EventLogEntry, SanctumSnapshot
+from esper.leyline import ACTION_HEADS
+
+SnapshotSource = Callable[[], SanctumSnapshot]
+EVENT_ROWS = 14
+
+
+def _fmt(value: float | None, spec: str = ".3f") -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def run_header(s: SanctumSnapshot) -> str:
+    c = s.run_config
+    total = s.batch_total_episodes or (c.n_episodes or 0)
+    status = s.completed.get("status", "running") if s.run_config.run_id else "waiting"
+    lines = [
+        f"[b]{c.run_id or 'no run yet'}[/b] │ {c.mode} on {c.task} │ status: {status}",
+        f"envs {c.n_envs} x {c.max_epochs} epochs  episodes {s.episodes_completed}/{total}  "
+        f"batch {s.batch_idx}  accuracy {_fmt(s.batch_avg_accuracy, '.2f')}% "
+        f"(rolling {_fmt(s.batch_rolling_accuracy, '.2f')}%)  reward {_fmt(s.batch_avg_reward)}",
+        f"seed {c.seed}  lr {_fmt(c.lr, 'g')}  clip {_fmt(c.clip_ratio, 'g')}  "
+        f"entropy {_fmt(c.entropy_coef, 'g')} (anneal {c.entropy_anneal})  "
+        f"param budget {c.param_budget:,}  reward mode {s.reward_mode or '-'}  "
+        f"resume {c.resume_path or '-'}",
+    ]
+    return "\n".join(lines)
+
+
+def tamiyo_panel(s: SanctumSnapshot) -> str:
+    t = s.tamiyo
+    heads = "  ".join(
+        f"{h} {getattr(t, f'head_{h}_entropy'):.2f}/{getattr(t, f'head_{h}_grad_norm'):.3f}"
+        for h in ACTION_HEADS
+    )
+    collapsed = "  [red]ENTROPY COLLAPSED[/red]" if t.entropy_collapsed else ""
+    return "\n".join(
+        [
+            f"[b]Tamiyo[/b] │ updates {t.updates} │ batch {t.batch}{collapsed}",
+            f"policy loss {t.policy_loss:.4f}  value loss {t.value_loss:.4f}  "
+            f"entropy {t.entropy:.3f}",
+            f"KL {t.kl_divergence:.4f}  clip {t.clip_fraction:.3f}  "
+            f"expl.var {t.explained_variance:.3f}",
+            f"grad norm {t.grad_norm:.3f}  update {t.update_time_ms:.1f} ms  lr {t.lr:g}",
+            f"early stop {t.early_stop_epoch if t.early_stop_epoch is not None else '-'}  "
+            f"steps {t.train_steps}",
+            f"heads (entropy/grad): {heads}",
+        ]
+    )
+
+
+def _event_row(e: EventLogEntry) -> tuple[str, ...]:
+    when = datetime.fromtimestamp(e.timestamp_ns / 1e9, UTC).strftime("%H:%M:%S")
+    d = e.details
+    parts = [f"{k}={d[k]:.2f}" if isinstance(d[k], float) else f"{k}={d[k]}" for k in d]
+    return (when, e.event_type, "" if e.env_id is None else str(e.env_id), e.slot_id or "",
+            " ".join(parts) or e.message)  # fmt: skip
+
+
+class SanctumApp(App[None]):
+    """Polls ``source`` every ``interval`` seconds and redraws."""
+
+    TITLE = "Esper Sanctum"
+    CSS = """
+    #run-header { height: 3; padding: 0 1; background: $boost; }
+    #middle { height: 12; }
+    #envs { width: 2fr; }
+    #tamiyo { width: 1fr; padding: 0 1; border-left: solid $accent; }
+    #seeds { height: 10; }
+    #events { height: 1fr; }
+    """
+    BINDINGS: ClassVar[list[BindingType]] = [
+        ("q", "quit", "Quit"),
+        ("r", "refresh_view", "Refresh"),
+    ]
+
+    def __init__(self, source: SnapshotSource, interval: float = 0.5) -> None:
+        super().__init__()
+        self.source = source
+        self.interval = interval
+
+    def compose(self) -> ComposeResult:
+        yield Header(show_clock=False)
+        yield Static(id="run-header")
+        with Horizontal(id="middle"):
+            yield DataTable(id="envs", zebra_stripes=True)
+            yield Static(id="tamiyo")
+        yield DataTable(id="seeds", zebra_stripes=True)
+        yield DataTable(id="events", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self.query_one("#envs", DataTable).add_columns(
+            "env", "epoch", "val acc %", "val loss", "grad norm", "seeds", "rollbacks",
+            "anomalies", "step ms", "fps",
+        )  # fmt: skip
+        self.query_one("#seeds", DataTable).add_columns(
+            "env", "slot", "seed", "blueprint", "stage", "alpha", "Δacc", "grad health",
+            "epochs", "outcome / reason",
+        )  # fmt: skip
+        self.query_one("#events", DataTable).add_columns("time", "event", "env", "slot", "details")
+        self.action_refresh_view()
+        self.set_interval(self.interval, self.action_refresh_view)
+
+    def action_refresh_view(self) -> None:
+        s = self.source()
+        self.query_one("#run-header", Static).update(run_header(s))
+        self.query_one("#tamiyo", Static).update(tamiyo_panel(s))
+        envs = self.query_one("#envs", DataTable)
+        envs.clear()
+        for env_id in sorted(s.envs):
+            e = s.envs[env_id]
+            envs.add_row(
+                str(env_id), str(e.inner_epoch), f"{e.val_accuracy:.2f}", f"{e.val_loss:.3f}",
+                f"{e.host_grad_norm:.3f}", str(len(e.seeds)), str(e.rollbacks), str(e.anomalies),
+                _fmt(e.throughput.get("step_time_ms"), ".1f"), _fmt(e.throughput.get("fps"), ".0f"),
+            )  # fmt: skip
+        seeds = self.query_one("#seeds", DataTable)
+        seeds.clear()
+        for env_id in sorted(s.envs):
+            for slot_id, seed in sorted(s.envs[env_id].seeds.items()):
+                why = seed.outcome + (f" ({seed.reason})" if seed.reason else "")
+                seeds.add_row(
+                    str(env_id), slot_id, seed.seed_id, seed.blueprint_id, seed.stage,
+                    f"{seed.alpha:.2f}", f"{seed.accuracy_delta:+.2f}",
+                    f"{seed.gradient_health:.2f}", str(seed.epochs_total), why,
+                )  # fmt: skip
+        events = self.query_one("#events", DataTable)
+        events.clear()
+        for entry in list(s.event_log)[-EVENT_ROWS:][::-1]:
+            events.add_row(*_event_row(entry))
