@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from esper.scripts import dashboards, docs, sanctum, telemetry, train
+from esper.scripts import dashboards, docs, offline, sanctum, telemetry, train
 
 USAGE = """usage: esper COMMAND [ARGS...]
 
@@ -15,6 +15,7 @@ commands:
   docs                    regenerate docs/EVENTS.md and docs/METRICS.md from the catalogues
   dashboards              regenerate the Grafana dashboards in dashboards/
   sanctum RUN             the Sanctum terminal dashboard over a recorded run
+  offline                 record heuristic episodes, train IQL, compare controllers
 """
 
 
@@ -24,6 +25,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "docs": docs.main,
     "dashboards": dashboards.main,
     "sanctum": sanctum.main,
+    "offline": offline.main,
 }
 
 
