@@ -16,7 +16,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from prometheus_client import CollectorRegistry, Gauge, generate_latest
 
 from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
-from esper.leyline import ACTION_HEADS, CATALOGUE, DEFAULT_BUDGETS, TelemetryEventType, make_event
+from esper.leyline import (
+    ACTION_HEADS,
+    DEFAULT_BUDGETS,
+    TelemetryEventType,
+    example_payload,
+    make_event,
+)
 from esper.leyline import TelemetryEvent as Event
 from esper.nissa.prometheus import PrometheusOutput
 
@@ -28,13 +34,7 @@ RENDERS = 200
 
 
 def _full(key: tuple[ET, str | None], **over: object) -> Event:
-    spec = CATALOGUE[key]
-    defaults = {"float": 0.5, "int": 1, "bool": False, "str": "x", "list": [], "dict": {}}
-    data: dict[str, object] = {f.name: defaults[f.type.value] for f in spec.fields}
-    if key[1] is not None:
-        data["kind" if key[0] is ET.ANALYTICS_SNAPSHOT else "scope"] = key[1]
-    data.update(over)
-    return make_event(key[0], data)
+    return make_event(key[0], example_payload(*key, **over))
 
 
 def _load(out: PrometheusOutput) -> list[Event]:

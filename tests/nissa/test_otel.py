@@ -13,7 +13,7 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import StatusCode
 
-from esper.leyline import CATALOGUE, TelemetryEvent, TelemetryEventType, make_event
+from esper.leyline import TelemetryEvent, TelemetryEventType, example_payload, make_event
 from esper.nissa import NissaHub, read_events
 from esper.nissa.otel import OTelOutput, traces_endpoint
 from esper.simic.vectorized import run_ppo
@@ -36,13 +36,8 @@ class Clock:
 
 
 def _ev(clock: Clock, key: tuple[ET, str | None], **over: object) -> TelemetryEvent:
-    spec = CATALOGUE[key]
-    defaults = {"float": 0.5, "int": 0, "bool": True, "str": "x", "list": [], "dict": {}}
-    data: dict[str, object] = {f.name: defaults[f.type.value] for f in spec.fields}
-    if key[1] is not None:
-        data["kind" if key[0] is ET.ANALYTICS_SNAPSHOT else "scope"] = key[1]
-    data.update(over)
-    event = make_event(key[0], data, seed_id=data.get("seed_id"))  # type: ignore[arg-type]
+    data = example_payload(*key, **over)
+    event = make_event(key[0], data, seed_id=data.get("seed_id"))
     event.timestamp_ns = clock()
     event.run_id = "run-1"
     return event

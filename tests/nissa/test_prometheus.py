@@ -18,6 +18,7 @@ from esper.leyline import (
     BackendConfigError,
     TelemetryEvent,
     TelemetryEventType,
+    example_payload,
     make_event,
 )
 from esper.nissa import NissaHub
@@ -78,14 +79,8 @@ def test_docs_metrics_md_is_what_the_catalogue_generates() -> None:
 
 
 def _sample(spec_key: tuple[TelemetryEventType, str | None], **over: object) -> TelemetryEvent:
-    """A complete event for a catalogue entry, with plausible values."""
-    spec = CATALOGUE[spec_key]
-    defaults = {"float": 1.5, "int": 2, "bool": False, "str": "x", "list": [], "dict": {}}
-    data: dict[str, object] = {f.name: defaults[f.type.value] for f in spec.fields}
-    if spec_key[1] is not None:
-        data["kind" if spec_key[0] is ET.ANALYTICS_SNAPSHOT else "scope"] = spec_key[1]
-    data.update(over)
-    return make_event(spec_key[0], data)
+    """A complete event for a catalogue entry (placeholders, then ``over``)."""
+    return make_event(spec_key[0], example_payload(*spec_key, **over))
 
 
 def _value(registry: CollectorRegistry, name: str, **labels: str) -> float | None:

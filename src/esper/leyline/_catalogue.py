@@ -12,6 +12,7 @@ Two event types carry variants told apart by a discriminator field in the payloa
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -637,3 +638,30 @@ def make_event(
         data=data,
         severity=severity,
     )
+
+
+_EXAMPLE_VALUES: dict[FieldType, Any] = {
+    FieldType.FLOAT: 0.5,
+    FieldType.INT: 1,
+    FieldType.BOOL: False,
+    FieldType.STR: "x",
+    FieldType.LIST: [],
+    FieldType.DICT: {},
+}
+
+
+def example_payload(
+    event_type: TelemetryEventType, variant: str | None = None, **overrides: Any
+) -> dict[str, Any]:
+    """A complete payload for a catalogue entry, with placeholder values of the right type
+    (0.5, 1, False, "x", [], {}) and the variant's discriminator, then ``overrides``.
+
+    For tests and benchmarks (ours and users'): add a field to the catalogue and every
+    example grows it too.
+    """
+    spec = CATALOGUE[(event_type, variant)]
+    data: dict[str, Any] = {f.name: copy.copy(_EXAMPLE_VALUES[f.type]) for f in spec.fields}
+    if variant is not None:
+        data[DISCRIMINATORS[event_type]] = variant
+    data.update(overrides)
+    return data

@@ -59,6 +59,7 @@ from esper.tolaria.run_common import (
     RunResult,
     emit_aggregate_epoch,
     emit_training_completed,
+    save_checkpoint,
     training_started_payload,
 )
 
@@ -130,34 +131,17 @@ def _save_checkpoint(
     config: RunConfig, policy: PolicyNetwork, trainer: PPOTrainer, episodes: int, hub: EmitsEvents
 ) -> str:
     assert config.save is not None
-    config.save.parent.mkdir(parents=True, exist_ok=True)
-    tmp = config.save.with_name(config.save.name + ".tmp")
-    torch.save(
-        {
-            "format": CHECKPOINT_FORMAT,
-            "run_id": config.run_id,
-            "episodes_completed": episodes,
-            "state_dim": policy.state_dim,
-            "entropy_coef": trainer.entropy_coef,
-            "policy": policy.state_dict(),
-            "optimizer": trainer.optimizer.state_dict(),
-        },
-        tmp,
-    )
-    os.replace(tmp, config.save)  # a crash mid-save never leaves a torn checkpoint
-    if config.telemetry.lifecycle:
-        hub.emit(
-            make_event(
-                ET.CHECKPOINT_SAVED,
-                {
-                    "path": str(config.save),
-                    "episodes_completed": episodes,
-                    "size_bytes": os.path.getsize(config.save),
-                },
-                message=f"checkpoint saved to {config.save}",
-            )
-        )
-    return str(config.save)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "run_id": config.run_id,
+        "episodes_completed": episodes,
+        "state_dim": policy.state_dim,
+        "entropy_coef": trainer.entropy_coef,
+        "policy": policy.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+    }
+    emit = hub.emit if config.telemetry.lifecycle else None
+    return save_checkpoint(payload, config.save, episodes=episodes, emit=emit)
 
 
 class _VectorizedRun:

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import statistics
 import time
 from collections.abc import Callable
-
-import torch
 
 from esper.leyline import TelemetryEvent, TelemetryEventType, make_event
 from esper.nissa import emit as hub_emit
@@ -20,6 +17,7 @@ from esper.tolaria.run_common import (
     RunResult,
     emit_aggregate_epoch,
     emit_training_completed,
+    save_checkpoint,
     training_started_payload,
 )
 
@@ -32,28 +30,10 @@ def save_host_checkpoint(
     config: RunConfig, env: MorphogeneticEnv, episodes: int, emit: Callable[[TelemetryEvent], None]
 ) -> str:
     assert config.save is not None
-    config.save.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "kind": "esper-host",
-            "run_id": config.run_id,
-            "episodes_completed": episodes,
-            "model": env.model.state_dict(),
-        },
-        config.save,
-    )
-    emit(
-        make_event(
-            ET.CHECKPOINT_SAVED,
-            {
-                "path": str(config.save),
-                "episodes_completed": episodes,
-                "size_bytes": os.path.getsize(config.save),
-            },
-            message=f"checkpoint saved to {config.save}",
-        )
-    )
-    return str(config.save)
+    payload = {"kind": "esper-host", "run_id": config.run_id, "episodes_completed": episodes,
+               "model": env.model.state_dict()}  # fmt: skip
+    return save_checkpoint(payload, config.save, episodes=episodes,
+                           emit=emit if config.telemetry.lifecycle else None)  # fmt: skip
 
 
 def run_heuristic(

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
 
 from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.leyline import TelemetryEvent, TelemetryEventType, make_event
@@ -124,3 +129,31 @@ def emit_training_completed(
             message=f"run {result.run_id} {status}",
         )
     )
+
+
+def save_checkpoint(
+    payload: dict[str, Any],
+    path: Path,
+    *,
+    episodes: int,
+    emit: Callable[[TelemetryEvent], None] | None,
+) -> str:
+    """Write ``payload`` with ``torch.save`` atomically (a temp file, then a rename, so a crash
+    never leaves a torn checkpoint) and emit CHECKPOINT_SAVED unless ``emit`` is None."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    if emit is not None:
+        emit(
+            make_event(
+                ET.CHECKPOINT_SAVED,
+                {
+                    "path": str(path),
+                    "episodes_completed": episodes,
+                    "size_bytes": os.path.getsize(path),
+                },
+                message=f"checkpoint saved to {path}",
+            )
+        )
+    return str(path)
