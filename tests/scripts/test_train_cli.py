@@ -59,6 +59,8 @@ def test_lifecycle_only_parses_for_heuristic_and_defaults_are_safe() -> None:
         (["ppo", "--max-epochs", "0"], "argument --max-epochs: must be >= 1"),
         (["ppo", "--n-envs", "x"], "argument --n-envs: expected an integer, got 'x'"),
         (["ppo", "--device", "gpu"], "argument --device: expected cpu, cuda, cuda:N or mps"),
+        (["ppo", "--device", "cuda:0,gpu"], "argument --device: expected cpu, cuda, cuda:N"),
+        (["ppo", "--counterfactual", "never"], "argument --counterfactual: invalid choice"),
         (["ppo", "--inject-fault", "bogus@3"], "--inject-fault: unknown fault kind 'bogus'"),
         (["ppo", "--inject-fault", "nan-loss@x"], "--inject-fault: EPOCH must be an integer"),
         (["ppo", "--inject-fault", "nan-loss"], "argument --inject-fault: expected KIND@EPOCH"),

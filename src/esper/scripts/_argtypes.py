@@ -53,9 +53,12 @@ _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 
 
 def device(text: str) -> str:
-    """A torch device string: cpu, cuda, cuda:N or mps."""
-    if not _DEVICE.match(text):
-        raise argparse.ArgumentTypeError(f"expected cpu, cuda, cuda:N or mps, got {text!r}")
+    """A torch device (cpu, cuda, cuda:N or mps), or several separated by commas."""
+    for part in text.split(","):
+        if not _DEVICE.match(part.strip()):
+            raise argparse.ArgumentTypeError(
+                f"expected cpu, cuda, cuda:N or mps (comma-separated for several), got {part!r}"
+            )
     return text
 
 

@@ -57,7 +57,13 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
     g = p.add_argument_group("task and training")
     g.add_argument("--task", choices=TASKS, default="digits", help="task to train on")
     g.add_argument("--data-dir", type=at.existing_dir, help="directory holding cifar-10-batches-py")
-    g.add_argument("--device", type=at.device, default="cpu", help="torch device for host models")
+    g.add_argument(
+        "--device",
+        type=at.device,
+        default="cpu",
+        help="torch device of the host models; several (cuda:0,cuda:1) spread the envs round "
+        "robin, and the policy runs on the first",
+    )
     g.add_argument("--seed", type=at.int_range(0), default=42, help="random seed")
     g.add_argument(
         "--episodes",
@@ -110,6 +116,12 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
     )
     g.add_argument("--save", type=Path, help="write a checkpoint here at the end")
     g.add_argument("--resume", type=at.existing_file, help="resume from this checkpoint")
+    g.add_argument(
+        "--counterfactual",
+        choices=("every-epoch", "final-epoch"),
+        default="every-epoch",
+        help="when to measure blended seeds' alpha=0 baseline (an extra validation pass each)",
+    )
     g.add_argument(
         "--baseline",
         action="store_true",
@@ -341,6 +353,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         resume=args.resume,
         faults=tuple(Fault(f.kind, f.epoch) for f in args.inject_fault),
         telemetry=telemetry_config(args),
+        counterfactual=args.counterfactual.replace("-", "_"),
     )
 
 
@@ -413,7 +426,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     install_signal_handlers()
     config = run_config(args)
     try:
-        _check_device(config.device)
+        for device in config.devices:
+            _check_device(device)
     except UsageError as exc:
         print(f"esper train: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

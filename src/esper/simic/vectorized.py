@@ -53,10 +53,10 @@ from esper.simic.rewards import REWARD_MODE, compute_reward
 from esper.tamiyo.policy import ActionBatch, PolicyNetwork
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.config import RunConfig
-from esper.tolaria.data import load_task
 from esper.tolaria.environment import EpochResult, MorphogeneticEnv
 from esper.tolaria.run_common import (
     RunResult,
+    build_envs,
     emit_aggregate_epoch,
     emit_training_completed,
     save_checkpoint,
@@ -152,22 +152,10 @@ class _VectorizedRun:
         self.hub = hub
         self.progress = progress
         self.tel = config.telemetry
-        task = load_task(config.task, config.data_dir).to(config.device)
-        self.envs = [
-            MorphogeneticEnv(
-                i,
-                task,
-                device=config.device,
-                seed=config.seed,
-                telemetry=config.telemetry,
-                emit=hub.emit,
-                faults=config.faults,
-            )
-            for i in range(config.n_envs)
-        ]
+        self.envs = build_envs(config, emit=hub.emit)
         for env in self.envs:
             _apply_slot_telemetry(env, self.tel.analytics, self.tel.lifecycle)
-        self.policy_device = config.device
+        self.policy_device = config.devices[0]
         self.policy = PolicyNetwork(state_dim(len(SLOT_IDS)), len(SLOT_IDS), len(BLUEPRINT_IDS))
         self.policy.to(self.policy_device)
         self.trainer = PPOTrainer(

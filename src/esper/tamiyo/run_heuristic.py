@@ -11,10 +11,10 @@ from esper.nissa import emit as hub_emit
 from esper.tamiyo.heuristic import HeuristicTamiyo
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.config import RunConfig
-from esper.tolaria.data import load_task
 from esper.tolaria.environment import MorphogeneticEnv
 from esper.tolaria.run_common import (
     RunResult,
+    build_envs,
     emit_aggregate_epoch,
     emit_training_completed,
     save_checkpoint,
@@ -45,19 +45,7 @@ def run_heuristic(
     """Train ``config.episodes`` episodes with the heuristic controller, emitting telemetry."""
     start = time.perf_counter()
     tel = config.telemetry
-    task = load_task(config.task, config.data_dir).to(config.device)
-    envs = [
-        MorphogeneticEnv(
-            i,
-            task,
-            device=config.device,
-            seed=config.seed,
-            telemetry=tel,
-            emit=emit,
-            faults=config.faults,
-        )
-        for i in range(config.n_envs)
-    ]
+    envs = build_envs(config, emit=emit)
     result = RunResult(config.run_id)
     if tel.lifecycle:
         emit(
@@ -119,11 +107,7 @@ def run_heuristic(
 
 def run_host_only(config: RunConfig) -> list[float]:
     """The same envs, seeds and data with no controller and no telemetry: the baseline."""
-    task = load_task(config.task, config.data_dir).to(config.device)
-    envs = [
-        MorphogeneticEnv(i, task, device=config.device, seed=config.seed, fast_mode=True)
-        for i in range(config.n_envs)
-    ]
+    envs = build_envs(config, fast_mode=True)
     finals = []
     for env in envs:
         env.reset(config.episodes - 1)

@@ -37,7 +37,24 @@ class RunConfig:
     faults: tuple[Fault, ...] = ()
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     run_id: str = ""
+    counterfactual: str = "every_epoch"
+    """every_epoch, or final_epoch: measure seeds' alpha=0 baselines only on the last epoch."""
 
     def __post_init__(self) -> None:
         if not self.run_id:
             self.run_id = new_run_id(self.mode)
+
+    @property
+    def devices(self) -> list[str]:
+        """The devices named by ``device`` (comma-separated for several)."""
+        return [d.strip() for d in self.device.split(",") if d.strip()]
+
+    @property
+    def env_devices(self) -> list[str]:
+        """The device of each env: envs are dealt round robin over ``devices``."""
+        devices = self.devices
+        return [devices[i % len(devices)] for i in range(self.n_envs)]
+
+    @property
+    def device_map_strategy(self) -> str:
+        return "single_device" if len(self.devices) == 1 else "round_robin"

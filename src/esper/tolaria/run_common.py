@@ -14,7 +14,8 @@ import torch
 from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.leyline import TelemetryEvent, TelemetryEventType, make_event
 from esper.tolaria.config import RunConfig
-from esper.tolaria.environment import EpochResult
+from esper.tolaria.data import load_task
+from esper.tolaria.environment import EnvConfig, EpochResult, MorphogeneticEnv
 
 ET = TelemetryEventType
 
@@ -42,7 +43,7 @@ def training_started_payload(
     config: RunConfig, host_params: int, **overrides: object
 ) -> dict[str, object]:
     """TRAINING_STARTED's payload; PPO passes its policy fields as overrides."""
-    devices = [config.device] * config.n_envs
+    devices = config.env_devices
     data: dict[str, object] = {
         "run_id": config.run_id,
         "mode": config.mode,
@@ -55,8 +56,8 @@ def training_started_payload(
         "seed": config.seed,
         "policy_device": None,
         "env_devices": devices,
-        "env_device_counts": {config.device: config.n_envs},
-        "env_device_map_strategy": "single_device",
+        "env_device_counts": {d: devices.count(d) for d in dict.fromkeys(devices)},
+        "env_device_map_strategy": config.device_map_strategy,
         "host_params": host_params,
         "slot_ids": list(SLOT_IDS),
         "blueprint_ids": list(BLUEPRINT_IDS),
@@ -69,7 +70,7 @@ def training_started_payload(
         "clip_ratio": None,
         "entropy_coef": None,
         "entropy_anneal": config.entropy_anneal,
-        "gpu_preload": config.device != "cpu",
+        "gpu_preload": any(d != "cpu" for d in devices),
         "dataloader": "preloaded_tensors",
         "param_budget": config.param_budget,
     }
@@ -157,3 +158,30 @@ def save_checkpoint(
             )
         )
     return str(path)
+
+
+def build_envs(
+    config: RunConfig,
+    *,
+    emit: Callable[[TelemetryEvent], None] | None = None,
+    fast_mode: bool = False,
+) -> list[MorphogeneticEnv]:
+    """One env per ``config.n_envs`` on its device (the task is copied once per device)."""
+    task = load_task(config.task, config.data_dir)
+    on_device = {d: task.to(d) for d in config.devices}
+    env_config = EnvConfig(counterfactual=config.counterfactual)
+    kwargs: dict[str, Any] = {} if emit is None else {"emit": emit}
+    return [
+        MorphogeneticEnv(
+            i,
+            on_device[device],
+            device=device,
+            seed=config.seed,
+            config=env_config,
+            telemetry=config.telemetry,
+            fast_mode=fast_mode,
+            faults=() if fast_mode else config.faults,
+            **kwargs,
+        )
+        for i, device in enumerate(config.env_devices)
+    ]

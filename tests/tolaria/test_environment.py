@@ -1,0 +1,47 @@
+"""MorphogeneticEnv details: the counterfactual schedule and the per-env device map."""
+
+from __future__ import annotations
+
+from esper.leyline import SeedStage, TelemetryEvent, TelemetryEventType
+from esper.tolaria.config import RunConfig
+from esper.tolaria.data import load_task
+from esper.tolaria.environment import EnvConfig, MorphogeneticEnv
+
+HEALTHY = {"has_nonfinite": False, "has_exploding": False, "has_vanishing": False}
+
+
+def _blending_env(schedule: str, events: list[TelemetryEvent]) -> MorphogeneticEnv:
+    env = MorphogeneticEnv(0, load_task("digits"), config=EnvConfig(counterfactual=schedule),
+                           emit=events.append)  # fmt: skip
+    slot = env.model.slot("mid")
+    slot.germinate("conv_light", "s1", val_accuracy=50.0)
+    while slot.stage is not SeedStage.BLENDING:
+        slot.end_epoch(50.0, HEALTHY)
+    slot.end_epoch(50.0, HEALTHY)  # alpha > 0
+    events.clear()
+    return env
+
+
+def test_final_epoch_schedule_measures_the_baseline_only_on_the_last_epoch() -> None:
+    events: list[TelemetryEvent] = []
+    env = _blending_env("final_epoch", events)
+    assert env._counterfactuals(60.0, final_epoch=False) == {"mid": None}
+    assert events[-1].data["reason"] == "missing_baseline"
+    measured = env._counterfactuals(60.0, final_epoch=True)
+    assert isinstance(measured["mid"], float)
+    assert events[-1].event_type is TelemetryEventType.COUNTERFACTUAL_COMPUTED
+    assert events[-1].data["available"] is True
+
+
+def test_every_epoch_schedule_measures_every_time() -> None:
+    events: list[TelemetryEvent] = []
+    env = _blending_env("every_epoch", events)
+    assert isinstance(env._counterfactuals(60.0, final_epoch=False)["mid"], float)
+
+
+def test_envs_are_dealt_round_robin_over_the_devices() -> None:
+    config = RunConfig(mode="ppo", n_envs=5, device="cuda:0,cuda:1")
+    assert config.devices == ["cuda:0", "cuda:1"]
+    assert config.env_devices == ["cuda:0", "cuda:1", "cuda:0", "cuda:1", "cuda:0"]
+    assert config.device_map_strategy == "round_robin"
+    assert RunConfig(mode="ppo", n_envs=2).device_map_strategy == "single_device"
