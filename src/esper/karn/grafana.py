@@ -64,26 +64,24 @@ def _stat(title: str, unit: str, queries: list[tuple[str, str]], desc: str = "")
     return cast(stat.Panel, _targets(panel.description(desc), queries))
 
 
+def _variable(name: str, label: str, query: str) -> db.QueryVariable:
+    """A multi-select query variable whose "All" matches everything."""
+    return (
+        db.QueryVariable(name).label(label).datasource(PROM).query(query)
+        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True)
+        .all_value(".*")
+    )  # fmt: skip
+
+
 def _variables(dashboard: db.Dashboard) -> db.Dashboard:
-    run = (
-        db.QueryVariable("run").label("Run").datasource(PROM)
-        .query("label_values(esper_run_info, run_id)")
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True)
-        .all_value(".*")
+    """run -> instance (the trainers of those runs) -> env, each filtering the next."""
+    return (
+        dashboard.with_variable(_variable("run", "Run", "label_values(esper_run_info, run_id)"))
+        .with_variable(_variable(
+            "instance", "Trainer", 'label_values(esper_run_info{run_id=~"$run"}, instance)'))
+        .with_variable(_variable(
+            "env", "Env", 'label_values(esper_env_val_accuracy{instance=~"$instance"}, env_id)'))
     )  # fmt: skip
-    instance = (
-        db.QueryVariable("instance").label("Trainer").datasource(PROM)
-        .query('label_values(esper_run_info{run_id=~"$run"}, instance)')
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True)
-        .all_value(".*")
-    )  # fmt: skip
-    env = (
-        db.QueryVariable("env").label("Env").datasource(PROM)
-        .query('label_values(esper_env_val_accuracy{instance=~"$instance"}, env_id)')
-        .refresh(VariableRefresh.ON_TIME_RANGE_CHANGED).multi(True).include_all(True)
-        .all_value(".*")
-    )  # fmt: skip
-    return dashboard.with_variable(run).with_variable(instance).with_variable(env)
 
 
 def _dashboard(uid: str, title: str, description: str) -> db.Dashboard:

@@ -19,7 +19,6 @@ import os
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,6 +54,7 @@ from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.config import RunConfig
 from esper.tolaria.environment import EpochResult, MorphogeneticEnv
 from esper.tolaria.run_common import (
+    Progress,
     RunResult,
     build_envs,
     emit_aggregate_epoch,
@@ -79,7 +79,6 @@ __all__ = [
 ET = TelemetryEventType
 CHECKPOINT_FORMAT = "esper-ppo-v1"
 ROLLING_WINDOW = 10
-Progress = Callable[[int, int, str], None]
 
 
 @dataclass(slots=True)

@@ -13,6 +13,7 @@ from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.config import RunConfig
 from esper.tolaria.environment import MorphogeneticEnv
 from esper.tolaria.run_common import (
+    Progress,
     RunResult,
     build_envs,
     emit_aggregate_epoch,
@@ -22,8 +23,6 @@ from esper.tolaria.run_common import (
 )
 
 ET = TelemetryEventType
-Progress = Callable[[int, int, str], None]
-"""progress(done, total, status line) — called once per epoch."""
 
 
 def save_host_checkpoint(

@@ -19,6 +19,9 @@ from esper.tolaria.environment import EnvConfig, EpochResult, MorphogeneticEnv
 
 ET = TelemetryEventType
 
+Progress = Callable[[int, int, str], None]
+"""progress(done, total, status line): called as training advances (per epoch or batch)."""
+
 
 @dataclass(slots=True)
 class RunResult:
