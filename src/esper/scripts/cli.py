@@ -39,7 +39,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, end="", file=sys.stderr)
         print(f"esper: error: unknown command {args[0]!r}", file=sys.stderr)
         return 2
-    return commands[args[0]](args[1:])
+    try:
+        return commands[args[0]](args[1:])
+    except BrokenPipeError:
+        # Output piped into `head` and the like: stop quietly, as Unix tools do.
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":
