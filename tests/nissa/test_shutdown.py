@@ -41,6 +41,7 @@ def _started(path: Path, n: int, mode: str) -> Iterator[subprocess.Popen[str]]:
         [sys.executable, "-c", PROGRAM, str(path), str(n), mode],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
     ) as proc:
         assert proc.stdout is not None
@@ -64,7 +65,9 @@ def test_events_queued_at_a_signal_are_delivered(tmp_path: Path, sig: int, code:
     path = tmp_path / "e.jsonl"
     with _started(path, 5000, "wait") as proc:
         proc.send_signal(sig)
-        assert proc.wait(timeout=60) == code
+        returncode = proc.wait(timeout=60)
+        assert proc.stderr is not None
+        assert returncode == code, proc.stderr.read()
     assert [e.epoch for e in read_events(path, strict=True).events] == list(range(5000))
 
 

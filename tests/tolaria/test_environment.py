@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+import torch
+
 from esper.leyline import SeedStage, TelemetryEvent, TelemetryEventType
 from esper.tolaria.config import RunConfig
 from esper.tolaria.data import load_task
@@ -22,21 +25,45 @@ def _blending_env(schedule: str, events: list[TelemetryEvent]) -> MorphogeneticE
     return env
 
 
+def _cf_events(events: list[TelemetryEvent]) -> list[dict[str, object]]:
+    return [e.data for e in events if e.event_type is TelemetryEventType.COUNTERFACTUAL_COMPUTED]
+
+
 def test_final_epoch_schedule_measures_the_baseline_only_on_the_last_epoch() -> None:
     events: list[TelemetryEvent] = []
     env = _blending_env("final_epoch", events)
-    assert env._counterfactuals(60.0, final_epoch=False) == {"mid": None}
-    assert events[-1].data["reason"] == "missing_baseline"
-    measured = env._counterfactuals(60.0, final_epoch=True)
-    assert isinstance(measured["mid"], float)
-    assert events[-1].event_type is TelemetryEventType.COUNTERFACTUAL_COMPUTED
-    assert events[-1].data["available"] is True
+    result = env.run_epoch(1, 0, 2)
+    assert result.counterfactuals == {"mid": None}
+    assert _cf_events(events)[-1]["reason"] == "missing_baseline"
+    result = env.run_epoch(2, 0, 2)
+    assert isinstance(result.counterfactuals["mid"], float)
+    assert _cf_events(events)[-1]["available"] is True
 
 
 def test_every_epoch_schedule_measures_every_time() -> None:
     events: list[TelemetryEvent] = []
     env = _blending_env("every_epoch", events)
-    assert isinstance(env._counterfactuals(60.0, final_epoch=False)["mid"], float)
+    result = env.run_epoch(1, 0, 5)
+    assert isinstance(result.counterfactuals["mid"], float)
+    assert _cf_events(events)[-1]["contribution"] == result.counterfactuals["mid"]
+
+
+def test_an_epoch_reads_device_values_back_once_even_with_baselines(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = _blending_env("every_epoch", [])
+    calls = 0
+    real = torch.Tensor.tolist
+
+    def tolist(self: torch.Tensor) -> object:
+        nonlocal calls
+        calls += 1
+        return real(self)
+
+    monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    result = env.run_epoch(1, 0, 5)
+    assert result.counterfactuals["mid"] is not None
+    assert calls == 1
 
 
 def test_envs_are_dealt_round_robin_over_the_devices() -> None:

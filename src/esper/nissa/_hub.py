@@ -484,3 +484,6 @@ def install_signal_handlers() -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, _terminate)
+    # A process started while its parent's thread blocked these signals inherits the block:
+    # the thread that handles them must receive them.
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)

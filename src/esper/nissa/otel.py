@@ -274,9 +274,6 @@ class OTelOutput(OutputBackend):
         if handler is not None:
             handler(event)
 
-    def flush(self) -> None:
-        """Export what has ended (bounded by the export timeout)."""
-
     def close(self) -> None:
         if self._closed:
             return

@@ -61,8 +61,7 @@ def snapshot_to_features(
 
 def offline_action_mask(env: MorphogeneticEnv) -> torch.Tensor:
     """(N_ACTIONS,) bool: (op, slot) pairs that are physically possible."""
-    _, slot_masks = action_masks(env)
-    op_mask, _ = action_masks(env)
+    op_mask, slot_masks = action_masks(env)
     mask = torch.zeros(N_ACTIONS, dtype=torch.bool)
     for op in Op:
         for i in range(slot_masks.shape[1]):

@@ -27,7 +27,8 @@ def state_dim(n_slots: int) -> int:
     return BASE_FEATURES + n_slots * SLOT_FEATURES
 
 
-def _clip(x: float, lo: float, hi: float) -> float:
+def clip_finite(x: float, lo: float, hi: float) -> float:
+    """``x`` clamped to [lo, hi]; a NaN or infinity becomes ``lo`` (a feature never is one)."""
     return lo if not math.isfinite(x) else max(lo, min(hi, x))
 
 
@@ -45,20 +46,20 @@ def observe(
         result.inner_epoch / max(env.context.max_epochs, 1),
         result.val_accuracy / 100.0,
         result.train_accuracy / 100.0,
-        _clip(result.val_loss, 0.0, 5.0) / 5.0,
-        _clip(result.train_loss, 0.0, 5.0) / 5.0,
-        _clip((result.val_accuracy - previous_accuracy) / 10.0, -1.0, 1.0),
+        clip_finite(result.val_loss, 0.0, 5.0) / 5.0,
+        clip_finite(result.train_loss, 0.0, 5.0) / 5.0,
+        clip_finite((result.val_accuracy - previous_accuracy) / 10.0, -1.0, 1.0),
         1.0 if plateau else 0.0,
         best_accuracy / 100.0,
-        _clip(math.log1p(result.host_gradients["gradient_norm"]) / 5.0, 0.0, 1.0),
-        _clip(env.seed_params() / max(param_budget, 1), 0.0, 2.0),
+        clip_finite(math.log1p(result.host_gradients["gradient_norm"]) / 5.0, 0.0, 1.0),
+        clip_finite(env.seed_params() / max(param_budget, 1), 0.0, 2.0),
     ]
     for slot in env.slots:
         features += [1.0 if slot.stage in group else 0.0 for group in STAGE_GROUPS]
         if slot.state is None:
             features += [0.0] * SeedTelemetry.feature_dim()
         else:
-            features += [_clip(v, -1.0, 10.0) for v in slot.state.telemetry.to_features()]
+            features += [clip_finite(v, -1.0, 10.0) for v in slot.state.telemetry.to_features()]
     return features
 
 

@@ -334,8 +334,10 @@ class _VectorizedRun:
             hits = torch.stack([(~batch.masks[h]).any(dim=-1) for h in ACTION_HEADS], dim=1)
             mask_hits += hits.sum(dim=0)
             decisions += len(envs)
-            actions = batch.actions.tolist()  # the host must know the actions to carry them out
-            hit_rows = hits.tolist() if tel.debug else [[False] * len(ACTION_HEADS)] * len(envs)
+            # The host must know the actions to carry them out: one read-back, masks included.
+            rows = torch.cat([batch.actions, hits.long()], dim=1).tolist()
+            actions = [row[: len(ACTION_HEADS)] for row in rows]
+            hit_rows = [[bool(h) for h in row[len(ACTION_HEADS) :]] for row in rows]
             for i, env in enumerate(envs):
                 rollout.add(i, obs_t, batch, i)
                 masked = dict(zip(ACTION_HEADS, hit_rows[i], strict=True))

@@ -229,9 +229,21 @@ class MorphogeneticEnv:
         t0 = time.perf_counter()
         train_sums, grad_stats, wait = self._train(self._fault(inner_epoch))
         val_sums = self._validate_sums()
+        # The alpha=0 baselines are measured now, on the device, so they share the epoch's one
+        # read-back. A rollback below culls every live seed, so none of them goes stale.
+        measured = self._baseline_slots(inner_epoch == max_epochs)
+        baseline_sums = []
+        for slot in measured:
+            with slot.force_alpha(0.0):
+                baseline_sums.append(self._validate_sums())
         none = torch.full((STATS_LEN,), -1.0, device=self.device)
         packed = torch.cat(
-            [train_sums, val_sums, *(s if s is not None else none for s in grad_stats)]
+            [
+                train_sums,
+                val_sums,
+                *(s if s is not None else none for s in grad_stats),
+                *baseline_sums,
+            ]
         )
         values = packed.tolist()  # the epoch's one host synchronisation
         step_seconds = time.perf_counter() - t0
@@ -245,6 +257,11 @@ class MorphogeneticEnv:
             else self.collector.summarize(values[4 + i * STATS_LEN : 4 + (i + 1) * STATS_LEN])
             for i in range(len(grad_stats))
         ]
+        at = 4 + len(grad_stats) * STATS_LEN
+        baselines = {
+            slot.slot_id: self._pct(values[at + 2 * i + 1], n_val)
+            for i, slot in enumerate(measured)
+        }
         host_grads = grads[0] or self.collector.collect([])
         seed_grads = {s.slot_id: g for s, g in zip(seeded, grads[1:], strict=True) if g}
         self._report_anomalies(host_grads, seed_grads)
@@ -257,7 +274,7 @@ class MorphogeneticEnv:
             val = self._validate_sums().tolist()  # the restored model's real accuracy
             val_loss, val_acc = val[0] / n_val, self._pct(val[1], n_val)
 
-        counterfactuals = self._counterfactuals(val_acc, inner_epoch == max_epochs)
+        counterfactuals = self._counterfactuals(val_acc, baselines)
         for slot in self.slots:
             before = slot.stage
             slot.end_epoch(val_acc, seed_grads.get(slot.slot_id), counterfactuals.get(slot.slot_id))
@@ -293,28 +310,42 @@ class MorphogeneticEnv:
 
     # -- counterfactuals -----------------------------------------------------------------------
 
-    def _counterfactuals(self, val_acc: float, final_epoch: bool) -> dict[str, float | None]:
-        out: dict[str, float | None] = {}
+    @staticmethod
+    def _blended(slot: SeedSlot) -> bool:
+        state = slot.state
+        return (
+            state is not None
+            and slot.seed is not None
+            and state.stage in (SeedStage.BLENDING, SeedStage.PROBATIONARY)
+        )
+
+    def _baseline_slots(self, final_epoch: bool) -> list[SeedSlot]:
+        """Blended seeds whose alpha=0 baseline this epoch measures (per the schedule)."""
         measure = self.config.counterfactual == "every_epoch" or (
             self.config.counterfactual == "final_epoch" and final_epoch
         )
+        return [s for s in self.slots if self._blended(s)] if measure else []
+
+    def _counterfactuals(
+        self, val_acc: float, baselines: dict[str, float]
+    ) -> dict[str, float | None]:
+        """Contribution (real minus alpha=0 accuracy) of every live, not yet fossilized seed
+        that has a measured baseline; None, with the reason emitted, for the others."""
+        out: dict[str, float | None] = {}
         for slot in self.slots:
             state = slot.state
             if state is None or slot.seed is None or state.stage is SeedStage.FOSSILIZED:
                 continue
-            if state.stage not in (SeedStage.BLENDING, SeedStage.PROBATIONARY):
+            if not self._blended(slot):
                 self._emit_cf(slot.slot_id, None, None, "not_blended")
                 out[slot.slot_id] = None
-                continue
-            if not measure:
+            elif slot.slot_id not in baselines:
                 self._emit_cf(slot.slot_id, None, None, "missing_baseline")
                 out[slot.slot_id] = None
-                continue
-            with slot.force_alpha(0.0):
-                sums = self._validate_sums().tolist()
-            baseline = self._pct(sums[1], self.task.val_x.shape[0])
-            out[slot.slot_id] = val_acc - baseline
-            self._emit_cf(slot.slot_id, val_acc, baseline, None)
+            else:
+                baseline = baselines[slot.slot_id]
+                out[slot.slot_id] = val_acc - baseline
+                self._emit_cf(slot.slot_id, val_acc, baseline, None)
         return out
 
     # -- controller actions --------------------------------------------------------------------
