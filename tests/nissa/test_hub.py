@@ -149,7 +149,8 @@ def test_high_rate_events_drop_when_full_but_lifecycle_events_queue() -> None:
     stats = hub.stats()
     assert stats.total_dropped > 0
     b = stats.backends[0]
-    assert b.delivered + b.dropped + stats.dropped == stats.emitted
+    assert b.delivered + b.dropped + b.failed == b.emitted == stats.emitted
+    assert b.dropped_at_hub == stats.dropped
 
 
 def test_emit_after_close_is_counted_not_queued() -> None:
@@ -158,7 +159,8 @@ def test_emit_after_close_is_counted_not_queued() -> None:
     hub.add_backend(out)
     hub.close()
     hub.emit(_ev())
-    assert hub.stats().dropped == 1
+    stats = hub.stats()
+    assert (stats.late, stats.dropped, stats.emitted) == (1, 0, 1)
     assert hub.close() is True  # second close is a no-op
     with pytest.raises(RuntimeError, match="closed"):
         hub.add_backend(InMemoryOutput())
@@ -214,9 +216,14 @@ def test_a_forked_child_can_emit_and_its_parent_loses_nothing(tmp_path: Path) ->
     for i in range(5, 7):
         hub.emit(TelemetryEvent(event_type=ET.EPOCH_COMPLETED, epoch=i, message="parent"))
     hub.close()
-    events = read_events(path, strict=True).events
-    parent = [e.epoch for e in events if e.message == "parent"]
-    child = [e.epoch for e in events if e.message == "child"]
-    assert parent == list(range(7))
-    assert child == [0, 1, 2]
-    assert len({e.event_id for e in events}) == len(events) == 10
+    parent_replay = read_events(path, strict=True)
+    assert [e.epoch for e in parent_replay.events] == list(range(7))
+    assert {e.message for e in parent_replay.events} == {"parent"}
+    # The child wrote a file of its own beside the parent's, with its own seq numbers, so
+    # seq is unique and strictly increasing within each file.
+    child_replay = read_events(tmp_path / f"events.{pid}.jsonl", strict=True)
+    assert [(e.message, e.epoch) for e in child_replay.events] == [("child", i) for i in range(3)]
+    assert parent_replay.seqs == list(range(7))
+    assert child_replay.seqs == list(range(3))
+    merged = read_events(tmp_path, strict=True).events  # the directory: every file, merged
+    assert len({e.event_id for e in merged}) == len(merged) == 10

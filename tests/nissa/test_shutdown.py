@@ -17,6 +17,7 @@ from esper.nissa import read_events
 PROGRAM = textwrap.dedent(
     """
     import sys
+    import time
     from esper.leyline import TelemetryEvent, TelemetryEventType
     from esper.nissa import FileOutput, get_hub, install_signal_handlers
 
@@ -29,7 +30,11 @@ PROGRAM = textwrap.dedent(
         hub.flush()
     print("ready", flush=True)
     if sys.argv[3] != "exit":
-        sys.stdin.readline()  # wait for the test's signal
+        # Wait for the test's signal the way a training loop does, coming back to Python
+        # often. (A process blocked in one read() can miss a signal that lands just before
+        # the call: CPython has run the handler's C half and the read never returns.)
+        while True:
+            time.sleep(0.01)
     """
 )
 

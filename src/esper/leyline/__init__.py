@@ -25,6 +25,7 @@ from esper.leyline._errors import (
     EsperError,
     PayloadError,
     ReplayError,
+    RunInterrupted,
     TelemetryError,
     UsageError,
 )
@@ -70,6 +71,7 @@ __all__ = [
     "PayloadSpec",
     "PerformanceBudgets",
     "ReplayError",
+    "RunInterrupted",
     "SeedStage",
     "SeedTelemetry",
     "Severity",

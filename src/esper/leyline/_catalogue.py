@@ -272,6 +272,14 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
             _f("seeds_germinated", INT, "", "seeds germinated in the run"),
             _f("seeds_fossilized", INT, "", "seeds fossilized in the run"),
             _f("seeds_culled", INT, "", "seeds culled in the run"),
+            _f(
+                "error",
+                STR,
+                "",
+                "why a run that did not complete stopped (exception type and message, or "
+                "the signal); null when completed",
+                nullable=True,
+            ),
         ),
     ),
     PayloadSpec(

@@ -9,6 +9,9 @@
           +-- ReplayError          a telemetry file cannot be read back
                +-- CorruptLineError    a JSONL line is not a valid event (names file:line)
 
+    KeyboardInterrupt
+     +-- RunInterrupted        a run asked to stop (SIGTERM, the Sanctum UI); not an error
+
 Every message names what was wrong and where: the flag, the file and line, the field.
 """
 
@@ -41,6 +44,11 @@ class BackendError(TelemetryError):
 
 class ReplayError(TelemetryError):
     """A telemetry file or run directory cannot be read back."""
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """A run was asked to stop between epochs (a signal, or the Sanctum UI). A
+    KeyboardInterrupt, so every handler that treats Ctrl-C as "interrupted" treats it so."""
 
 
 class CorruptLineError(ReplayError):

@@ -1,6 +1,6 @@
 """Nissa is the telemetry hub: it takes every event and delivers it to the output backends."""
 
-from esper.nissa._backend import OutputBackend
+from esper.nissa._backend import Backend, OutputBackend
 from esper.nissa._console import ConsoleOutput, format_event
 from esper.nissa._file import (
     EVENTS_FILE,
@@ -9,6 +9,7 @@ from esper.nissa._file import (
     FileOutput,
     parse_run_dir_time,
 )
+from esper.nissa._fork import register_fork_resource
 from esper.nissa._hub import (
     BackendStats,
     HubStats,
@@ -17,6 +18,7 @@ from esper.nissa._hub import (
     get_hub,
     install_signal_handlers,
     reset_hub,
+    start_daemon_thread,
 )
 from esper.nissa._jsonl import SCHEMA_VERSION, decode_line, encode_event, to_jsonable
 from esper.nissa._memory import InMemoryOutput, capture_events
@@ -26,6 +28,7 @@ __all__ = [
     "EVENTS_FILE",
     "RUN_DIR_TIME_FORMAT",
     "SCHEMA_VERSION",
+    "Backend",
     "BackendStats",
     "ConsoleOutput",
     "DirectoryOutput",
@@ -46,6 +49,8 @@ __all__ = [
     "iter_events",
     "parse_run_dir_time",
     "read_events",
+    "register_fork_resource",
     "reset_hub",
+    "start_daemon_thread",
     "to_jsonable",
 ]

@@ -6,12 +6,12 @@ import contextlib
 import itertools
 import os
 import threading
-import weakref
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from esper.leyline import BackendConfigError, BackendError, TelemetryEvent
 from esper.nissa._backend import OutputBackend
+from esper.nissa._fork import register_fork_resource
 from esper.nissa._jsonl import encode_event
 
 RUN_DIR_PREFIX = "telemetry_"
@@ -21,25 +21,21 @@ EVENTS_FILE = "events.jsonl"
 _MAX_UNWRITTEN_BYTES = 64 * 1024 * 1024
 """Bytes kept in memory while writes fail (e.g. a full disk) before new lines are dropped."""
 
-_LIVE_FILES: weakref.WeakSet[FileOutput] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for output in list(_LIVE_FILES):
-        output._reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
-
 
 class FileOutput(OutputBackend):
     """Appends events as JSONL lines to ``path``, writing every ``buffer_size`` events.
 
     Lines are written with ``os.write`` on an ``O_APPEND`` descriptor, so a killed process
-    leaves at most a torn last line, and a forked child never writes its parent's buffer.
-    When a write fails (a full disk), the unwritten bytes are kept (up to 64 MiB) and retried
-    on the next write; ``emit`` never raises for it, ``flush`` raises BackendError naming the
-    file, and the hub reports that once.
+    leaves at most a torn last line. When a write fails (a full disk), the unwritten bytes are
+    kept (up to 64 MiB) and retried on the next write; ``emit`` never raises for it, ``flush``
+    raises BackendError naming the file, and the hub reports that once. Every line is counted
+    exactly once: on disk (``lines_written``), still held in memory (``lines_unwritten``), or
+    ``lost`` (over the memory cap, or still unwritten at close; a line torn by a partial write
+    counts as lost). ``lines_taken = lines_written + lines_unwritten + lost``.
+
+    In a forked child the output continues in a file of its own, ``<stem>.<pid><suffix>``
+    beside ``path`` (created on the child's first write), with its own ``seq`` numbers: ``seq``
+    is unique and strictly increasing within each file.
     """
 
     def __init__(self, path: str | os.PathLike[str], buffer_size: int = 10) -> None:
@@ -49,20 +45,27 @@ class FileOutput(OutputBackend):
         self.buffer_size = buffer_size
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd: int | None = os.open(
-                self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644
-            )
+            self._fd: int | None = self._open(self.path)
         except OSError as exc:
             raise BackendConfigError(
                 f"cannot open telemetry file {self.path}: {exc.strerror or exc}"
             ) from exc
+        self._closed = False
+        self._init_state()
+        register_fork_resource(self)
+
+    @staticmethod
+    def _open(path: Path) -> int:
+        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def _init_state(self) -> None:
         self._lock = threading.Lock()
         self._seq = itertools.count()
         self._pending: list[str] = []
         self._unwritten = bytearray()
+        self.lines_taken = 0
         self.lines_written = 0
         self.lines_dropped = 0
-        _LIVE_FILES.add(self)
 
     @property
     def name(self) -> str:
@@ -72,11 +75,17 @@ class FileOutput(OutputBackend):
     def lost(self) -> int:
         return self.lines_dropped
 
+    @property
+    def lines_unwritten(self) -> int:
+        """Lines taken but not yet on disk (kept in memory for the next write)."""
+        return self.lines_taken - self.lines_written - self.lines_dropped
+
     def emit(self, event: TelemetryEvent) -> None:
         line = encode_event(event, next(self._seq))  # encode outside the lock
         with self._lock:
-            if self._fd is None:
+            if self._closed:
                 raise BackendError(f"{self.path}: event after close")
+            self.lines_taken += 1
             self._pending.append(line)
             if len(self._pending) >= self.buffer_size:
                 # On failure the lines are kept for retry and flush() raises the error.
@@ -85,32 +94,40 @@ class FileOutput(OutputBackend):
 
     def flush(self) -> None:
         with self._lock:
-            if self._fd is not None:
+            if not self._closed:
                 self._write_locked()
 
     def close(self) -> None:
+        """Write what is left; whatever cannot be written now is counted as lost."""
         with self._lock:
-            if self._fd is None:
+            if self._closed:
                 return
+            self._closed = True
             try:
                 self._write_locked()
             finally:
-                os.close(self._fd)
-                self._fd = None
+                # Complete lines still in memory, and a line torn by a partial write, are lost.
+                self.lines_dropped += self._unwritten.count(b"\n")
+                self._unwritten.clear()
+                if self._fd is not None:
+                    os.close(self._fd)
+                    self._fd = None
 
     def _write_locked(self) -> None:
-        assert self._fd is not None
         if self._pending:
             blob = ("\n".join(self._pending) + "\n").encode()
             if len(self._unwritten) + len(blob) > _MAX_UNWRITTEN_BYTES:
                 self.lines_dropped += len(self._pending)
             else:
                 self._unwritten += blob
-                self.lines_written += len(self._pending)
             self._pending.clear()
+        if not self._unwritten:
+            return
         view = memoryview(self._unwritten)
         done = 0
         try:
+            if self._fd is None:  # a forked child's own file, opened on its first write
+                self._fd = self._open(self.path)
             while done < len(view):
                 done += os.write(self._fd, view[done:])
         except OSError as exc:
@@ -120,13 +137,18 @@ class FileOutput(OutputBackend):
             ) from exc
         finally:
             view.release()
+            self.lines_written += self._unwritten.count(b"\n", 0, done)
             del self._unwritten[:done]
 
-    def _reset_after_fork(self) -> None:
-        # The parent writes what it had buffered; the child starts empty with fresh locks.
-        self._lock = threading.Lock()
-        self._pending = []
-        self._unwritten = bytearray()
+    def _reinit_after_fork(self) -> None:
+        # The parent writes what it had buffered; the child writes a file of its own, so the
+        # two never interleave lines or share seq numbers.
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)  # the child's copy of the descriptor only
+            self._fd = None
+        self.path = self.path.with_name(f"{self.path.stem}.{os.getpid()}{self.path.suffix}")
+        self._init_state()
 
 
 def _make_run_dir(base: Path) -> Path:

@@ -5,11 +5,26 @@ events from that ingress queue to one lane per backend; each lane has its own da
 slow backend (a network exporter, a slow disk) delays only itself. Queues are bounded for
 high-rate events: when one is full, new high-rate events are dropped and counted; lifecycle
 events (``LIFECYCLE_EVENT_TYPES``) are always queued, so they are never dropped and stay in
-order. ``flush`` and ``close`` travel through the queues as markers, so they wait for exactly
-the events emitted before them.
+order.
 
-Modelled on the OpenTelemetry SDK's batch processor: Event-woken daemon threads, fork handlers
-that rebuild locks, queues and threads in the child, and an atexit hook removed on close.
+Everything that changes what a backend sees travels through the ingress queue in order with the
+events: adding or removing a backend, a flush, a stop. So an event emitted after
+``add_backend(b)`` returned reaches ``b``; one emitted before ``remove_backend(b)`` was called
+reaches it too; ``flush`` waits for exactly the events emitted before it.
+
+The accounting is exact by construction. For the hub and, at any quiescent point and after
+``close()``, for every backend::
+
+    emitted = delivered + failed + dropped + pending          (per backend)
+    emitted = accepted + dropped + late                       (the hub)
+
+``pending`` is what is still queued (after ``close``: what the deadline left undelivered);
+``late`` counts events that arrived after ``close``. Counters only go up.
+
+Modelled on the OpenTelemetry SDK's batch processor: Event-woken daemon threads, membership
+re-read for every event, one deadline from ``flush(timeout)`` / ``close(timeout)`` passed down
+to every backend, fork handlers that rebuild locks, queues and threads in the child (a closed
+hub stays closed), and an atexit hook removed on close.
 """
 
 from __future__ import annotations
@@ -17,12 +32,12 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-import os
 import signal
 import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any
@@ -34,7 +49,14 @@ from esper.leyline import (
     TelemetryEvent,
     TelemetryEventType,
 )
-from esper.nissa._backend import OutputBackend
+from esper.nissa._backend import (
+    Backend,
+    accepts_timeout,
+    backend_lost,
+    backend_name,
+    check_backend,
+)
+from esper.nissa._fork import register_fork_hub
 
 _log = logging.getLogger("esper.nissa")
 
@@ -52,20 +74,56 @@ def block_shutdown_signals() -> set[int | signal.Signals]:
     return signal.pthread_sigmask(signal.SIG_BLOCK, _SHUTDOWN_SIGNALS)
 
 
+def start_daemon_thread(target: Callable[[], None], name: str) -> threading.Thread:
+    """Start a named daemon thread that never takes SIGINT or SIGTERM.
+
+    The mask is set in this thread around ``start`` so the new thread is born with it: a
+    thread that blocked the signals only as its own first step could still take one that
+    arrives before it runs, and then a main thread blocked in a system call never wakes.
+    """
+    previous = block_shutdown_signals()
+    try:
+        thread = threading.Thread(target=target, name=name[:60], daemon=True)
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return thread
+
+
 _REPORT_INTERVAL_SECONDS = 10.0
-"""At most one drop or failure warning per this many seconds (plus one at close)."""
+"""At most one drop or loss warning per this many seconds (plus the ones at close)."""
 
 
-class _Marker:
-    """A flush or stop request travelling through the queues; done when every lane saw it."""
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
-    __slots__ = ("done", "lock", "remaining", "stop")
 
-    def __init__(self, lanes: int, *, stop: bool = False) -> None:
-        self.remaining = lanes
+class _Internal:
+    """Items the queues carry besides events."""
+
+    __slots__ = ()
+
+
+class _Marker(_Internal):
+    """A flush or stop request travelling through the queues; done when every lane saw it.
+
+    ``stop``: the lane flushes, closes its backend if ``close_backend``, and ends.
+    """
+
+    __slots__ = ("close_backend", "deadline", "done", "lock", "remaining", "stop")
+
+    def __init__(
+        self, deadline: float | None, *, stop: bool = False, close_backend: bool = False
+    ) -> None:
+        self.remaining = 0
         self.stop = stop
+        self.close_backend = close_backend
+        self.deadline = deadline
         self.lock = threading.Lock()
         self.done = threading.Event()
+
+    def expect(self, lanes: int) -> None:
+        self.remaining = lanes
         if lanes == 0:
             self.done.set()
 
@@ -76,10 +134,24 @@ class _Marker:
                 self.done.set()
 
 
+class _Control(_Internal):
+    """Add a lane to, or take one out of, the pump's routing, at this point of the stream.
+    A lane taken out is sent ``marker`` (a stop) as its last item."""
+
+    __slots__ = ("lane", "marker")
+
+    def __init__(self, lane: _Lane, marker: _Marker | None = None) -> None:
+        self.lane = lane
+        self.marker = marker
+
+
+class _PumpStop(_Internal):
+    __slots__ = ()
+
+
 @dataclass(frozen=True, slots=True)
 class BackendStats:
-    """Delivery counts of one backend. delivered + failed + dropped = events the hub took
-    in (for this backend's lifetime) plus the hub's own drops."""
+    """Delivery counts of one backend; ``emitted = delivered + failed + dropped + pending``."""
 
     name: str
     delivered: int
@@ -90,18 +162,36 @@ class BackendStats:
     """CPU time this backend's delivery thread has used."""
     lost: int = 0
     """Items the backend took but could not keep (its own count: lines, spans)."""
+    emitted: int = 0
+    """Events emitted while this backend was attached (including the hub's drops)."""
+    pending: int = 0
+    """Events queued but not delivered yet; after close, those the deadline left behind."""
+    closed: bool = False
+    dropped_at_hub: int = 0
+    """The part of ``dropped`` that the hub's ingress queue dropped while this was attached."""
+
+    @property
+    def not_kept(self) -> int:
+        """Events this backend was sent and does not hold: dropped, failed, undelivered, lost."""
+        return self.dropped + self.failed + self.pending + self.lost
 
 
 @dataclass(frozen=True, slots=True)
 class HubStats:
-    """What the hub has seen. ``emitted`` counts every ``emit`` call that reached the pump or
-    was dropped at the ingress queue; ``dropped`` is the ingress drops (lost to every backend)."""
+    """What the hub has seen: ``emitted = accepted + dropped + late``."""
 
     emitted: int
     dropped: int
+    """Events dropped at the ingress queue (lost to every backend)."""
     by_type: dict[str, int]
     backends: tuple[BackendStats, ...]
     pump_cpu_seconds: float = 0.0
+    late: int = 0
+    """Events emitted after close (never delivered, counted here)."""
+
+    @property
+    def accepted(self) -> int:
+        return self.emitted - self.dropped - self.late
 
     @property
     def cpu_seconds(self) -> float:
@@ -110,35 +200,41 @@ class HubStats:
 
     @property
     def total_dropped(self) -> int:
-        """Drops anywhere: at the ingress queue or at any backend's queue."""
-        return self.dropped + sum(b.dropped for b in self.backends)
+        """Drops anywhere: at the ingress queue or at any backend's own queue."""
+        return self.dropped + sum(b.dropped - b.dropped_at_hub for b in self.backends)
+
+    @property
+    def complete(self) -> bool:
+        """True when every event emitted was kept by every backend it was sent to."""
+        return self.dropped == 0 and self.late == 0 and all(b.not_kept == 0 for b in self.backends)
 
 
 class _Lane:
     """One backend's queue and delivery thread."""
 
-    def __init__(self, hub: NissaHub, backend: OutputBackend, capacity: int) -> None:
+    def __init__(self, hub: NissaHub, backend: Backend, capacity: int) -> None:
         self.hub = hub
         self.backend = backend
+        self.name = backend_name(backend)
         self.capacity = capacity
-        self.delivered = 0
-        self.failed = 0
-        self.dropped = 0
+        self.offered = 0  # pump thread only
+        self.dropped = 0  # pump thread only
+        self.hub_dropped = 0  # under the hub's config lock
+        self.delivered = 0  # lane thread only
+        self.failed = 0  # lane thread only
+        self.closed = False
         self.last_error: str | None = None
         self.reported_failures = 0
         self.cpu_seconds = 0.0
-        self._init_runtime()
-
-    def _init_runtime(self) -> None:
+        self._flush_timeout = accepts_timeout(backend.flush)
+        self._close_timeout = accepts_timeout(backend.close)
         self.queue: deque[TelemetryEvent | _Marker] = deque()
         self.wake = threading.Event()
-        self.thread = threading.Thread(
-            target=self._run, name=f"esper-nissa-{self.backend.name}"[:60], daemon=True
-        )
-        self.thread.start()
+        self.thread = start_daemon_thread(self._run, f"esper-nissa-{self.name}")
 
     def offer(self, event: TelemetryEvent) -> None:
         """Called by the pump thread only."""
+        self.offered += 1
         if len(self.queue) >= self.capacity and event.event_type not in LIFECYCLE_EVENT_TYPES:
             self.dropped += 1
         else:
@@ -147,36 +243,45 @@ class _Lane:
     def _failure(self, what: str, exc: BaseException) -> None:
         self.last_error = f"{type(exc).__name__}: {exc}"
         if self.reported_failures == 0:
-            _log.warning("telemetry backend %s failed in %s: %s", self.backend.name, what, exc)
+            _log.warning("telemetry backend %s failed in %s: %s", self.name, what, exc)
             self.hub._report(
                 "backend_failed",
-                f"backend {self.backend.name} failed in {what}: {self.last_error}; "
+                f"backend {self.name} failed in {what}: {self.last_error}; "
                 "other backends and training continue",
             )
         self.reported_failures += 1
 
     def _run(self) -> None:
-        block_shutdown_signals()
-        queue, backend = self.queue, self.backend
         while True:
             self.wake.wait()
             self.wake.clear()
             started = time.thread_time()
             try:
-                if self._drain(queue, backend):
+                if self._drain():
                     return
             finally:
                 self.cpu_seconds += time.thread_time() - started
 
-    def _drain(self, queue: deque[TelemetryEvent | _Marker], backend: OutputBackend) -> bool:
+    def _call(self, what: str, takes_timeout: bool, deadline: float | None) -> None:
+        method = getattr(self.backend, what)
+        try:
+            if takes_timeout:
+                method(timeout=_remaining(deadline))
+            else:
+                method()
+        except Exception as exc:  # noqa: BLE001 - isolate every backend failure
+            self._failure(what, exc)
+
+    def _drain(self) -> bool:
         """Deliver everything queued; True when a stop marker was reached."""
+        queue, backend = self.queue, self.backend
         while queue:
             item = queue.popleft()
             if isinstance(item, _Marker):
-                try:
-                    backend.flush()
-                except Exception as exc:  # noqa: BLE001 - isolate every backend failure
-                    self._failure("flush", exc)
+                self._call("flush", self._flush_timeout, item.deadline)
+                if item.stop and item.close_backend:
+                    self._call("close", self._close_timeout, item.deadline)
+                    self.closed = True
                 item.arrive()
                 if item.stop:
                     return True
@@ -187,33 +292,25 @@ class _Lane:
             except Exception as exc:  # noqa: BLE001 - isolate every backend failure
                 self.failed += 1
                 self._failure("emit", exc)
-        try:
-            backend.flush()  # idle: make what was delivered visible (files current)
-        except Exception as exc:  # noqa: BLE001 - isolate every backend failure
-            self._failure("flush", exc)
+        self._call("flush", False, None)  # idle: make what was delivered visible
         return False
 
     def stats(self) -> BackendStats:
+        delivered, failed, dropped = self.delivered, self.failed, self.dropped
+        offered = self.offered
         return BackendStats(
-            self.backend.name,
-            self.delivered,
-            self.failed,
-            self.dropped,
-            self.last_error,
-            self.cpu_seconds,
-            self.backend.lost,
+            name=self.name,
+            delivered=delivered,
+            failed=failed,
+            dropped=dropped + self.hub_dropped,
+            last_error=self.last_error,
+            cpu_seconds=self.cpu_seconds,
+            lost=backend_lost(self.backend),
+            emitted=offered + self.hub_dropped,
+            pending=max(0, offered - delivered - failed - dropped),
+            closed=self.closed,
+            dropped_at_hub=self.hub_dropped,
         )
-
-
-_HUBS: weakref.WeakSet[NissaHub] = weakref.WeakSet()
-
-
-def _after_fork_in_child() -> None:
-    for hub in list(_HUBS):
-        hub._reset_after_fork()
-
-
-os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _close_at_exit(ref: weakref.ref[NissaHub]) -> None:
@@ -227,7 +324,9 @@ class NissaHub:
 
     ``emit`` appends to a bounded queue and returns. ``flush(timeout)`` waits until every
     event emitted before it is delivered and each backend flushed; ``close(timeout)`` does
-    the same and then closes the backends; it is idempotent and also runs at exit.
+    the same and then closes the backends, one after another in the order they were added,
+    so a loss one backend reveals as it closes is reported to those still open. It is
+    idempotent (a second call waits for the first) and also runs at exit.
     """
 
     def __init__(
@@ -243,29 +342,35 @@ class NissaHub:
         self._backend_capacity = backend_capacity
         self._schedule_delay = schedule_delay
         self._wake_batch = wake_batch
-        self._lanes: tuple[_Lane, ...] = ()
         self._closed = False
-        self._accepted = 0
-        self._dropped = 0
-        self._by_type: dict[str, int] = {}
-        self._reported_drops = 0
-        self._last_report = 0.0
-        self._pump_cpu = 0.0
+        self._close_ok = True
         self._init_runtime()
         self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
-        _HUBS.add(self)
+        register_fork_hub(self)
 
-    def _init_runtime(self) -> None:
-        self._queue: deque[TelemetryEvent | _Marker] = deque()
+    def _init_runtime(self, lanes: tuple[_Lane, ...] = ()) -> None:
+        self._queue: deque[TelemetryEvent | _Internal] = deque()
         self._wake = threading.Event()
-        self._drop_lock = threading.Lock()
-        self._report_lock = threading.Lock()
         self._config_lock = threading.Lock()
-        self._pump_thread = threading.Thread(
-            target=self._pump, name="esper-nissa-pump", daemon=True
-        )
-        self._pump_thread.start()
+        self._report_lock = threading.Lock()
+        self._close_done = threading.Event()
+        self._configured: tuple[_Lane, ...] = lanes  # what add/remove have asked for
+        self._active: tuple[_Lane, ...] = lanes  # what the pump routes to (pump thread)
+        self._accepted = 0
+        self._dropped = 0
+        self._late = 0
+        self._by_type: dict[str, int] = {}
+        self._reported_drops = 0
+        self._reported_lost = 0
+        self._last_report = 0.0
+        self._pump_cpu = 0.0
+        self._pump_stopped = self._closed
+        self._pump_thread: threading.Thread | None = None
+        if self._closed:
+            self._close_done.set()
+            return
+        self._pump_thread = start_daemon_thread(self._pump, "esper-nissa-pump")
 
     # -- the training thread's side ------------------------------------------------------------
 
@@ -275,46 +380,68 @@ class NissaHub:
         if self._closed or (
             len(queue) >= self._capacity and event.event_type not in LIFECYCLE_EVENT_TYPES
         ):
-            with self._drop_lock:  # only on the overload path
-                self._dropped += 1
+            self._refuse()
             return
+        # An emit that passed the check while close() ran lands behind the pump's stop and is
+        # counted as late by stats() (it is still in the queue).
         queue.append(event)
         if len(queue) >= self._wake_batch:
             self._wake.set()
 
+    def _refuse(self) -> None:
+        with self._config_lock:  # the slow path only: overload or after close
+            if self._closed:
+                self._late += 1
+                return
+            self._dropped += 1
+            for lane in self._configured:
+                lane.hub_dropped += 1
+
     # -- configuration -------------------------------------------------------------------------
 
     @property
-    def backends(self) -> tuple[OutputBackend, ...]:
-        return tuple(lane.backend for lane in self._lanes)
+    def backends(self) -> tuple[Backend, ...]:
+        return tuple(lane.backend for lane in self._configured)
 
     @property
     def closed(self) -> bool:
         return self._closed
 
-    def add_backend(self, backend: OutputBackend) -> None:
-        """Deliver every event emitted from now on to ``backend`` as well."""
+    def add_backend(self, backend: Backend) -> None:
+        """Deliver every event emitted from now on to ``backend`` as well.
+
+        Any object with ``emit``, ``flush`` and ``close`` will do (see ``Backend``).
+        """
+        check_backend(backend)
         with self._config_lock:
             if self._closed:
                 raise RuntimeError("add_backend on a closed NissaHub")
-            # Copy-on-write: the pump iterates the old tuple without a lock.
-            self._lanes = (*self._lanes, _Lane(self, backend, self._backend_capacity))
+            if any(lane.backend is backend for lane in self._configured):
+                raise ValueError(f"backend {backend_name(backend)} is already attached")
+            lane = _Lane(self, backend, self._backend_capacity)
+            self._configured = (*self._configured, lane)
+            self._queue.append(_Control(lane))
+        self._wake.set()
 
-    def remove_backend(self, backend: OutputBackend, timeout: float | None = None) -> None:
-        """Deliver what is queued for ``backend``, stop delivering to it, and leave it open."""
-        self.flush(timeout)
+    def remove_backend(self, backend: Backend, timeout: float | None = None) -> BackendStats | None:
+        """Deliver what was emitted before this call to ``backend``, stop delivering to it, and
+        leave it open. Returns its final stats (None if it was not attached)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._config_lock:
-            lanes = [lane for lane in self._lanes if lane.backend is backend]
-            self._lanes = tuple(lane for lane in self._lanes if lane.backend is not backend)
-        for lane in lanes:
-            lane.queue.append(_Marker(1, stop=True))
-            lane.wake.set()
-            lane.thread.join(timeout)
+            lane = next((ln for ln in self._configured if ln.backend is backend), None)
+            if lane is None or self._closed:
+                return None if lane is None else lane.stats()
+            self._configured = tuple(ln for ln in self._configured if ln is not lane)
+            marker = _Marker(deadline, stop=True)
+            self._queue.append(_Control(lane, marker))
+        self._wake.set()
+        if marker.done.wait(_remaining(deadline)):
+            lane.thread.join(_remaining(deadline))
+        return lane.stats()
 
     # -- delivery (pump thread) ----------------------------------------------------------------
 
     def _pump(self) -> None:
-        block_shutdown_signals()
         while True:
             self._wake.wait(self._schedule_delay)
             self._wake.clear()
@@ -325,52 +452,70 @@ class NissaHub:
                 return
 
     def _pump_once(self) -> bool:
-        """Move everything queued to the lanes. True when a stop marker was forwarded."""
+        """Move everything queued to the lanes. True when the pump's stop was reached."""
         queue, by_type = self._queue, self._by_type
+        lanes = self._active
+        touched: list[_Lane] = []
         stopped = False
-        lanes = self._lanes
-        moved = False
         while queue:
             item = queue.popleft()
-            moved = True
-            if isinstance(item, _Marker):
-                lanes = self._lanes  # a marker waits for the lanes that exist now
-                item.remaining = len(lanes)
-                if not lanes:
-                    item.done.set()
+            if not isinstance(item, _Internal):
+                if item.run_id is None:
+                    item.run_id = self.run_id
+                self._accepted += 1
+                name = item.event_type.name
+                by_type[name] = by_type.get(name, 0) + 1
+                for lane in lanes:
+                    lane.offer(item)
+                continue
+            if isinstance(item, _Control):
+                if item.marker is None:
+                    lanes = self._active = (*lanes, item.lane)
+                else:
+                    lanes = self._active = tuple(ln for ln in lanes if ln is not item.lane)
+                    item.marker.expect(1)
+                    item.lane.queue.append(item.marker)
+                    touched.append(item.lane)
+            elif isinstance(item, _Marker):
+                item.expect(len(lanes))
                 for lane in lanes:
                     lane.queue.append(item)
-                stopped = stopped or item.stop
-                continue
-            if item.run_id is None:
-                item.run_id = self.run_id
-            self._accepted += 1
-            name = item.event_type.name
-            by_type[name] = by_type.get(name, 0) + 1
-            for lane in lanes:
-                lane.offer(item)
-        if moved:
-            for lane in lanes:
-                lane.wake.set()
-        self._maybe_report_drops(force=False)
+            else:  # _PumpStop: whatever follows it is late
+                self._pump_stopped = True
+                stopped = True
+                break
+        for lane in (*lanes, *touched):
+            lane.wake.set()
+        if not stopped:
+            self._maybe_report(force=False)
         return stopped
 
-    def _maybe_report_drops(self, *, force: bool) -> None:
+    def _maybe_report(self, *, force: bool) -> None:
+        """Report new drops and losses as TELEMETRY_WARNINGs (rate-limited unless forced)."""
         with self._report_lock:  # the pump and close() may both report
-            total = self._dropped + sum(lane.dropped for lane in self._lanes)
-            if total == self._reported_drops:
+            stats = self.stats()
+            drops = stats.dropped + sum(ln.dropped for ln in self._configured)
+            lost = sum(b.lost for b in stats.backends)
+            if drops == self._reported_drops and lost == self._reported_lost:
                 return
             now = time.monotonic()
             if not force and now - self._last_report < _REPORT_INTERVAL_SECONDS:
                 return
             self._last_report = now
-            new = total - self._reported_drops
-            self._reported_drops = total
-        self._report(
-            "events_dropped",
-            f"{new} high-rate events dropped since the last report ({total} in all); "
-            "lifecycle events are never dropped",
-        )
+            new_drops, new_lost = drops - self._reported_drops, lost - self._reported_lost
+            self._reported_drops, self._reported_lost = drops, lost
+        if new_drops:
+            self._report(
+                "events_dropped",
+                f"{new_drops} high-rate events dropped since the last report ({drops} in all); "
+                "lifecycle events are never dropped",
+            )
+        if new_lost:
+            where = ", ".join(f"{b.name}: {b.lost}" for b in stats.backends if b.lost)
+            self._report(
+                "events_lost",
+                f"{new_lost} items taken by a backend could not be kept ({where})",
+            )
 
     def _report(self, reason: str, detail: str) -> None:
         """Emit a TELEMETRY_WARNING about the telemetry itself (lifecycle: never dropped)."""
@@ -380,69 +525,102 @@ class NissaHub:
             data={"reason": reason, "detail": detail},
             severity=Severity.WARNING,
         )
-        self._queue.append(event)  # bypasses the closed check: close drains after reporting
+        # Bypasses the closed check: close() delivers reports made while it drains; one that
+        # comes after the pump stopped is counted late.
+        self._queue.append(event)
+        self._wake.set()
 
     # -- flush and close -----------------------------------------------------------------------
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event emitted before this call is delivered and every backend
-        flushed. Returns False if ``timeout`` seconds passed first."""
-        marker = _Marker(len(self._lanes))
-        self._queue.append(marker)
-        self._wake.set()
-        return marker.done.wait(timeout)
-
-    def close(self, timeout: float | None = None) -> bool:
-        """Deliver everything queued, then close every backend. Idempotent.
-
-        Returns False when ``timeout`` ran out first; backends whose lane had not finished
-        are then left open rather than closed under their delivery thread.
-        """
+        flushed (each gets what is left of ``timeout``). False if ``timeout`` ran out first.
+        On a closed hub: waits for the close to finish."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._config_lock:
             if self._closed:
-                return True
-            self._closed = True
-        atexit.unregister(self._atexit)
+                return self._close_done.wait(timeout) and self._close_ok
+            marker = self._send_marker(deadline)
+        return marker.done.wait(_remaining(deadline))
+
+    def _send_marker(self, deadline: float | None) -> _Marker:
+        marker = _Marker(deadline)
+        self._queue.append(marker)
+        self._wake.set()
+        return marker
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Deliver everything queued, then close every backend; False when ``timeout`` ran out
+        first (backends whose lane had not finished are left open, their undelivered events
+        counted as pending). Idempotent: a second call waits for the first to finish."""
         deadline = None if timeout is None else time.monotonic() + timeout
+        with self._config_lock:
+            if self._closed:
+                first = False
+            else:
+                first = True
+                self._closed = True
+        if not first:
+            return self._close_done.wait(timeout) and self._close_ok
+        atexit.unregister(self._atexit)
+        ok = True
+        try:
+            ok = self._send_marker(deadline).done.wait(_remaining(deadline))
+            self._maybe_report(force=True)  # drops and failures the final flush revealed
+            for lane in self._configured:  # in the order they were added
+                ok = self._close_lane(lane, deadline) and ok
+                self._maybe_report(force=True)  # reaches the backends still open
+            self._queue.append(_PumpStop())
+            self._wake.set()
+            if self._pump_thread is not None:
+                self._pump_thread.join(_remaining(deadline))
+                ok = ok and not self._pump_thread.is_alive()
+        finally:
+            self._close_ok = ok
+            self._close_done.set()
+        return ok
+
+    def _close_lane(self, lane: _Lane, deadline: float | None) -> bool:
+        marker = _Marker(deadline, stop=True, close_backend=True)
+        self._queue.append(_Control(lane, marker))
         self._wake.set()
-        self.flush(timeout)  # lets lanes count their last drops before the final report
-        self._maybe_report_drops(force=True)
-        stop = _Marker(len(self._lanes), stop=True)
-        self._queue.append(stop)
-        self._wake.set()
-        finished = stop.done.wait(
-            None if deadline is None else max(0.0, deadline - time.monotonic())
-        )
-        for lane in self._lanes:
-            lane.thread.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
-            if lane.thread.is_alive():
-                _log.warning("telemetry backend %s did not finish in time", lane.backend.name)
-                continue
-            try:
-                lane.backend.close()
-            except Exception as exc:  # noqa: BLE001 - one backend's close must not stop others
-                _log.warning("closing telemetry backend %s failed: %s", lane.backend.name, exc)
-                lane.last_error = f"{type(exc).__name__}: {exc}"
-        return finished
+        if marker.done.wait(_remaining(deadline)):
+            lane.thread.join(_remaining(deadline))
+            return True
+        _log.warning("telemetry backend %s did not finish in time; left open", lane.name)
+        return False
 
     def stats(self) -> HubStats:
-        """Counts so far (cheap; safe to call from any thread)."""
+        """Counts so far (cheap; safe from any thread; exact at quiescent points)."""
+        late = self._late
+        if self._pump_stopped:
+            late += sum(1 for item in list(self._queue) if isinstance(item, TelemetryEvent))
         return HubStats(
-            emitted=self._accepted + self._dropped,
+            emitted=self._accepted + self._dropped + late,
             dropped=self._dropped,
             by_type=self._by_type.copy(),  # dict.copy is atomic under the GIL
-            backends=tuple(lane.stats() for lane in self._lanes),
+            backends=tuple(lane.stats() for lane in self._configured),
             pump_cpu_seconds=self._pump_cpu,
+            late=late,
         )
 
     # -- fork ----------------------------------------------------------------------------------
 
-    def _reset_after_fork(self) -> None:
-        # Threads do not survive fork and locks may be held by them: rebuild everything. Events
-        # queued in the parent are the parent's to deliver.
+    def _reinit_after_fork(self) -> None:
+        """In a forked child: fresh locks, queues, threads and counts. A closed hub stays
+        closed; an open one keeps delivering to the backends that allow it in a child (a
+        FileOutput writes a file of its own), and the parent's queued events stay the
+        parent's to deliver."""
+        keep = tuple(
+            lane.backend
+            for lane in self._configured
+            if getattr(lane.backend, "deliver_in_forked_child", True)
+        )
         self._init_runtime()
-        for lane in self._lanes:
-            lane._init_runtime()
+        if self._closed:
+            return
+        lanes = tuple(_Lane(self, b, self._backend_capacity) for b in keep)
+        self._configured = self._active = lanes
 
 
 _GLOBAL_LOCK = threading.Lock()
@@ -450,12 +628,13 @@ _GLOBAL_HUB: NissaHub | None = None
 
 
 def get_hub() -> NissaHub:
-    """The process-wide hub, created on first use (and anew after it was closed)."""
+    """The process-wide hub, created on first use. After it was closed it stays the hub (its
+    late events are counted) until ``reset_hub`` makes way for a new one."""
     global _GLOBAL_HUB  # noqa: PLW0603 - the process-wide hub is deliberately global
     hub = _GLOBAL_HUB
-    if hub is None or hub.closed:
+    if hub is None:
         with _GLOBAL_LOCK:
-            if _GLOBAL_HUB is None or _GLOBAL_HUB.closed:
+            if _GLOBAL_HUB is None:
                 _GLOBAL_HUB = NissaHub()
             hub = _GLOBAL_HUB
     return hub

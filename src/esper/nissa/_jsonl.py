@@ -129,10 +129,20 @@ def _revive_data(event_type: TelemetryEventType, data: dict[str, Any]) -> dict[s
     return {k: _revive(v, fields.get(k)) for k, v in data.items()}
 
 
-def decode_line(line: str) -> tuple[TelemetryEvent, int]:
-    """Parse one JSONL line into (event, seq). Raises ValueError saying what is wrong."""
+def _reject_constant(token: str) -> Any:
+    raise ValueError(
+        f"non-standard JSON token {token} (this format writes non-finite floats as strings)"
+    )
+
+
+def decode_line(line: str, *, strict: bool = False) -> tuple[TelemetryEvent, int]:
+    """Parse one JSONL line into (event, seq). Raises ValueError saying what is wrong.
+
+    ``strict`` also rejects the non-standard tokens NaN, Infinity and -Infinity, which
+    Python's json reads by default but no strict JSON reader accepts.
+    """
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_reject_constant) if strict else json.loads(line)
     except json.JSONDecodeError as exc:
         raise ValueError(f"not JSON ({exc.msg} at column {exc.colno})") from None
     if not isinstance(obj, dict):

@@ -9,6 +9,7 @@ from contextlib import contextmanager
 
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa._backend import OutputBackend
+from esper.nissa._fork import register_fork_resource
 from esper.nissa._hub import NissaHub, get_hub
 
 
@@ -20,6 +21,10 @@ class InMemoryOutput(OutputBackend):
         self._lock = threading.Lock()
         self.flushes = 0
         self.closed = False
+        register_fork_resource(self)
+
+    def _reinit_after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def emit(self, event: TelemetryEvent) -> None:
         with self._lock:

@@ -45,7 +45,7 @@ from opentelemetry.trace import Span, Status, StatusCode
 
 from esper.leyline import BackendConfigError, TelemetryEvent, TelemetryEventType
 from esper.nissa._backend import OutputBackend
-from esper.nissa._hub import block_shutdown_signals
+from esper.nissa._hub import block_shutdown_signals, start_daemon_thread
 
 ET = TelemetryEventType
 DEFAULT_SERVICE_NAME = "esper-trainer"
@@ -181,6 +181,7 @@ class OTelOutput(OutputBackend):
         self._state = _Runtime()
         self.spans_ended = 0
         self._closed = False
+        self._final_lost: int | None = None
         self._handlers = {
             ET.TRAINING_STARTED: self._on_started,
             ET.TRAINING_COMPLETED: self._on_completed,
@@ -194,14 +195,23 @@ class OTelOutput(OutputBackend):
             ET.EPOCH_COMPLETED: self._on_epoch,
         }
 
+    deliver_in_forked_child = False
+    """A forked child must not end (and export again) the parent's open spans."""
+
     @property
     def name(self) -> str:
         return "otel"
 
     @property
     def lost(self) -> int:
-        """Spans ended but not (yet) exported: failed exports, queue overflow, shutdown."""
-        return max(0, self.spans_ended - self._counting.exported)
+        """Spans that will never reach the collector; only ever goes up.
+
+        While the run goes on: spans whose export failed. From close on: every span ended
+        but not exported (failed exports, queue overflow, the shutdown deadline), frozen then.
+        """
+        if self._final_lost is not None:
+            return self._final_lost
+        return self._counting.failed
 
     @property
     def exported(self) -> int:
@@ -274,7 +284,9 @@ class OTelOutput(OutputBackend):
         if handler is not None:
             handler(event)
 
-    def close(self) -> None:
+    def close(self, timeout: float | None = None) -> None:
+        """End every open span (outcome ``unfinished``) and export, waiting at most
+        ``SHUTDOWN_SECONDS`` (or ``timeout``, if shorter)."""
         if self._closed:
             return
         self._closed = True
@@ -298,10 +310,15 @@ class OTelOutput(OutputBackend):
             finally:
                 done.set()
 
-        threading.Thread(target=shutdown, name="esper-otel-shutdown", daemon=True).start()
-        if not done.wait(SHUTDOWN_SECONDS):
-            _log.warning("OTLP export did not finish within %.0f s; %d spans not exported",
-                         SHUTDOWN_SECONDS, self.lost)  # fmt: skip
+        start_daemon_thread(shutdown, "esper-otel-shutdown")
+        wait = SHUTDOWN_SECONDS if timeout is None else min(SHUTDOWN_SECONDS, timeout)
+        finished = done.wait(wait)
+        # From here on the count is final (an export still in flight can only lower the real
+        # loss, never raise it, so the counter never has to go down).
+        self._final_lost = max(self._counting.failed, self.spans_ended - self._counting.exported)
+        if not finished:
+            _log.warning("OTLP export did not finish within %.1f s; %d spans not exported",
+                         wait, self._final_lost)  # fmt: skip
 
     # -- handlers --------------------------------------------------------------------------
 

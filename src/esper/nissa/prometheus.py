@@ -38,6 +38,7 @@ from esper.leyline import (
     TelemetryEventType,
 )
 from esper.nissa._backend import OutputBackend
+from esper.nissa._fork import register_fork_resource
 from esper.nissa._hub import HubStats, block_shutdown_signals
 from esper.nissa._metric_catalogue import METRICS, METRICS_BY_NAME, MetricKind
 
@@ -159,6 +160,7 @@ class PrometheusOutput(OutputBackend):
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._lock = threading.Lock()  # the hub lane and direct callers may both emit
+        register_fork_resource(self)
         self._m: dict[str, Any] = {}
         for spec in METRICS:
             if spec.name.startswith("esper_cuda_") or spec.name in _READ_AT_SCRAPE:
@@ -229,6 +231,13 @@ class PrometheusOutput(OutputBackend):
                 self._child("esper_seeds", stage.name).set(0)
         for event_type in ET:
             self._child("esper_telemetry_events_total", event_type.name)
+
+    deliver_in_forked_child = False
+    """The endpoint, and the scrape target it registered, belong to the parent."""
+
+    def _reinit_after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._closed = True  # a child must never unregister or stop the parent's endpoint
 
     # -- OutputBackend ---------------------------------------------------------------------
 

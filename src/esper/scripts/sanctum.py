@@ -34,5 +34,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    SanctumApp(aggregator.get_snapshot, interval=2.0).run()
+    snapshot = aggregator.get_snapshot()
+    if snapshot.run_config.run_id and not snapshot.completed:
+        print(f"warning: {args.path}: the run has no TRAINING_COMPLETED: it was killed, or is "
+              "still running", file=sys.stderr)  # fmt: skip
+    SanctumApp(aggregator.get_snapshot, interval=2.0, live=False).run()
     return 0

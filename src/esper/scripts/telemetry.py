@@ -5,18 +5,31 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from esper.leyline import ReplayError, TelemetryEventType
+from esper.leyline import (
+    BackendConfigError,
+    ReplayError,
+    TelemetryEvent,
+    TelemetryEventType,
+    UsageError,
+)
 from esper.nissa import DirectoryOutput, FileOutput, NissaHub, iter_events, read_events
 from esper.nissa.replay import LineProblem
+from esper.scripts._preflight import check_output_dir, check_output_file
 
 
 def _summarize(args: argparse.Namespace) -> int:
     replay = read_events(args.path, strict=args.strict)
     events = replay.events
     print(f"{replay.path}: {len(events)} events")
+    if len(replay.files) > 1:
+        for file, n in replay.file_counts.items():
+            print(f"  file {file.name}: {n} events")
+    status = replay.status
+    marker = "" if status.state in {"completed", "unknown"} else "  <-- "
+    print(f"  status: {status}{marker and marker + 'the run did not complete'}")
     if events:
         first, last = events[0], events[-1]
         span = (last.timestamp_ns - first.timestamp_ns) / 1e9
@@ -34,11 +47,28 @@ def _summarize(args: argparse.Namespace) -> int:
         print(f"    ANALYTICS_SNAPSHOT kind={kind:<20} {n}")
     for problem in replay.problems:
         print(f"  warning: {problem}", file=sys.stderr)
+    if not status.finished and status.state != "unknown":
+        print(f"warning: {replay.path}: {status.detail}", file=sys.stderr)
     return 0
 
 
 def _replay(args: argparse.Namespace) -> int:
+    if args.telemetry_file is not None:
+        check_output_file("--telemetry-file", args.telemetry_file)
+    if args.telemetry_dir is not None:
+        check_output_dir("--telemetry-dir", args.telemetry_dir)
+    problems: list[LineProblem] = []
+    source: Iterable[tuple[TelemetryEvent, int]]
+    if args.strict:
+        # Read (and so check) the whole input before any output exists: a corrupt line
+        # then leaves nothing half-written behind.
+        replay = read_events(args.path, strict=True)
+        source = zip(replay.events, replay.seqs, strict=True)
+        problems = replay.problems
+    else:
+        source = iter_events(args.path, problems=problems)
     hub = NissaHub()
+    n = 0
     try:
         if args.telemetry_file:
             hub.add_backend(FileOutput(args.telemetry_file))
@@ -46,28 +76,36 @@ def _replay(args: argparse.Namespace) -> int:
             out = DirectoryOutput(args.telemetry_dir)
             hub.add_backend(out)
             print(f"Telemetry will be saved to: {out.output_dir}")
-        problems: list[LineProblem] = []
-        n = 0
-        for event, _seq in iter_events(args.path, strict=args.strict, problems=problems):
+        for event, _seq in source:
             hub.emit(event)
             n += 1
     finally:
         hub.close()
+    stats = hub.stats()
     print(f"replayed {n} events")
     for problem in problems:
         print(f"  warning: {problem}", file=sys.stderr)
+    if not stats.complete:
+        lost = ", ".join(f"{b.name}: {b.not_kept}" for b in stats.backends if b.not_kept)
+        print(f"esper telemetry: error: events were lost while replaying ({lost})",
+              file=sys.stderr)  # fmt: skip
+        return 3
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="esper telemetry", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    s = sub.add_parser("summarize", help="count a run's events by type")
+    s = sub.add_parser("summarize", help="count a run's events by type; say how it ended")
     s.add_argument("path", type=Path, help="events.jsonl, a run directory, or its parent")
     s.add_argument("--strict", action="store_true", help="fail on the first corrupt line")
     r = sub.add_parser("replay", help="send a recorded run's events into backends")
     r.add_argument("path", type=Path, help="events.jsonl, a run directory, or its parent")
-    r.add_argument("--strict", action="store_true", help="fail on the first corrupt line")
+    r.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail on the first corrupt line or non-standard JSON token (writing nothing)",
+    )
     r.add_argument("--telemetry-file", type=Path, help="append the events to this JSONL file")
     r.add_argument("--telemetry-dir", type=Path, help="write them to a new run directory here")
     args = p.parse_args(argv)
@@ -75,6 +113,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("replay needs --telemetry-file or --telemetry-dir")
     try:
         return int(_summarize(args) if args.command == "summarize" else _replay(args))
+    except (UsageError, BackendConfigError) as exc:
+        print(f"esper telemetry: error: {exc}", file=sys.stderr)
+        return 2
     except ReplayError as exc:
         print(f"esper telemetry: error: {exc}", file=sys.stderr)
         return 1

@@ -7,8 +7,10 @@ cannot be opened is reported (naming the path) before any training starts.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import threading
+import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,19 +29,32 @@ from esper.leyline import (
     TelemetryLevel,
     UsageError,
 )
-from esper.nissa import DirectoryOutput, FileOutput, NissaHub, get_hub, install_signal_handlers
+from esper.nissa import (
+    DirectoryOutput,
+    FileOutput,
+    NissaHub,
+    get_hub,
+    install_signal_handlers,
+    start_daemon_thread,
+)
 from esper.nissa.otel import OTelOutput, otlp_configured, traces_endpoint
 from esper.nissa.prometheus import PrometheusOutput
 from esper.scripts import _argtypes as at
+from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.scripts._progress import ProgressBar
 from esper.simic.vectorized import run_ppo
 from esper.tamiyo.run_heuristic import run_heuristic, run_host_only
 from esper.tolaria.config import RunConfig
 from esper.tolaria.environment import Fault
-from esper.tolaria.run_common import RunResult
+from esper.tolaria.run_common import RunResult, describe_stop
 
-EXIT_USAGE = 2
 EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_TELEMETRY_LOST = 3
+"""Training finished, but telemetry a user asked for was lost (named in the summary)."""
+EXIT_INTERRUPTED = 130
+CLOSE_TIMEOUT_SECONDS = 30.0
+"""How long delivering and closing the telemetry may take at the end of a run."""
 
 TASKS: tuple[str, ...] = ("digits", "cifar10")
 TELEMETRY_LEVELS: tuple[str, ...] = tuple(level.name.lower() for level in TelemetryLevel)
@@ -313,23 +328,43 @@ def _opt(path: Path | None) -> str | None:
     return None if path is None else str(path)
 
 
-def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> None:
-    """The closing lines: where telemetry went, events written and dropped."""
+def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> bool:
+    """The closing lines: where telemetry went, events written, dropped and lost, and a
+    plain verdict. Returns True when every event was kept by every backend."""
     stats = setup.hub.stats()
     lines = ["", "Telemetry summary"]
     lines += [f"  {d}" for d in setup.destinations] or ["  no telemetry destination configured"]
     lines.append(
-        f"  events emitted: {stats.emitted}, dropped: {stats.total_dropped}; "
-        f"telemetry threads used {stats.cpu_seconds:.3f} s of CPU"
+        f"  events emitted: {stats.emitted}, dropped: {stats.total_dropped}"
+        + (f", arrived after close: {stats.late}" if stats.late else "")
+        + f"; telemetry threads used {stats.cpu_seconds:.3f} s of CPU"
     )
     for b in stats.backends:
+        extra = "".join(
+            f", {label} {n}"
+            for label, n in (("lost", b.lost), ("undelivered at close", b.pending))
+            if n
+        )
         problem = f", last error: {b.last_error}" if b.last_error else ""
-        lost = f", lost {b.lost}" if b.lost else ""
         lines.append(
-            f"  {b.name}: delivered {b.delivered}, dropped {b.dropped}, failed {b.failed}"
-            f"{lost}{problem}"
+            f"  {b.name}: sent {b.emitted}, delivered {b.delivered}, dropped {b.dropped}, "
+            f"failed {b.failed}"
+            f"{extra}{problem}"
+        )
+    complete = stats.complete
+    if complete:
+        lines.append("  telemetry complete: every event was kept by every backend")
+    else:
+        lost = [f"{b.name}: {b.not_kept}" for b in stats.backends if b.not_kept]
+        if stats.late:
+            lost.append(f"after close: {stats.late}")
+        lines.append(
+            "  TELEMETRY INCOMPLETE: events were lost ("
+            + (", ".join(lost) or f"dropped at the hub: {stats.dropped}")
+            + f"); exit status {EXIT_TELEMETRY_LOST} unless the run failed otherwise"
         )
     print("\n".join(lines), file=stream or sys.stdout)
+    return complete
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -398,9 +433,12 @@ def _train(config: RunConfig, hub: NissaHub, progress: ProgressBar | None) -> Ru
 
 def _train_under_sanctum(config: RunConfig, hub: NissaHub) -> RunResult:
     """Train on a worker thread while the Sanctum UI runs on the main one (Textual needs
-    it). Quitting the UI early lets training finish; Ctrl-C stops it."""
+    it). Ctrl-C in the UI, or SIGTERM, stops training at the next epoch boundary (the run
+    ends ``interrupted``); quitting the UI with q lets training finish, and Ctrl-C or SIGTERM
+    then stop it the same way. The process never exits while training still runs."""
     aggregator = SanctumAggregator()
     hub.add_backend(aggregator)
+    stop = config.stop = threading.Event()
     outcome: dict[str, Any] = {}
 
     def work() -> None:
@@ -409,25 +447,66 @@ def _train_under_sanctum(config: RunConfig, hub: NissaHub) -> RunResult:
         except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
             outcome["error"] = exc
 
-    worker = threading.Thread(target=work, name="esper-training", daemon=True)
-    worker.start()
-    SanctumApp(aggregator.get_snapshot).run()
-    if worker.is_alive():
-        print("Sanctum closed; training continues (Ctrl-C stops it)...", flush=True)
-    worker.join()
+    # The worker must not take Ctrl-C or SIGTERM: the main thread turns them into `stop`.
+    worker = start_daemon_thread(work, "esper-training")
+    stopped_by: BaseException | None = None
+    app = SanctumApp(aggregator.get_snapshot, on_interrupt=stop.set)
+    try:
+        try:
+            app.run()
+        finally:
+            install_signal_handlers()  # the app's event loop took SIGTERM while it ran
+        if app.interrupted_by is not None:
+            stopped_by = app.interrupted_by
+        elif worker.is_alive():
+            print("Sanctum closed; training continues (Ctrl-C stops it)...", flush=True)
+    except (KeyboardInterrupt, SystemExit) as exc:
+        stop.set()
+        stopped_by = exc
+    while worker.is_alive():
+        try:
+            worker.join()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            stop.set()
+            stopped_by = stopped_by or exc
+            print("stopping at the next epoch boundary...", file=sys.stderr, flush=True)
+    if stopped_by is not None:
+        raise stopped_by
     if "error" in outcome:
         raise outcome["error"]
     result: RunResult = outcome["result"]
     return result
 
 
+def _interrupted_code(exc: BaseException) -> int:
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+        return exc.code
+    return EXIT_INTERRUPTED
+
+
+def preflight(args: argparse.Namespace) -> None:
+    """Check every output path the run will need before any work starts (UsageError)."""
+    if args.save is not None:
+        check_output_file("--save", args.save)
+    if args.telemetry_file is not None:
+        check_output_file("--telemetry-file", args.telemetry_file)
+    if args.telemetry_dir is not None:
+        check_output_dir("--telemetry-dir", args.telemetry_dir)
+    if args.metrics_sd_dir is not None:
+        check_output_dir("--metrics-sd-dir", args.metrics_sd_dir)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``esper train``. Exit status: 0 done and every event kept; 1 training failed;
+    2 bad usage; 3 training done but telemetry lost events; 130 / 143 interrupted (Ctrl-C /
+    SIGTERM)."""
     args = parse_args(argv)
     install_signal_handlers()
     config = run_config(args)
     try:
         for device in config.devices:
             _check_device(device)
+        preflight(args)
     except UsageError as exc:
         print(f"esper train: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -451,13 +530,36 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"esper train: error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
+    except (KeyboardInterrupt, SystemExit) as exc:
+        code = _interrupted_code(exc)
+        _status, why = describe_stop(exc)
+        print(f"\nesper train: interrupted ({why}); the run is recorded as interrupted",
+              file=sys.stderr)  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - reported, recorded as failed, exit 1
+        traceback.print_exc()
+        print(f"esper train: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        code = EXIT_FAILURE
     finally:
-        if setup.prometheus is not None and args.metrics_linger > 0:
-            hub.flush()
+        code = _finish(args, setup, hub, code)
+    return code
+
+
+def _finish(args: argparse.Namespace, setup: TelemetrySetup, hub: NissaHub, code: int) -> int:
+    """Deliver and close the telemetry, print the summary, and choose the exit status. A
+    second Ctrl-C or SIGTERM while this runs is ignored: this is what makes the record whole."""
+    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        if setup.prometheus is not None and args.metrics_linger > 0 and code == 0:
+            hub.flush(CLOSE_TIMEOUT_SECONDS)
             print(f"Waiting up to {args.metrics_linger:g} s for a final scrape of /metrics")
             setup.prometheus.wait_for_scrape(args.metrics_linger)
-        hub.close()
-        print_summary(setup)
+        hub.close(CLOSE_TIMEOUT_SECONDS)
+        complete = print_summary(setup)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if code == 0 and not complete:
+        return EXIT_TELEMETRY_LOST
     return code
 
 

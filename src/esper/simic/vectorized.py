@@ -58,7 +58,7 @@ from esper.tolaria.run_common import (
     RunResult,
     build_envs,
     emit_aggregate_epoch,
-    emit_training_completed,
+    run_completion,
     save_checkpoint,
     training_started_payload,
 )
@@ -302,6 +302,7 @@ class _VectorizedRun:
         decisions = 0
         results: list[EpochResult] = []
         for epoch in range(1, epochs + 1):
+            cfg.check_stop()
             results = [env.run_epoch(epoch, batch_idx, epochs) for env in envs]
             plateaus = [
                 t.update(r.val_accuracy, epoch) for t, r in zip(trackers, results, strict=True)
@@ -496,9 +497,14 @@ class _VectorizedRun:
                     message=f"ppo run {cfg.run_id} on {cfg.task} with {n_envs} envs",
                 )
             )
-        status = "failed"
         first_batch = self.start_episode // n_envs
-        try:
+
+        def finish() -> None:
+            for key in self.result.counts:
+                self.result.counts[key] = sum(e.counts[key] for e in self.envs)
+            self.result.wall_time_seconds = time.perf_counter() - start
+
+        with run_completion(hub.emit if tel.lifecycle else None, self.result, finish):
             for b in range(n_batches):
                 batch_idx = first_batch + b
                 self._run_batch(batch_idx, self.start_episode + b * n_envs)
@@ -517,16 +523,6 @@ class _VectorizedRun:
                     self.start_episode + self.result.episodes_completed,
                     hub,
                 )
-            status = "completed"
-        except (KeyboardInterrupt, SystemExit):
-            status = "interrupted"
-            raise
-        finally:
-            for key in self.result.counts:
-                self.result.counts[key] = sum(e.counts[key] for e in self.envs)
-            self.result.wall_time_seconds = time.perf_counter() - start
-            if tel.lifecycle:
-                emit_training_completed(hub.emit, self.result, status)
         return self.result
 
 

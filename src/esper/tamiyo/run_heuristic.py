@@ -17,7 +17,7 @@ from esper.tolaria.run_common import (
     RunResult,
     build_envs,
     emit_aggregate_epoch,
-    emit_training_completed,
+    run_completion,
     save_checkpoint,
     training_started_payload,
 )
@@ -54,15 +54,21 @@ def run_heuristic(
                 message=f"heuristic run {config.run_id} on {config.task}",
             )
         )
-    status = "failed"
     total = config.episodes * config.max_epochs
-    try:
+
+    def finish() -> None:
+        for key in result.counts:
+            result.counts[key] = sum(e.counts[key] for e in envs)
+        result.wall_time_seconds = time.perf_counter() - start
+
+    with run_completion(emit if tel.lifecycle else None, result, finish):
         for episode in range(config.episodes):
             controllers = [HeuristicTamiyo(param_budget=config.param_budget) for _ in envs]
             trackers = [SignalTracker(e.env_id, emit=emit if tel.analytics else None) for e in envs]
             for env in envs:
                 env.reset(episode)
             for epoch in range(1, config.max_epochs + 1):
+                config.check_stop()
                 results = []
                 for env, ctl, tracker in zip(envs, controllers, trackers, strict=True):
                     r = env.run_epoch(epoch, episode, config.max_epochs)
@@ -91,16 +97,6 @@ def run_heuristic(
             result.checkpoint = save_host_checkpoint(
                 config, envs[0], result.episodes_completed, emit
             )
-        status = "completed"
-    except (KeyboardInterrupt, SystemExit):
-        status = "interrupted"
-        raise
-    finally:
-        for key in result.counts:
-            result.counts[key] = sum(e.counts[key] for e in envs)
-        result.wall_time_seconds = time.perf_counter() - start
-        if tel.lifecycle:
-            emit_training_completed(emit, result, status)
     return result
 
 

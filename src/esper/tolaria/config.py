@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esper.leyline import TelemetryConfig
+from esper.leyline import RunInterrupted, TelemetryConfig
 from esper.tolaria.environment import Fault
 
 
@@ -39,6 +40,14 @@ class RunConfig:
     run_id: str = ""
     counterfactual: str = "every_epoch"
     """every_epoch, or final_epoch: measure seeds' alpha=0 baselines only on the last epoch."""
+    stop: threading.Event | None = field(default=None, compare=False, repr=False)
+    """Set it to stop the run at the next epoch boundary (RunInterrupted; status
+    ``interrupted``): how a signal or the UI stops training that runs on another thread."""
+
+    def check_stop(self) -> None:
+        """Raise RunInterrupted when ``stop`` is set (called between epochs)."""
+        if self.stop is not None and self.stop.is_set():
+            raise RunInterrupted("stop requested")
 
     def __post_init__(self) -> None:
         if not self.run_id:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import torch
 
 from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
-from esper.leyline import TelemetryEvent, TelemetryEventType, make_event
+from esper.leyline import Severity, TelemetryEvent, TelemetryEventType, make_event
 from esper.tolaria.config import RunConfig
 from esper.tolaria.data import load_task
 from esper.tolaria.environment import EnvConfig, EpochResult, MorphogeneticEnv
@@ -114,8 +116,52 @@ def emit_aggregate_epoch(
     )
 
 
+def describe_stop(exc: BaseException) -> tuple[str, str]:
+    """(status, error) of a run ended by ``exc``: ``interrupted`` for Ctrl-C, a stop request
+    or a signal's SystemExit; ``failed`` with the exception's type and message otherwise."""
+    if isinstance(exc, KeyboardInterrupt):
+        what = str(exc) or "Ctrl-C"
+        return "interrupted", f"{type(exc).__name__}: {what}"
+    if isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else 1
+        if code > 128:
+            try:
+                name = signal.Signals(code - 128).name
+            except ValueError:
+                name = f"signal {code - 128}"
+            return "interrupted", f"{name} (exit status {code})"
+        return "interrupted", f"SystemExit({exc.code!r})"
+    return "failed", f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def run_completion(
+    emit: Callable[[TelemetryEvent], None] | None,
+    result: RunResult,
+    finish: Callable[[], None],
+) -> Iterator[None]:
+    """Around a run's body: however it ends, call ``finish`` (final counts) and emit
+    TRAINING_COMPLETED with status ``completed``, ``interrupted`` or ``failed`` and the
+    reason (unless ``emit`` is None, i.e. lifecycle telemetry is off); the exception, if any,
+    goes on."""
+    status, error = "failed", None
+    try:
+        yield
+        status = "completed"
+    except BaseException as exc:
+        status, error = describe_stop(exc)
+        raise
+    finally:
+        finish()
+        if emit is not None:
+            emit_training_completed(emit, result, status, error)
+
+
 def emit_training_completed(
-    emit: Callable[[TelemetryEvent], None], result: RunResult, status: str
+    emit: Callable[[TelemetryEvent], None],
+    result: RunResult,
+    status: str,
+    error: str | None = None,
 ) -> None:
     """TRAINING_COMPLETED: how the run ended and what it did."""
     emit(
@@ -129,8 +175,10 @@ def emit_training_completed(
                 "seeds_germinated": result.counts["germinated"],
                 "seeds_fossilized": result.counts["fossilized"],
                 "seeds_culled": result.counts["culled"],
+                "error": error,
             },
-            message=f"run {result.run_id} {status}",
+            message=f"run {result.run_id} {status}" + (f": {error}" if error else ""),
+            severity=Severity.INFO if status == "completed" else Severity.WARNING,
         )
     )
 

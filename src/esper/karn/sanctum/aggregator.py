@@ -25,7 +25,7 @@ from esper.karn.sanctum.schema import (
     SeedState,
 )
 from esper.leyline import DISCRIMINATORS, TelemetryEvent, TelemetryEventType
-from esper.nissa import OutputBackend
+from esper.nissa import OutputBackend, register_fork_resource
 
 ET = TelemetryEventType
 _SEGMENT = re.compile(r"^(\w+)(?:\[(.+)\])?$")
@@ -116,9 +116,16 @@ def _assign(root: Any, path: str, value: Any, data: dict[str, Any]) -> None:
 class SanctumAggregator(OutputBackend):
     """Folds events into a snapshot (see the module docstring)."""
 
+    deliver_in_forked_child = False
+    """Its UI runs in the parent."""
+
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshot = SanctumSnapshot()
+        register_fork_resource(self)
+
+    def _reinit_after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     @property
     def name(self) -> str:

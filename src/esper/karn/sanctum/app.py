@@ -8,12 +8,15 @@ training, which feeds the aggregator on the hub's delivery thread.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import ClassVar
 
 from textual.app import App, ComposeResult
-from textual.binding import BindingType
+from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Static
 
@@ -28,10 +31,26 @@ def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
 
 
-def run_header(s: SanctumSnapshot) -> str:
+def run_status(s: SanctumSnapshot, *, live: bool) -> str:
+    """``waiting``, ``running`` (live), the TRAINING_COMPLETED status (with its reason), or,
+    for a recorded run that never completed, that it was killed or is still being written."""
+    if not s.run_config.run_id:
+        return "waiting" if live else "no TRAINING_STARTED in this record"
+    status = s.completed.get("status")
+    if status is None:
+        if live:
+            return "running"
+        return "[red]UNFINISHED[/red]: no TRAINING_COMPLETED (killed, or still running)"
+    error = s.completed.get("error")
+    if status == "completed":
+        return "completed"
+    return f"[red]{status}[/red]" + (f" ({error})" if error else "")
+
+
+def run_header(s: SanctumSnapshot, *, live: bool = True) -> str:
     c = s.run_config
     total = s.batch_total_episodes or (c.n_episodes or 0)
-    status = s.completed.get("status", "running") if s.run_config.run_id else "waiting"
+    status = run_status(s, live=live)
     lines = [
         f"[b]{c.run_id or 'no run yet'}[/b] │ {c.mode} on {c.task} │ status: {status}",
         f"envs {c.n_envs} x {c.max_epochs} epochs  episodes {s.episodes_completed}/{total}  "
@@ -90,12 +109,39 @@ class SanctumApp(App[None]):
     BINDINGS: ClassVar[list[BindingType]] = [
         ("q", "quit", "Quit"),
         ("r", "refresh_view", "Refresh"),
+        Binding("ctrl+c", "interrupt", "Stop training", priority=True),
     ]
 
-    def __init__(self, source: SnapshotSource, interval: float = 0.5) -> None:
+    def __init__(
+        self,
+        source: SnapshotSource,
+        interval: float = 0.5,
+        *,
+        on_interrupt: Callable[[], None] | None = None,
+        live: bool = True,
+    ) -> None:
+        """``on_interrupt``: called on Ctrl-C or SIGTERM while the UI runs (a live run
+        stops training with it); the app then exits with ``interrupted_by`` set. ``live``:
+        False for a recorded run (a run without TRAINING_COMPLETED then shows as unfinished)."""
         super().__init__()
         self.source = source
         self.interval = interval
+        self.on_interrupt = on_interrupt
+        self.live = live
+        self.interrupted_by: BaseException | None = None
+
+    def action_interrupt(self) -> None:
+        """Ctrl-C: stop training (live) and leave; in a terminal UI it arrives as a key."""
+        self._interrupt(KeyboardInterrupt("Ctrl-C in the Sanctum UI"))
+
+    def _interrupt(self, exc: BaseException) -> None:
+        self.interrupted_by = exc
+        if self.on_interrupt is not None:
+            self.on_interrupt()
+        self.exit()
+
+    def _on_sigterm(self) -> None:
+        self._interrupt(SystemExit(128 + signal.SIGTERM))
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
@@ -108,6 +154,10 @@ class SanctumApp(App[None]):
         yield Footer()
 
     def on_mount(self) -> None:
+        # SIGTERM through the event loop (safe at any point of Textual's code); the app's
+        # caller restores its own handler afterwards.
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
         self.query_one("#envs", DataTable).add_columns(
             "env", "epoch", "val acc %", "val loss", "grad norm", "seeds", "rollbacks",
             "anomalies", "step ms", "fps",
@@ -122,7 +172,7 @@ class SanctumApp(App[None]):
 
     def action_refresh_view(self) -> None:
         s = self.source()
-        self.query_one("#run-header", Static).update(run_header(s))
+        self.query_one("#run-header", Static).update(run_header(s, live=self.live))
         self.query_one("#tamiyo", Static).update(tamiyo_panel(s))
         envs = self.query_one("#envs", DataTable)
         envs.clear()
