@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -9,8 +10,14 @@ from collections.abc import Iterator
 
 import pytest
 
+from esper.leyline import set_strict_payloads
 from esper.nissa import reset_hub
 from tests._stack import Stack, Webhook, alertmanager, prometheus
+
+# Every payload built with make_event is checked where it is built, in this process and in the
+# training runs tests start: a field that breaks the catalogue fails the test that emits it.
+os.environ["ESPER_STRICT_PAYLOADS"] = "1"
+set_strict_payloads(True)
 
 
 @pytest.fixture(autouse=True)

@@ -209,7 +209,7 @@ def test_a_real_run_exports_one_seed_span_per_germination_to_a_real_receiver(
         "esper.seed.stage",
         "esper.ppo.update",
     }
-    assert "otel: delivered" in proc.stdout
+    assert "otel: sent" in proc.stdout
 
 
 def _dead_run(endpoint: str) -> tuple[float, OTelOutput]:

@@ -14,7 +14,11 @@ from esper.leyline._catalogue import (
     PayloadSpec,
     example_payload,
     make_event,
+    payload_fits,
+    payload_problem,
+    set_strict_payloads,
     spec_for,
+    strict_payloads,
     validate_payload,
 )
 from esper.leyline._docs import render_events_markdown
@@ -88,7 +92,11 @@ __all__ = [
     "is_valid_transition",
     "make_event",
     "new_event_id",
+    "payload_fits",
+    "payload_problem",
     "render_events_markdown",
+    "set_strict_payloads",
     "spec_for",
+    "strict_payloads",
     "validate_payload",
 ]

@@ -13,6 +13,7 @@ Two event types carry variants told apart by a discriminator field in the payloa
 from __future__ import annotations
 
 import copy
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
@@ -21,6 +22,7 @@ from typing import Any
 from esper.leyline._actions import ACTION_HEADS
 from esper.leyline._errors import PayloadError
 from esper.leyline._events import Severity, TelemetryEvent, TelemetryEventType
+from esper.leyline._fastcheck import compile_checks
 
 ET = TelemetryEventType
 
@@ -600,6 +602,9 @@ CATALOGUE: dict[tuple[TelemetryEventType, str | None], PayloadSpec] = {
 }
 """(event type, variant) -> payload spec. The single source of truth for payloads."""
 
+payload_fits = compile_checks(CATALOGUE, DISCRIMINATORS)
+"""``payload_fits(event_type, data)``: True only when the payload certainly fits (compiled)."""
+
 
 def spec_for(event_type: TelemetryEventType, data: Mapping[str, Any]) -> PayloadSpec:
     """The spec a payload must match, choosing the variant from its discriminator field."""
@@ -617,8 +622,36 @@ def spec_for(event_type: TelemetryEventType, data: Mapping[str, Any]) -> Payload
 def validate_payload(event_type: TelemetryEventType, data: Mapping[str, Any]) -> PayloadSpec:
     """Check ``data`` against the catalogue; return its spec or raise PayloadError."""
     spec = spec_for(event_type, data)
-    spec.validate(data)
+    if not payload_fits(event_type, data):
+        spec.validate(data)
     return spec
+
+
+def payload_problem(event_type: TelemetryEventType, data: Mapping[str, Any]) -> str | None:
+    """None when ``data`` fits the catalogue, else what is wrong (naming event and field).
+    About a microsecond for a fitting 30-field payload (compiled check)."""
+    if payload_fits(event_type, data):
+        return None
+    try:
+        spec_for(event_type, data).validate(data)
+    except PayloadError as exc:
+        return str(exc)
+    return None
+
+
+_STRICT = os.environ.get("ESPER_STRICT_PAYLOADS", "") not in ("", "0")
+
+
+def strict_payloads() -> bool:
+    """Whether ``make_event`` checks payloads on the calling thread (see ``make_event``)."""
+    return _STRICT
+
+
+def set_strict_payloads(on: bool) -> None:
+    """Check payloads in ``make_event`` itself (True) or leave it to the hub (False).
+    The default comes from ``ESPER_STRICT_PAYLOADS`` (set by the test suite)."""
+    global _STRICT  # noqa: PLW0603 - one process-wide switch, like a logging level
+    _STRICT = on
 
 
 def make_event(
@@ -631,21 +664,18 @@ def make_event(
     slot_id: str | None = None,
     epoch: int | None = None,
 ) -> TelemetryEvent:
-    """Build an event whose payload has been validated against the catalogue.
+    """Build an event for a payload declared in the catalogue.
 
-    This is how training code makes events: a typo, a missing field or a wrong type raises
-    PayloadError naming the event type and field.
+    This is how training code makes events. The payload is checked against the catalogue
+    exactly once: by the hub's pump thread, off the training thread (a mismatch is counted,
+    named in the run's summary, and fails the run's exit status); or, in strict mode
+    (``ESPER_STRICT_PAYLOADS=1``, as the test suite runs), right here, raising PayloadError
+    naming the event type and field at the line that built it.
     """
-    validate_payload(event_type, data)
-    return TelemetryEvent(
-        event_type=event_type,
-        seed_id=seed_id,
-        slot_id=slot_id,
-        epoch=epoch,
-        message=message,
-        data=data,
-        severity=severity,
-    )
+    if _STRICT:
+        validate_payload(event_type, data)
+    # Positional: about 0.4 us cheaper than keywords on the training thread.
+    return TelemetryEvent(event_type, seed_id, slot_id, epoch, message, data, severity)
 
 
 _EXAMPLE_VALUES: dict[FieldType, Any] = {

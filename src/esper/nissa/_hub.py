@@ -48,6 +48,7 @@ from esper.leyline import (
     Severity,
     TelemetryEvent,
     TelemetryEventType,
+    payload_problem,
 )
 from esper.nissa._backend import (
     Backend,
@@ -188,6 +189,10 @@ class HubStats:
     pump_cpu_seconds: float = 0.0
     late: int = 0
     """Events emitted after close (never delivered, counted here)."""
+    invalid: int = 0
+    """Events delivered whose payload does not match the catalogue (checked by the pump)."""
+    invalid_examples: tuple[str, ...] = ()
+    """What was wrong, for the first mismatch of each event type."""
 
     @property
     def accepted(self) -> int:
@@ -336,8 +341,12 @@ class NissaHub:
         backend_capacity: int = DEFAULT_BUDGETS.backend_queue_capacity,
         schedule_delay: float = 0.05,
         wake_batch: int = 512,
+        check_payloads: bool = True,
     ) -> None:
+        """``check_payloads``: the pump checks every event's payload against the catalogue
+        (off the training thread) and counts mismatches; events are delivered either way."""
         self.run_id: str | None = None
+        self.check_payloads = check_payloads
         self._capacity = capacity
         self._backend_capacity = backend_capacity
         self._schedule_delay = schedule_delay
@@ -360,9 +369,12 @@ class NissaHub:
         self._accepted = 0
         self._dropped = 0
         self._late = 0
+        self._invalid = 0
+        self._invalid_examples: dict[str, str] = {}
         self._by_type: dict[str, int] = {}
         self._reported_drops = 0
         self._reported_lost = 0
+        self._reports = 0
         self._last_report = 0.0
         self._pump_cpu = 0.0
         self._pump_stopped = self._closed
@@ -454,41 +466,61 @@ class NissaHub:
     def _pump_once(self) -> bool:
         """Move everything queued to the lanes. True when the pump's stop was reached."""
         queue, by_type = self._queue, self._by_type
-        lanes = self._active
+        check = self.check_payloads
         touched: list[_Lane] = []
         stopped = False
         while queue:
             item = queue.popleft()
-            if not isinstance(item, _Internal):
-                if item.run_id is None:
-                    item.run_id = self.run_id
-                self._accepted += 1
-                name = item.event_type.name
-                by_type[name] = by_type.get(name, 0) + 1
-                for lane in lanes:
-                    lane.offer(item)
+            if isinstance(item, _Internal):
+                stopped = self._route_internal(item, touched)
+                if stopped:
+                    break
                 continue
-            if isinstance(item, _Control):
-                if item.marker is None:
-                    lanes = self._active = (*lanes, item.lane)
-                else:
-                    lanes = self._active = tuple(ln for ln in lanes if ln is not item.lane)
-                    item.marker.expect(1)
-                    item.lane.queue.append(item.marker)
-                    touched.append(item.lane)
-            elif isinstance(item, _Marker):
-                item.expect(len(lanes))
-                for lane in lanes:
-                    lane.queue.append(item)
-            else:  # _PumpStop: whatever follows it is late
-                self._pump_stopped = True
-                stopped = True
-                break
-        for lane in (*lanes, *touched):
+            if item.run_id is None:
+                item.run_id = self.run_id
+            self._accepted += 1
+            name = item.event_type.name
+            by_type[name] = by_type.get(name, 0) + 1
+            if check:
+                self._check_payload(item, name)
+            for lane in self._active:  # re-read per event: membership changes in order
+                lane.offer(item)
+        for lane in (*self._active, *touched):
             lane.wake.set()
         if not stopped:
             self._maybe_report(force=False)
         return stopped
+
+    def _route_internal(self, item: _Internal, touched: list[_Lane]) -> bool:
+        """Apply a control item at its place in the stream. True for the pump's stop."""
+        lanes = self._active
+        if isinstance(item, _Control):
+            if item.marker is None:
+                self._active = (*lanes, item.lane)
+            else:
+                self._active = tuple(ln for ln in lanes if ln is not item.lane)
+                item.marker.expect(1)
+                item.lane.queue.append(item.marker)
+                touched.append(item.lane)
+        elif isinstance(item, _Marker):
+            # Drops so far are reported now, whatever the rate limit: a flush is a request to
+            # make everything visible, and flush() waits for the report too (_flush_rounds).
+            self._maybe_report(force=True)
+            item.expect(len(lanes))
+            for lane in lanes:
+                lane.queue.append(item)
+        else:  # _PumpStop: whatever follows it is late
+            self._pump_stopped = True
+            return True
+        return False
+
+    def _check_payload(self, event: TelemetryEvent, name: str) -> None:
+        problem = payload_problem(event.event_type, event.data)
+        if problem is not None:
+            self._invalid += 1
+            if name not in self._invalid_examples:
+                self._invalid_examples[name] = problem
+                _log.warning("telemetry event does not match the payload catalogue: %s", problem)
 
     def _maybe_report(self, *, force: bool) -> None:
         """Report new drops and losses as TELEMETRY_WARNINGs (rate-limited unless forced)."""
@@ -526,7 +558,9 @@ class NissaHub:
             severity=Severity.WARNING,
         )
         # Bypasses the closed check: close() delivers reports made while it drains; one that
-        # comes after the pump stopped is counted late.
+        # comes after the pump stopped is counted late. Counted before it is queued, so a
+        # flush that sees the count unchanged knows no report of its round is in flight.
+        self._reports += 1
         self._queue.append(event)
         self._wake.set()
 
@@ -540,14 +574,21 @@ class NissaHub:
         with self._config_lock:
             if self._closed:
                 return self._close_done.wait(timeout) and self._close_ok
-            marker = self._send_marker(deadline)
-        return marker.done.wait(_remaining(deadline))
+        return self._flush_rounds(deadline)
 
-    def _send_marker(self, deadline: float | None) -> _Marker:
-        marker = _Marker(deadline)
-        self._queue.append(marker)
-        self._wake.set()
-        return marker
+    def _flush_rounds(self, deadline: float | None) -> bool:
+        """Send flush markers until a round ends with no new report of the hub's own (a
+        backend that failed, or drops, during the round), so those warnings are delivered
+        before flush returns. Reports are few (rate-limited, one failure per backend)."""
+        while True:
+            reports = self._reports
+            marker = _Marker(deadline)
+            self._queue.append(marker)
+            self._wake.set()
+            if not marker.done.wait(_remaining(deadline)):
+                return False
+            if self._reports == reports:
+                return True
 
     def close(self, timeout: float | None = None) -> bool:
         """Deliver everything queued, then close every backend; False when ``timeout`` ran out
@@ -565,8 +606,7 @@ class NissaHub:
         atexit.unregister(self._atexit)
         ok = True
         try:
-            ok = self._send_marker(deadline).done.wait(_remaining(deadline))
-            self._maybe_report(force=True)  # drops and failures the final flush revealed
+            ok = self._flush_rounds(deadline)  # with the warnings the final flush raises
             for lane in self._configured:  # in the order they were added
                 ok = self._close_lane(lane, deadline) and ok
                 self._maybe_report(force=True)  # reaches the backends still open
@@ -602,6 +642,8 @@ class NissaHub:
             backends=tuple(lane.stats() for lane in self._configured),
             pump_cpu_seconds=self._pump_cpu,
             late=late,
+            invalid=self._invalid,
+            invalid_examples=tuple(self._invalid_examples.values()),
         )
 
     # -- fork ----------------------------------------------------------------------------------

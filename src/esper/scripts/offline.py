@@ -12,8 +12,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from esper.leyline import UsageError
 from esper.nissa import DirectoryOutput, get_hub
 from esper.scripts import _argtypes as at
+from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.simic.comparison import (
     HeuristicController,
     PolicyController,
@@ -26,6 +28,7 @@ from esper.tolaria.config import new_run_id
 
 
 def _record(args: argparse.Namespace) -> int:
+    check_output_file("--out", args.out)
     data = record_heuristic_episodes(seeds=args.seeds, task=args.task, max_epochs=args.max_epochs,
                                      use_telemetry=args.use_telemetry)  # fmt: skip
     data.save(args.out)
@@ -36,6 +39,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    check_output_file("--out", args.out)
     data = load_dataset(args.data)
     iql = IQL(int(data["obs"].shape[1]))
     losses = iql.train_offline(data, steps=args.steps, seed=args.seed)
@@ -49,6 +53,8 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
+    if args.telemetry_dir:
+        check_output_dir("--telemetry-dir", args.telemetry_dir)
     iql, use_telemetry, telemetry_type = load_iql_model(args.model)
     print(f"{args.model}: {iql.state_dim} features (seed telemetry: {telemetry_type})")
     hub = get_hub()
@@ -92,6 +98,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return {"record": _record, "train": _train, "compare": _compare}[args.command](args)
+    except UsageError as exc:
+        print(f"esper offline: error: {exc}", file=sys.stderr)
+        return 2
     except ValueError as exc:
         print(f"esper offline: error: {exc}", file=sys.stderr)
         return 1

@@ -44,7 +44,7 @@ from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.scripts._progress import ProgressBar
 from esper.simic.vectorized import run_ppo
 from esper.tamiyo.run_heuristic import run_heuristic, run_host_only
-from esper.tolaria.config import RunConfig
+from esper.tolaria.config import RunConfig, StopRequest
 from esper.tolaria.environment import Fault
 from esper.tolaria.run_common import RunResult, describe_stop
 
@@ -330,7 +330,8 @@ def _opt(path: Path | None) -> str | None:
 
 def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> bool:
     """The closing lines: where telemetry went, events written, dropped and lost, and a
-    plain verdict. Returns True when every event was kept by every backend."""
+    plain verdict. Returns True when every event was kept by every backend and matched the
+    payload catalogue."""
     stats = setup.hub.stats()
     lines = ["", "Telemetry summary"]
     lines += [f"  {d}" for d in setup.destinations] or ["  no telemetry destination configured"]
@@ -363,8 +364,14 @@ def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> bool:
             + (", ".join(lost) or f"dropped at the hub: {stats.dropped}")
             + f"); exit status {EXIT_TELEMETRY_LOST} unless the run failed otherwise"
         )
+    if stats.invalid:
+        lines.append(
+            f"  PAYLOAD MISMATCH: {stats.invalid} events did not match the payload catalogue "
+            f"(exit status {EXIT_TELEMETRY_LOST}); first of each type: "
+            + "; ".join(stats.invalid_examples)
+        )
     print("\n".join(lines), file=stream or sys.stdout)
-    return complete
+    return complete and not stats.invalid
 
 
 def run_config(args: argparse.Namespace) -> RunConfig:
@@ -438,19 +445,24 @@ def _train_under_sanctum(config: RunConfig, hub: NissaHub) -> RunResult:
     then stop it the same way. The process never exits while training still runs."""
     aggregator = SanctumAggregator()
     hub.add_backend(aggregator)
-    stop = config.stop = threading.Event()
+    stop = config.stop = StopRequest()
     outcome: dict[str, Any] = {}
+    # An Event, not Thread.join: on Python 3.11 a join interrupted by a signal marks the
+    # thread stopped while it still runs, and exiting then aborts inside torch.
+    finished = threading.Event()
 
     def work() -> None:
         try:
             outcome["result"] = _train(config, hub, None)
         except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
             outcome["error"] = exc
+        finally:
+            finished.set()
 
     # The worker must not take Ctrl-C or SIGTERM: the main thread turns them into `stop`.
-    worker = start_daemon_thread(work, "esper-training")
+    start_daemon_thread(work, "esper-training")
     stopped_by: BaseException | None = None
-    app = SanctumApp(aggregator.get_snapshot, on_interrupt=stop.set)
+    app = SanctumApp(aggregator.get_snapshot, on_interrupt=stop.request)
     try:
         try:
             app.run()
@@ -458,16 +470,16 @@ def _train_under_sanctum(config: RunConfig, hub: NissaHub) -> RunResult:
             install_signal_handlers()  # the app's event loop took SIGTERM while it ran
         if app.interrupted_by is not None:
             stopped_by = app.interrupted_by
-        elif worker.is_alive():
+        elif not finished.is_set():
             print("Sanctum closed; training continues (Ctrl-C stops it)...", flush=True)
     except (KeyboardInterrupt, SystemExit) as exc:
-        stop.set()
+        stop.request(describe_stop(exc)[1])
         stopped_by = exc
-    while worker.is_alive():
+    while not finished.is_set():
         try:
-            worker.join()
+            finished.wait()
         except (KeyboardInterrupt, SystemExit) as exc:
-            stop.set()
+            stop.request(describe_stop(exc)[1])
             stopped_by = stopped_by or exc
             print("stopping at the next epoch boundary...", file=sys.stderr, flush=True)
     if stopped_by is not None:
@@ -498,8 +510,8 @@ def preflight(args: argparse.Namespace) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``esper train``. Exit status: 0 done and every event kept; 1 training failed;
-    2 bad usage; 3 training done but telemetry lost events; 130 / 143 interrupted (Ctrl-C /
-    SIGTERM)."""
+    2 bad usage; 3 training done but telemetry lost events (or events broke the payload
+    catalogue); 130 / 143 interrupted (Ctrl-C / SIGTERM)."""
     args = parse_args(argv)
     install_signal_handlers()
     config = run_config(args)

@@ -111,7 +111,13 @@ class OfflineDataset:
 
 
 def load_dataset(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
-    data = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(
+            f"{path}: not an esper offline dataset (cannot load it: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != "esper-offline-v1":
         raise ValueError(f"{path}: not an esper offline dataset")
     return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}

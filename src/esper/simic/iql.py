@@ -133,7 +133,13 @@ def load_iql_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[I
     """(iql, use_telemetry, telemetry_type) from a checkpoint, inferring the telemetry type
     from the state dimension: 27 "none", 37 "seed", 54 "full" (legacy), else "unknown" with a
     warning. Loads with ``weights_only=True``."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(
+            f"{path}: not an IQL checkpoint (cannot load it: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise ValueError(f"{path}: not an IQL checkpoint")
     state_dim = int(ckpt.get("state_dim") or ckpt["state_dict"]["q_network.0.weight"].shape[1])

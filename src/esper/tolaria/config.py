@@ -12,6 +12,19 @@ from esper.leyline import RunInterrupted, TelemetryConfig
 from esper.tolaria.environment import Fault
 
 
+class StopRequest(threading.Event):
+    """Set to stop a run at its next epoch boundary; ``reason`` says who asked."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reason = "stop requested"
+
+    def request(self, reason: str) -> None:
+        if not self.is_set():
+            self.reason = reason
+        self.set()
+
+
 def new_run_id(mode: str) -> str:
     """Sortable and unique: mode, UTC start time, and random bits."""
     return f"{mode}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{secrets.token_hex(3)}"
@@ -40,14 +53,14 @@ class RunConfig:
     run_id: str = ""
     counterfactual: str = "every_epoch"
     """every_epoch, or final_epoch: measure seeds' alpha=0 baselines only on the last epoch."""
-    stop: threading.Event | None = field(default=None, compare=False, repr=False)
+    stop: StopRequest | None = field(default=None, compare=False, repr=False)
     """Set it to stop the run at the next epoch boundary (RunInterrupted; status
     ``interrupted``): how a signal or the UI stops training that runs on another thread."""
 
     def check_stop(self) -> None:
         """Raise RunInterrupted when ``stop`` is set (called between epochs)."""
         if self.stop is not None and self.stop.is_set():
-            raise RunInterrupted("stop requested")
+            raise RunInterrupted(self.stop.reason)
 
     def __post_init__(self) -> None:
         if not self.run_id:

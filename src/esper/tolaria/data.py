@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import pickle
 import tarfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -125,12 +126,20 @@ def _cifar_files(data_dir: Path) -> dict[str, tuple[bytes, str]]:
     archive = data_dir / CIFAR_ARCHIVE
     if archive.is_file():
         out = {}
-        with tarfile.open(archive, "r:gz") as tar:
-            for n in names:
-                member = tar.extractfile(f"{CIFAR_DIR}/{n}")
-                if member is None:
-                    raise UsageError(f"--data-dir: {archive} lacks {CIFAR_DIR}/{n}")
-                out[n] = (member.read(), f"{archive}:{CIFAR_DIR}/{n}")
+        try:
+            with tarfile.open(archive, "r:gz") as tar:
+                for n in names:
+                    try:
+                        member = tar.extractfile(f"{CIFAR_DIR}/{n}")
+                    except KeyError:
+                        member = None
+                    if member is None:
+                        raise UsageError(f"--data-dir: {archive} lacks {CIFAR_DIR}/{n}")
+                    out[n] = (member.read(), f"{archive}:{CIFAR_DIR}/{n}")
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            raise UsageError(
+                f"--data-dir: {archive} is not a readable .tar.gz archive ({exc})"
+            ) from None
         return out
     raise UsageError(f"--data-dir: {data_dir} holds neither {CIFAR_DIR}/ nor {CIFAR_ARCHIVE}")
 

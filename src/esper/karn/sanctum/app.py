@@ -117,11 +117,11 @@ class SanctumApp(App[None]):
         source: SnapshotSource,
         interval: float = 0.5,
         *,
-        on_interrupt: Callable[[], None] | None = None,
+        on_interrupt: Callable[[str], None] | None = None,
         live: bool = True,
     ) -> None:
-        """``on_interrupt``: called on Ctrl-C or SIGTERM while the UI runs (a live run
-        stops training with it); the app then exits with ``interrupted_by`` set. ``live``:
+        """``on_interrupt(reason)``: called on Ctrl-C or SIGTERM while the UI runs (a live
+        run stops training with it); the app then exits with ``interrupted_by`` set. ``live``:
         False for a recorded run (a run without TRAINING_COMPLETED then shows as unfinished)."""
         super().__init__()
         self.source = source
@@ -132,16 +132,16 @@ class SanctumApp(App[None]):
 
     def action_interrupt(self) -> None:
         """Ctrl-C: stop training (live) and leave; in a terminal UI it arrives as a key."""
-        self._interrupt(KeyboardInterrupt("Ctrl-C in the Sanctum UI"))
+        self._interrupt(KeyboardInterrupt("Ctrl-C in the Sanctum UI"), "Ctrl-C in the Sanctum UI")
 
-    def _interrupt(self, exc: BaseException) -> None:
+    def _interrupt(self, exc: BaseException, reason: str) -> None:
         self.interrupted_by = exc
         if self.on_interrupt is not None:
-            self.on_interrupt()
+            self.on_interrupt(reason)
         self.exit()
 
     def _on_sigterm(self) -> None:
-        self._interrupt(SystemExit(128 + signal.SIGTERM))
+        self._interrupt(SystemExit(128 + signal.SIGTERM), "SIGTERM")
 
     def compose(self) -> ComposeResult:
         yield Header(show_clock=False)
