@@ -6,8 +6,10 @@ against the hub's own numbers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from esper.nissa import (
     InMemoryOutput,
     NissaHub,
     OutputBackend,
+    _hub,
     capture_events,
     get_hub,
     reset_hub,
@@ -30,56 +33,87 @@ def _ev(i: int = 0, event_type: TelemetryEventType = ET.EPOCH_COMPLETED) -> Tele
     return TelemetryEvent(event_type=event_type, epoch=i)
 
 
-def _busy(hub: NissaHub, n: int = 200_000) -> None:
-    """Give the pump a long drain to be in the middle of."""
-    for i in range(n):
+@contextlib.contextmanager
+def _pump_paused_mid_drain(
+    monkeypatch: pytest.MonkeyPatch, hub: NissaHub, n: int = 1_000
+) -> Iterator[None]:
+    """Hold the pump in the middle of routing a long backlog: it stops after offering the
+    ``n``-th event and goes on when the block ends. What the block does happens while the
+    pump is mid-drain, deterministically."""
+    paused, resume = threading.Event(), threading.Event()
+    offered = [0]
+    original = _hub._Lane.offer
+
+    def offer(lane: object, event: TelemetryEvent) -> None:
+        offered[0] += 1
+        if offered[0] == n:
+            paused.set()
+            resume.wait(30)
+        original(lane, event)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_hub._Lane, "offer", offer)
+    for i in range(2 * n):
         hub.emit(_ev(i))
+    assert paused.wait(30)
+    try:
+        yield
+    finally:
+        resume.set()
 
 
-# -- 1. membership changes take effect at their place in the stream ----------------------------
-
-
-def test_an_event_emitted_after_add_backend_returned_reaches_the_new_backend() -> None:
-    hub = NissaHub(capacity=1_000_000, backend_capacity=1_000_000)
-    hub.add_backend(InMemoryOutput())
-    _busy(hub)
+def test_an_event_emitted_after_add_backend_returned_reaches_the_new_backend(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub = NissaHub()
+    first = InMemoryOutput()
+    hub.add_backend(first)
     late = InMemoryOutput()
-    hub.add_backend(late)
     sentinel = _ev(-1, ET.SEED_GERMINATED)
-    hub.emit(sentinel)
+    with _pump_paused_mid_drain(monkeypatch, hub):
+        hub.add_backend(late)
+        hub.emit(sentinel)
     hub.close()
     assert late.events == [sentinel]
-    first, second = hub.stats().backends
-    assert (first.emitted, second.emitted) == (200_001, 1)
+    assert len(first.events) == 2_001
+    a, b = hub.stats().backends
+    assert (a.emitted, a.delivered, b.emitted, b.delivered) == (2_001, 2_001, 1, 1)
 
 
-def test_an_event_emitted_before_remove_backend_reaches_it_and_later_ones_do_not() -> None:
-    hub = NissaHub(capacity=1_000_000, backend_capacity=1_000_000)
+def test_an_event_emitted_before_remove_backend_reaches_it_and_later_ones_do_not(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub = NissaHub()
     out = InMemoryOutput()
     hub.add_backend(out)
-    _busy(hub, 50_000)
-    hub.emit(_ev(-1, ET.SEED_CULLED))
-    final = hub.remove_backend(out)
+    with _pump_paused_mid_drain(monkeypatch, hub):
+        hub.emit(_ev(-1, ET.SEED_CULLED))
+        remover = threading.Thread(target=hub.remove_backend, args=(out,))
+        remover.start()
+    remover.join(30)
     hub.emit(_ev(-2, ET.SEED_CULLED))
     hub.close()
     assert [e.epoch for e in out.events[-1:]] == [-1]
-    assert len(out.events) == 50_001
-    assert final is not None
-    assert (final.emitted, final.delivered, final.pending) == (50_001, 50_001, 0)
+    assert len(out.events) == 2_001
     assert not out.closed  # removed, not closed
 
 
-def test_capture_events_on_a_busy_hub_holds_exactly_what_was_emitted_inside_it() -> None:
-    hub = NissaHub(capacity=1_000_000, backend_capacity=1_000_000)
+def test_capture_events_on_a_busy_hub_holds_exactly_what_was_emitted_inside_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    hub = NissaHub()
     hub.add_backend(InMemoryOutput())
-    _busy(hub)
-    with capture_events(hub) as captured:
-        inside = [_ev(i, ET.SEED_FOSSILIZED) for i in range(5)]
+    inside = [_ev(i, ET.SEED_FOSSILIZED) for i in range(5)]
+    captured = InMemoryOutput()
+    with _pump_paused_mid_drain(monkeypatch, hub):
+        hub.add_backend(captured)  # what capture_events does on entry
         for e in inside:
             hub.emit(e)
+    with capture_events(hub) as direct:
+        hub.emit(inside[0])
     hub.emit(_ev(99, ET.SEED_FOSSILIZED))
     hub.close()
-    assert captured.events == inside
+    assert captured.events[:5] == inside
+    assert direct.events == [inside[0]]
 
 
 # -- 2. emit racing close; second close; warnings during the final flush -----------------------
@@ -144,28 +178,36 @@ def test_a_second_close_waits_for_the_first_to_finish() -> None:
     assert out.closed
 
 
-def test_a_warning_a_backend_raises_during_the_final_flush_reaches_the_others() -> None:
-    class FailsToFlush(OutputBackend):
+@pytest.mark.parametrize("failing", ["flush", "close"])
+def test_a_failure_during_the_final_flush_or_close_is_reported_to_the_backends_still_open(
+    failing: str,
+) -> None:
+    class FailsAtTheEnd(OutputBackend):
         armed = False
 
         def emit(self, event: TelemetryEvent) -> None:
             pass
 
         def flush(self) -> None:
-            if self.armed:
+            if self.armed and failing == "flush":
+                raise OSError("disk went away")
+
+        def close(self) -> None:
+            if failing == "close":
                 raise OSError("disk went away")
 
     hub = NissaHub()
+    ending = FailsAtTheEnd()
+    hub.add_backend(ending)  # closed first: backends close in the order they were added
     watcher = InMemoryOutput()
     hub.add_backend(watcher)
-    failing = FailsToFlush()
-    hub.add_backend(failing)
     hub.emit(_ev(1))
     assert hub.flush(timeout=10)
-    failing.armed = True  # from here on, only close's final flush meets the failure
+    ending.armed = True  # from here on, only close() meets the failure
     hub.close()
     warnings = watcher.of_type(ET.TELEMETRY_WARNING)
     assert [w.data["reason"] for w in warnings] == ["backend_failed"]
+    assert f"failed in {failing}" in warnings[0].data["detail"]
     assert "disk went away" in warnings[0].data["detail"]
 
 
