@@ -419,6 +419,11 @@ class NissaHub:
     def closed(self) -> bool:
         return self._closed
 
+    @property
+    def ingress_depth(self) -> int:
+        """Items waiting for the pump (events not yet routed to any backend)."""
+        return len(self._queue)
+
     def add_backend(self, backend: Backend) -> None:
         """Deliver every event emitted from now on to ``backend`` as well.
 
