@@ -91,6 +91,9 @@ def start_daemon_thread(target: Callable[[], None], name: str) -> threading.Thre
     return thread
 
 
+_FLUSH_ROUNDS = 4
+"""At most this many marker rounds per flush (see ``NissaHub._flush_rounds``)."""
+
 _REPORT_INTERVAL_SECONDS = 10.0
 """At most one drop or loss warning per this many seconds (plus the ones at close)."""
 
@@ -358,14 +361,14 @@ class NissaHub:
         atexit.register(self._atexit)
         register_fork_hub(self)
 
-    def _init_runtime(self, lanes: tuple[_Lane, ...] = ()) -> None:
+    def _init_runtime(self) -> None:
         self._queue: deque[TelemetryEvent | _Internal] = deque()
         self._wake = threading.Event()
         self._config_lock = threading.Lock()
         self._report_lock = threading.Lock()
         self._close_done = threading.Event()
-        self._configured: tuple[_Lane, ...] = lanes  # what add/remove have asked for
-        self._active: tuple[_Lane, ...] = lanes  # what the pump routes to (pump thread)
+        self._configured: tuple[_Lane, ...] = ()  # what add/remove have asked for
+        self._active: tuple[_Lane, ...] = ()  # what the pump routes to (pump thread)
         self._accepted = 0
         self._dropped = 0
         self._late = 0
@@ -584,8 +587,9 @@ class NissaHub:
     def _flush_rounds(self, deadline: float | None) -> bool:
         """Send flush markers until a round ends with no new report of the hub's own (a
         backend that failed, or drops, during the round), so those warnings are delivered
-        before flush returns. Reports are few (rate-limited, one failure per backend)."""
-        while True:
+        before flush returns. Reports are few (one failure per backend, drops once a round);
+        under a producer that keeps overloading the hub the rounds stop after a few."""
+        for _ in range(_FLUSH_ROUNDS):
             reports = self._reports
             marker = _Marker(deadline)
             self._queue.append(marker)
@@ -593,7 +597,8 @@ class NissaHub:
             if not marker.done.wait(_remaining(deadline)):
                 return False
             if self._reports == reports:
-                return True
+                break
+        return True
 
     def close(self, timeout: float | None = None) -> bool:
         """Deliver everything queued, then close every backend; False when ``timeout`` ran out

@@ -62,11 +62,11 @@ METRICS: tuple[MetricSpec, ...] = (
                ("event_type",), "events", "event_type"),
     MetricSpec("esper_telemetry_events_dropped_total", C,
                "Telemetry events dropped under overload, per backend ('hub': before any).",
-               ("backend",), "events", "TELEMETRY_WARNING.reason"),
+               ("backend",), "events", "the hub's counts at scrape time (HubStats)"),
     MetricSpec("esper_telemetry_backend_lost_total", C,
                "Items a backend took but could not keep: JSONL lines on a full disk, spans a "
                "dead OTLP collector never received.", ("backend",), "items",
-               "TELEMETRY_WARNING.reason"),
+               "each backend's own count at scrape time (BackendStats.lost)"),
     MetricSpec("esper_ppo_updates_total", C, "PPO updates done (one per event).", (), "updates",
                f"{PPO}.batch"),
     MetricSpec("esper_ppo_update_duration_seconds", H, "Wall time of a PPO update.", (), "s",

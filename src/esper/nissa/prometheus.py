@@ -66,8 +66,8 @@ class _HubCollector(Collector):
         family = CounterMetricFamily(spec.family, spec.help, labels=["backend"])
         stats = self._stats()
         family.add_metric(["hub"], stats.dropped)
-        for b in stats.backends:
-            family.add_metric([b.name], b.dropped)
+        for b in stats.backends:  # its own queue's drops; the hub's are the 'hub' series
+            family.add_metric([b.name], b.dropped - b.dropped_at_hub)
         yield family
         lost_spec = METRICS_BY_NAME["esper_telemetry_backend_lost_total"]
         lost = CounterMetricFamily(lost_spec.family, lost_spec.help, labels=["backend"])

@@ -16,8 +16,10 @@ from esper.leyline import (
     UsageError,
 )
 from esper.nissa import DirectoryOutput, FileOutput, NissaHub, iter_events, read_events
-from esper.nissa.replay import LineProblem
+from esper.nissa.replay import LineProblem, run_status
 from esper.scripts._preflight import check_output_dir, check_output_file
+
+_RUN_ENDS = (TelemetryEventType.TRAINING_STARTED, TelemetryEventType.TRAINING_COMPLETED)
 
 
 def _summarize(args: argparse.Namespace) -> int:
@@ -69,6 +71,9 @@ def _replay(args: argparse.Namespace) -> int:
         source = iter_events(args.path, problems=problems)
     hub = NissaHub()
     n = 0
+    # Enough to say how the run ended without keeping a streamed run in memory.
+    ends: list[TelemetryEvent] = []
+    last: TelemetryEvent | None = None
     try:
         if args.telemetry_file:
             hub.add_backend(FileOutput(args.telemetry_file))
@@ -79,10 +84,16 @@ def _replay(args: argparse.Namespace) -> int:
         for event, _seq in source:
             hub.emit(event)
             n += 1
+            last = event
+            if event.event_type in _RUN_ENDS:
+                ends.append(event)
     finally:
         hub.close()
     stats = hub.stats()
-    print(f"replayed {n} events")
+    status = run_status([*ends, *([last] if last is not None else [])])
+    print(f"replayed {n} events; the recorded run's status: {status}")
+    if not status.finished and status.state != "unknown":
+        print(f"warning: {args.path}: {status.detail}", file=sys.stderr)
     for problem in problems:
         print(f"  warning: {problem}", file=sys.stderr)
     if not stats.complete:
