@@ -196,6 +196,9 @@ class HubStats:
     """Events delivered whose payload does not match the catalogue (checked by the pump)."""
     invalid_examples: tuple[str, ...] = ()
     """What was wrong, for the first mismatch of each event type."""
+    unrouted: int = 0
+    """Events accepted while no backend was attached (nobody asked to keep them), such as
+    the hub's last warning after every backend had closed."""
 
     @property
     def accepted(self) -> int:
@@ -373,6 +376,7 @@ class NissaHub:
         self._dropped = 0
         self._late = 0
         self._invalid = 0
+        self._unrouted = 0
         self._invalid_examples: dict[str, str] = {}
         self._by_type: dict[str, int] = {}
         self._reported_drops = 0
@@ -491,7 +495,10 @@ class NissaHub:
             by_type[name] = by_type.get(name, 0) + 1
             if check:
                 self._check_payload(item, name)
-            for lane in self._active:  # re-read per event: membership changes in order
+            lanes = self._active  # re-read per event: membership changes in stream order
+            if not lanes:
+                self._unrouted += 1
+            for lane in lanes:
                 lane.offer(item)
         for lane in (*self._active, *touched):
             lane.wake.set()
@@ -654,6 +661,7 @@ class NissaHub:
             late=late,
             invalid=self._invalid,
             invalid_examples=tuple(self._invalid_examples.values()),
+            unrouted=self._unrouted,
         )
 
     # -- fork ----------------------------------------------------------------------------------

@@ -338,6 +338,7 @@ def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> bool:
     lines.append(
         f"  events emitted: {stats.emitted}, dropped: {stats.total_dropped}"
         + (f", arrived after close: {stats.late}" if stats.late else "")
+        + (f", with no backend attached: {stats.unrouted}" if stats.unrouted else "")
         + f"; telemetry threads used {stats.cpu_seconds:.3f} s of CPU"
     )
     for b in stats.backends:
