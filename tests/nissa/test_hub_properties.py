@@ -159,8 +159,8 @@ class HubMachine(RuleBasedStateMachine):
         assert stats.late == self.after_close
         assert stats.emitted == stats.accepted + stats.dropped + stats.late
         # Events nobody was attached to receive are counted as such, unless the full ingress
-        # queue dropped them first (a few of the hub's own
-        # warnings can be among them, when the backend they are about was just removed).
+        # queue dropped them first; a few of the hub's own warnings can be among them (about
+        # a backend that was just removed).
         assert self.unattached - stats.dropped <= stats.unrouted <= self.unattached + warnings
         by_name = {b.name: b for b in stats.backends}
         for probe in self.attached:
