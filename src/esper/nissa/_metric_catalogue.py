@@ -55,6 +55,9 @@ THROUGHPUT = "ANALYTICS_SNAPSHOT:throughput"
 MASKS = "ANALYTICS_SNAPSHOT:mask_hit_rates"
 BATCH = "BATCH_EPOCH_COMPLETED"
 
+HUB_STATS = "hub stats at scrape time"
+"""The source of the metrics read from the hub's own counts (not from an event field)."""
+
 METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("esper_run_info", G, "The run being trained (value 1).",
                ("run_id", "task", "mode", "reward_mode"), "", "TRAINING_STARTED.run_id"),
@@ -62,11 +65,11 @@ METRICS: tuple[MetricSpec, ...] = (
                ("event_type",), "events", "event_type"),
     MetricSpec("esper_telemetry_events_dropped_total", C,
                "Telemetry events dropped under overload, per backend ('hub': before any).",
-               ("backend",), "events", "the hub's counts at scrape time (HubStats)"),
+               ("backend",), "events", f"{HUB_STATS}: HubStats.dropped, BackendStats.dropped"),
     MetricSpec("esper_telemetry_backend_lost_total", C,
                "Items a backend took but could not keep: JSONL lines on a full disk, spans a "
                "dead OTLP collector never received.", ("backend",), "items",
-               "each backend's own count at scrape time (BackendStats.lost)"),
+               f"{HUB_STATS}: BackendStats.lost"),
     MetricSpec("esper_ppo_updates_total", C, "PPO updates done (one per event).", (), "updates",
                f"{PPO}.batch"),
     MetricSpec("esper_ppo_update_duration_seconds", H, "Wall time of a PPO update.", (), "s",
