@@ -97,7 +97,8 @@ def run_status(events: Iterable[TelemetryEvent]) -> RunStatus:
     last = datetime.fromtimestamp(last_ns / 1e9, UTC).isoformat(timespec="seconds")
     return RunStatus(
         "unfinished",
-        f"no TRAINING_COMPLETED: the run was killed or is still running (last event {last})",
+        f"no TRAINING_COMPLETED: the run was killed or is still running, or its record was "
+        f"cut short (a full disk; see the run's summary) (last event {last})",
     )
 
 

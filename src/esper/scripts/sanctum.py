@@ -36,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"warning: {problem}", file=sys.stderr)
     snapshot = aggregator.get_snapshot()
     if snapshot.run_config.run_id and not snapshot.completed:
-        print(f"warning: {args.path}: the run has no TRAINING_COMPLETED: it was killed, or is "
-              "still running", file=sys.stderr)  # fmt: skip
+        print(f"warning: {args.path}: the run has no TRAINING_COMPLETED: it was killed, is "
+              "still running, or its record was cut short", file=sys.stderr)  # fmt: skip
     SanctumApp(aggregator.get_snapshot, interval=2.0, live=False).run()
     return 0

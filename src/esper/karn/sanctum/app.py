@@ -40,7 +40,7 @@ def run_status(s: SanctumSnapshot, *, live: bool) -> str:
     if status is None:
         if live:
             return "running"
-        return "[red]UNFINISHED[/red]: no TRAINING_COMPLETED (killed, or still running)"
+        return "[red]UNFINISHED[/red]: no TRAINING_COMPLETED (killed, still running, or cut short)"
     error = s.completed.get("error")
     if status == "completed":
         return "completed"
