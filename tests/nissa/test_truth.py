@@ -23,6 +23,7 @@ from esper.nissa import (
     _hub,
     capture_events,
     get_hub,
+    read_events,
     reset_hub,
 )
 
@@ -409,3 +410,40 @@ def test_the_lost_counter_on_metrics_never_decreases_while_spans_queue_and_expor
         samples.append(value)
     hub.close()
     assert samples == [0.0] * 20  # queued spans are not lost spans
+
+
+class _EmittingDataset:
+    """A dataset whose items emit an event in the DataLoader worker that loads them."""
+
+    def __len__(self) -> int:
+        return 40
+
+    def __getitem__(self, i: int) -> int:
+        event_type = ET.CHECKPOINT_LOADED
+        get_hub().emit(make_event(event_type, example_payload(event_type), epoch=i,
+                                  message="worker"))  # fmt: skip
+        return i
+
+
+def test_events_emitted_in_dataloader_workers_are_kept_in_their_own_files(
+    tmp_path: Path,
+) -> None:
+    """Workers leave through os._exit, where atexit never runs: the hub closes on
+    multiprocessing's own exit hook instead, and every worker event reaches the disk."""
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader
+
+    from esper.nissa import DirectoryOutput
+
+    hub = get_hub()
+    out = DirectoryOutput(tmp_path)
+    hub.add_backend(out)
+    loader = DataLoader(_EmittingDataset(), batch_size=4, num_workers=2,  # type: ignore[arg-type]
+                        multiprocessing_context="fork")  # fmt: skip
+    seen = [int(i) for batch in loader for i in batch]
+    hub.close()
+    replay = read_events(out.output_dir, strict=True)
+    assert sorted(seen) == list(range(40))
+    assert len(replay.files) == 3  # the parent's file and one per worker
+    assert sorted(e.epoch for e in replay.events if e.message == "worker") == list(range(40))
+    assert torch is not None

@@ -39,6 +39,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
+from multiprocessing import util as mp_util
 from types import FrameType
 from typing import Any
 
@@ -363,6 +364,7 @@ class NissaHub:
         self._atexit = functools.partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
         register_fork_hub(self)
+        mp_util.register_after_fork(self, NissaHub._close_at_multiprocessing_exit)
 
     def _init_runtime(self) -> None:
         self._queue: deque[TelemetryEvent | _Internal] = deque()
@@ -681,6 +683,13 @@ class NissaHub:
             return
         lanes = tuple(_Lane(self, b, self._backend_capacity) for b in keep)
         self._configured = self._active = lanes
+
+    def _close_at_multiprocessing_exit(self) -> None:
+        # A multiprocessing child (a DataLoader worker) leaves through os._exit: atexit hooks
+        # never run there, only multiprocessing's finalizers, which its bootstrap clears
+        # first. Registered from multiprocessing's own after-fork hook, so it survives that.
+        if not self._closed:
+            mp_util.Finalize(self, _close_at_exit, args=(weakref.ref(self),), exitpriority=100)
 
 
 _GLOBAL_LOCK = threading.Lock()
