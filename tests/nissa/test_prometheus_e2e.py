@@ -108,7 +108,7 @@ def test_every_spec_alert_is_defined_with_summary_description_and_runbook() -> N
     assert set(rules) == {
         "EsperExplodingGradients", "EsperNaNGradients", "EsperVanishingSeedGradients",
         "EsperEntropyCollapse", "EsperGovernorRollbackStorm", "EsperTrainingStalled",
-        "EsperTelemetryDropping", "EsperTrainerDown",
+        "EsperTelemetryDropping", "EsperTelemetryLost", "EsperTrainerDown",
     }  # fmt: skip
     for name, rule in rules.items():
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), name
