@@ -154,6 +154,13 @@ def alertmanager(tmp: Path, webhook_url: str) -> Iterator[int]:
         yield port
 
 
+def _shipped_trainer_job() -> dict[str, Any]:
+    """The esper-trainer scrape job of deploy/prometheus/prometheus.yml, as shipped."""
+    shipped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (job,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "esper-trainer"]
+    return dict(job)
+
+
 @contextmanager
 def prometheus(tmp: Path, *, sd_dir: Path, alertmanager_port: int | None = None) -> Iterator[str]:
     """A real Prometheus (1 s scrape and evaluation) discovering trainers through ``sd_dir``,
@@ -167,7 +174,7 @@ def prometheus(tmp: Path, *, sd_dir: Path, alertmanager_port: int | None = None)
         "rule_files": [str(DEPLOY / "prometheus" / "alerts.yml"),
                        str(DEPLOY / "prometheus" / "recording.yml")],
         "scrape_configs": [{
-            "job_name": "esper-trainer", "scrape_interval": "1s",
+            **_shipped_trainer_job(), "scrape_interval": "1s",
             "file_sd_configs": [{"files": [str(sd_dir / "*.json")], "refresh_interval": "1s"}],
         }],
     }  # fmt: skip

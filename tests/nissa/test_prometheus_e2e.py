@@ -29,6 +29,25 @@ def test_the_run_registered_and_removed_its_scrape_target(stack: Stack) -> None:
     )
 
 
+def test_target_labels_join_every_series_without_exported_copies(stack: Stack) -> None:
+    """The labels a trainer registers with file_sd (run_id, mode, task) reach every series it
+    serves, and where a metric has the same label its own value stands: no exported_* copies
+    (the shipped scrape job honours the trainer's labels)."""
+    window = "[10m]"
+    clashes = [
+        r
+        for label in ("exported_run_id", "exported_mode", "exported_task")
+        for r in query(stack.prometheus, f'count(last_over_time({{{label}!=""}}{window}))')
+    ]
+    assert clashes == []
+    (info,) = query(stack.prometheus, f"max_over_time(esper_run_info{window})")
+    run_id = info["metric"]["run_id"]
+    assert run_id.startswith("ppo-")
+    updates = query(stack.prometheus, f"max_over_time(esper_ppo_updates_total{window})")
+    assert [r["metric"]["run_id"] for r in updates] == [run_id]
+    assert {r["metric"]["mode"] for r in updates} == {"ppo"}
+
+
 def test_every_catalogue_family_is_stored(stack: Stack) -> None:
     stored = metric_names(stack.prometheus)
     missing = []
