@@ -46,6 +46,8 @@ def test_target_labels_join_every_series_without_exported_copies(stack: Stack) -
     updates = query(stack.prometheus, f"max_over_time(esper_ppo_updates_total{window})")
     assert [r["metric"]["run_id"] for r in updates] == [run_id]
     assert {r["metric"]["mode"] for r in updates} == {"ppo"}
+    # The target's owner labels (__esper_host, __esper_pid, ...) never reach a series.
+    assert not [k for r in (info, *updates) for k in r["metric"] if k.startswith("__esper")]
 
 
 def test_every_catalogue_family_is_stored(stack: Stack) -> None:

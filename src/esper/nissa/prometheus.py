@@ -51,6 +51,23 @@ _READ_AT_SCRAPE = frozenset(
 )
 
 
+OWNER_HOST = "__esper_host"
+OWNER_PID = "__esper_pid"
+OWNER_START = "__esper_start"
+"""Labels of a registered target that name the process serving it (dropped by Prometheus)."""
+
+
+def process_start_ticks(pid: int) -> str | None:
+    """When ``pid`` started, in clock ticks since boot (Linux ``/proc``), or None. With the
+    pid it names one process: a pid reused by a later process has another start time."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    # The command name (field 2) may hold spaces: count fields after its closing parenthesis.
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
 def _ratio(percent: float) -> float:
     return percent / 100.0
 
@@ -312,7 +329,12 @@ class PrometheusOutput(OutputBackend):
         self, directory: str | os.PathLike[str], *, host: str, labels: dict[str, str]
     ) -> Path:
         """Register this endpoint for Prometheus file-based service discovery: writes
-        ``directory/esper-<run_id>.json`` atomically; ``close()`` removes it."""
+        ``directory/esper-<run_id>.json`` atomically; ``close()`` removes it.
+
+        The target also names its owner (host, pid and the process's start time) in labels
+        that begin with ``__``: Prometheus drops those after relabelling, so they never reach a
+        series, and ``esper targets prune`` uses them to remove the targets of dead processes.
+        """
         if self.port is None:
             raise BackendConfigError("write_sd_file needs serve() first")
         if host in ("0.0.0.0", "::", ""):  # noqa: S104 - naming the wildcard, not binding it
@@ -322,7 +344,12 @@ class PrometheusOutput(OutputBackend):
         try:
             directory.mkdir(parents=True, exist_ok=True)
             name = f"esper-{labels.get('run_id', os.getpid())}.json"
-            payload = json.dumps([{"targets": [target], "labels": labels}], indent=2)
+            owner = {
+                OWNER_HOST: socket.gethostname(),
+                OWNER_PID: str(os.getpid()),
+                OWNER_START: process_start_ticks(os.getpid()) or "",
+            }
+            payload = json.dumps([{"targets": [target], "labels": {**labels, **owner}}], indent=2)
             fd, tmp = tempfile.mkstemp(dir=directory, prefix=".esper-", suffix=".tmp")
             with os.fdopen(fd, "w") as fh:
                 fh.write(payload)

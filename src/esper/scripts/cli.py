@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from esper.scripts import dashboards, docs, offline, sanctum, telemetry, train
+from esper.scripts import dashboards, docs, offline, sanctum, targets, telemetry, train
 
 USAGE = """usage: esper COMMAND [ARGS...]
 
@@ -16,6 +16,7 @@ commands:
   dashboards              regenerate the Grafana dashboards in dashboards/
   sanctum RUN             the Sanctum terminal dashboard over a recorded run
   offline                 record heuristic episodes, train IQL, compare controllers
+  targets {list,prune} DIR  the scrape targets trainers registered; prune those of dead ones
 """
 
 
@@ -26,6 +27,7 @@ COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "dashboards": dashboards.main,
     "sanctum": sanctum.main,
     "offline": offline.main,
+    "targets": targets.main,
 }
 
 
