@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import ssl
 import subprocess
@@ -23,7 +24,12 @@ from esper.leyline import (
 )
 from esper.nissa import NissaHub
 from esper.nissa._metric_catalogue import HUB_STATS, METRICS, MetricKind, render_metrics_markdown
-from esper.nissa.prometheus import _READ_AT_SCRAPE, PrometheusOutput, families
+from esper.nissa.prometheus import (
+    _READ_AT_SCRAPE,
+    PrometheusOutput,
+    families,
+    process_start_ticks,
+)
 
 ET = TelemetryEventType
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "METRICS.md"
@@ -285,8 +291,13 @@ def test_service_discovery_file_is_written_atomically_and_removed_at_close(tmp_p
     port = out.serve(0)
     path = out.write_sd_file(tmp_path / "targets", host="127.0.0.1", labels={"run_id": "r9"})
     assert path.name == "esper-r9.json"
+    owner = {  # who serves the target, for `esper targets prune`; Prometheus drops __ labels
+        "__esper_host": socket.gethostname(),
+        "__esper_pid": str(os.getpid()),
+        "__esper_start": process_start_ticks(os.getpid()),
+    }
     assert json.loads(path.read_text()) == [
-        {"targets": [f"127.0.0.1:{port}"], "labels": {"run_id": "r9"}}
+        {"targets": [f"127.0.0.1:{port}"], "labels": {"run_id": "r9", **owner}}
     ]
     assert [p.name for p in path.parent.iterdir()] == ["esper-r9.json"]
     out.close()
