@@ -22,18 +22,10 @@ import pytest
 
 from esper.leyline import TelemetryEventType
 from esper.nissa import read_events
+from tests._stack import wait_until
 
 ET = TelemetryEventType
 TRAIN = [sys.executable, "-m", "esper.scripts.train"]
-
-
-def _wait_for(condition: object, timeout: float, what: str) -> None:
-    """Poll ``condition()`` until true (a deadline, not a sleep standing in for an event)."""
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
 
 
 def _started(run_root: Path) -> bool:
@@ -109,7 +101,7 @@ def test_an_interrupted_run_records_why_exits_130_or_143_and_prints_no_traceback
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     ) as proc:  # fmt: skip
         try:
-            _wait_for(lambda: _started(tmp_path), 120, "TRAINING_STARTED on disk")
+            wait_until(lambda: _started(tmp_path), 120, "TRAINING_STARTED on disk")
             proc.send_signal(sig)
             out, err = proc.communicate(timeout=120)
         finally:
@@ -133,7 +125,7 @@ def test_a_killed_run_is_reported_unfinished_by_summarize_and_sanctum(tmp_path: 
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     ) as proc:  # fmt: skip
         try:
-            _wait_for(lambda: _started(tmp_path), 120, "TRAINING_STARTED on disk")
+            wait_until(lambda: _started(tmp_path), 120, "TRAINING_STARTED on disk")
         finally:
             proc.kill()
     summary = subprocess.run(
@@ -188,10 +180,10 @@ def test_a_live_sanctum_run_stops_cleanly_and_says_it_was_interrupted(
     term = Terminal([*TRAIN, "ppo", "--n-envs", "2", "--episodes", "200", "--sanctum",
                      "--telemetry-dir", str(tmp_path)])  # fmt: skip
     try:
-        _wait_for(lambda: _started(tmp_path), 120, "TRAINING_STARTED on disk")
+        wait_until(lambda: _started(tmp_path), 120, "TRAINING_STARTED on disk")
         if how.startswith("q"):
             term.type(b"q")
-            _wait_for(lambda: b"training continues" in term.output, 60, "the UI to close")
+            wait_until(lambda: b"training continues" in term.output, 60, "the UI to close")
         if how == "ctrl-c key":
             term.type(b"\x03")  # the UI owns the terminal: Ctrl-C arrives as a key
         elif how.endswith("SIGTERM"):

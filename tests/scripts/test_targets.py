@@ -6,21 +6,13 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from esper.nissa.prometheus import OWNER_START, PrometheusOutput
 from esper.scripts import cli
-
-
-def _wait_for(condition: object, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(0.05)
+from tests._stack import free_port, wait_until
 
 
 @pytest.mark.slow
@@ -37,7 +29,7 @@ def test_a_killed_trainers_target_is_listed_dead_and_pruned_and_a_live_one_kept(
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     ) as proc:  # fmt: skip
         try:
-            _wait_for(lambda: len(list(sd.glob("*.json"))) == 2, 120, "the trainer's target")
+            wait_until(lambda: len(list(sd.glob("*.json"))) == 2, 120, "the trainer's target")
         finally:
             proc.kill()
     (dead_file,) = [p for p in sd.glob("*.json") if p != live_file]
@@ -67,7 +59,6 @@ def test_a_killed_trainers_target_is_listed_dead_and_pruned_and_a_live_one_kept(
 
 def test_another_hosts_silent_target_is_kept_unless_asked(tmp_path: Path) -> None:
     from esper.nissa.prometheus import OWNER_HOST, OWNER_PID
-    from tests._stack import free_port
 
     remote = tmp_path / "esper-remote.json"
     labels = {"run_id": "r", OWNER_HOST: "another-host", OWNER_PID: "1234"}
