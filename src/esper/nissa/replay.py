@@ -130,11 +130,6 @@ def _run_files(run_dir: Path) -> list[Path]:
     return [run_dir / EVENTS_FILE, *children]
 
 
-def resolve_events_file(path: str | os.PathLike[str]) -> Path:
-    """The main JSONL file behind ``path`` (see :func:`resolve_events_files`)."""
-    return resolve_events_files(path)[0]
-
-
 def iter_events(
     path: str | os.PathLike[str],
     *,

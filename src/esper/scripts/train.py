@@ -46,7 +46,7 @@ from esper.simic.vectorized import run_ppo
 from esper.tamiyo.run_heuristic import run_heuristic, run_host_only
 from esper.tolaria.config import RunConfig, StopRequest
 from esper.tolaria.environment import Fault
-from esper.tolaria.run_common import RunResult, describe_stop
+from esper.tolaria.run_common import RunResult, describe_stop, stop_signal
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -492,9 +492,8 @@ def _train_under_sanctum(config: RunConfig, hub: NissaHub) -> RunResult:
 
 
 def _interrupted_code(exc: BaseException) -> int:
-    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
-        return exc.code
-    return EXIT_INTERRUPTED
+    signum = stop_signal(exc)
+    return EXIT_INTERRUPTED if signum is None else 128 + signum
 
 
 def preflight(args: argparse.Namespace) -> None:

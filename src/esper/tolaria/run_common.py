@@ -116,6 +116,13 @@ def emit_aggregate_epoch(
     )
 
 
+def stop_signal(exc: BaseException) -> int | None:
+    """The signal behind a ``SystemExit(128 + signum)`` raised by a signal handler, else None."""
+    if isinstance(exc, SystemExit) and isinstance(exc.code, int) and exc.code > 128:
+        return exc.code - 128
+    return None
+
+
 def describe_stop(exc: BaseException) -> tuple[str, str]:
     """(status, error) of a run ended by ``exc``: ``interrupted`` for Ctrl-C, a stop request
     or a signal's SystemExit; ``failed`` with the exception's type and message otherwise."""
@@ -123,14 +130,14 @@ def describe_stop(exc: BaseException) -> tuple[str, str]:
         what = str(exc) or "Ctrl-C"
         return "interrupted", f"{type(exc).__name__}: {what}"
     if isinstance(exc, SystemExit):
-        code = exc.code if isinstance(exc.code, int) else 1
-        if code > 128:
-            try:
-                name = signal.Signals(code - 128).name
-            except ValueError:
-                name = f"signal {code - 128}"
-            return "interrupted", f"{name} (exit status {code})"
-        return "interrupted", f"SystemExit({exc.code!r})"
+        signum = stop_signal(exc)
+        if signum is None:
+            return "interrupted", f"SystemExit({exc.code!r})"
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = f"signal {signum}"
+        return "interrupted", f"{name} (exit status {128 + signum})"
     return "failed", f"{type(exc).__name__}: {exc}"
 
 
