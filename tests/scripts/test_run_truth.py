@@ -116,6 +116,34 @@ def test_an_interrupted_run_records_why_exits_130_or_143_and_prints_no_traceback
 
 
 @pytest.mark.slow
+def test_ctrl_c_ends_the_final_scrape_wait_and_keeps_the_runs_own_exit_status(
+    tmp_path: Path,
+) -> None:
+    with subprocess.Popen(
+        [*TRAIN, "heuristic", "--max-epochs", "2", "--metrics-port", "0",
+         "--metrics-linger", "600", "--telemetry-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    ) as proc:  # fmt: skip
+        try:
+            assert proc.stdout is not None
+            lines = []
+            for line in proc.stdout:  # the wait starts after training has finished
+                lines.append(line)
+                if line.startswith("Waiting up to 600 s for a final scrape"):
+                    break
+            start = time.monotonic()
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert time.monotonic() - start < 60
+    assert proc.returncode == 0, err
+    assert "stopped waiting for the final scrape" in err
+    assert "telemetry complete" in out
+    assert _completed(tmp_path)["status"] == "completed"
+
+
+@pytest.mark.slow
 def test_a_killed_run_is_reported_unfinished_by_summarize_and_sanctum(tmp_path: Path) -> None:
     from esper.karn.sanctum.app import run_status
     from esper.scripts.sanctum import load

@@ -557,14 +557,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _finish(args: argparse.Namespace, setup: TelemetrySetup, hub: NissaHub, code: int) -> int:
-    """Deliver and close the telemetry, print the summary, and choose the exit status. A
-    second Ctrl-C or SIGTERM while this runs is ignored: this is what makes the record whole."""
+    """Wait for a final scrape (``--metrics-linger``), then deliver and close the telemetry,
+    print the summary, and choose the exit status.
+
+    The wait is skipped for an interrupted run, and Ctrl-C or SIGTERM ends it (training is
+    over; only the wait is cut short). A failed run waits too, so Prometheus sees how it
+    ended. While the telemetry is closed, further signals are ignored: that is what makes the
+    record whole, and the close is bounded by CLOSE_TIMEOUT_SECONDS.
+    """
+    if setup.prometheus is not None and args.metrics_linger > 0 and code < EXIT_INTERRUPTED:
+        try:
+            hub.flush(CLOSE_TIMEOUT_SECONDS)
+            print(f"Waiting up to {args.metrics_linger:g} s for a final scrape of /metrics "
+                  "(Ctrl-C skips the wait)", flush=True)  # fmt: skip
+            setup.prometheus.wait_for_scrape(args.metrics_linger)
+        except (KeyboardInterrupt, SystemExit):
+            print("esper train: stopped waiting for the final scrape", file=sys.stderr)
     previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        if setup.prometheus is not None and args.metrics_linger > 0 and code == 0:
-            hub.flush(CLOSE_TIMEOUT_SECONDS)
-            print(f"Waiting up to {args.metrics_linger:g} s for a final scrape of /metrics")
-            setup.prometheus.wait_for_scrape(args.metrics_linger)
         hub.close(CLOSE_TIMEOUT_SECONDS)
         complete = print_summary(setup)
     finally:
