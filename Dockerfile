@@ -1,8 +1,12 @@
 # The Esper trainer. CPU by default; the CUDA variant is the same image built with
-#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
-# (PyTorch's CUDA wheels carry their CUDA libraries; the host needs the NVIDIA driver and the
-# NVIDIA container toolkit). docker-compose.yml builds both (the GPU one in the "gpu" profile).
-FROM python:3.11.11-slim-bookworm
+#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu126
+# PyTorch publishes torch==2.13.0 for cpu, cu126 and cu130, and not for cu128 (deprecated with
+# 2.12); deploy/trainer/torch-wheels.toml records this, and a test checks every pin against it.
+# cu126 is chosen for the GPU image because it runs on the widest range of drivers (CUDA 12.x
+# minor-version compatibility, driver >= 525); cu130 needs driver >= 580. PyTorch's CUDA wheels
+# carry their CUDA libraries: the host needs only the NVIDIA driver and the NVIDIA container
+# toolkit. docker-compose.yml builds both (the GPU one in the "demo-gpu" profile).
+FROM python:3.11.14-slim-trixie
 
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu

@@ -130,6 +130,9 @@ def test_every_spec_alert_is_defined_with_summary_description_and_runbook() -> N
         "EsperExplodingGradients", "EsperNaNGradients", "EsperVanishingSeedGradients",
         "EsperEntropyCollapse", "EsperGovernorRollbackStorm", "EsperTrainingStalled",
         "EsperTelemetryDropping", "EsperTelemetryLost", "EsperTrainerDown",
+        "EsperGPUXidError", "EsperGPUThermalThrottling", "EsperGPUPowerThrottling",
+        "EsperGPUMemoryNearlyFull", "EsperGPUIdle",
+        "EsperCollectorDown", "EsperTraceExportFailing", "EsperAlertDeliveryFailing",
     }  # fmt: skip
     for name, rule in rules.items():
         assert {"summary", "description", "runbook"} <= set(rule["annotations"]), name

@@ -269,15 +269,102 @@ def throughput() -> db.Dashboard:
     )  # fmt: skip
 
 
+G = 'Hostname=~"$host", gpu=~"$gpu"'  # DCGM series: the chosen hosts and GPUs
+MIB = 1048576  # DCGM reports framebuffer memory in MiB
+
+
+def gpu_health() -> db.Dashboard:
+    """GPU health from NVIDIA's dcgm-exporter (labels Hostname, gpu, UUID), beside the
+    trainer's own CUDA memory (joined on UUID)."""
+    d = (
+        db.Dashboard("Esper / GPU health").uid("esper-gpu").tags(["esper", "generated"])
+        .description("Utilisation, memory, power, temperature, clocks, throttling, XID and ECC "
+                     "errors of every GPU (dcgm-exporter, compose profile gpu), and the memory "
+                     "the trainers hold on them.")
+        .refresh("10s").time("now-1h", "now").timezone("browser").editable()
+        .links([db.DashboardLink("Esper dashboards").type(DashboardLinkType.DASHBOARDS)
+                .tags(["esper"]).as_dropdown(True).include_vars(True).keep_time(True)])
+        .with_variable(_variable("host", "Host", "label_values(DCGM_FI_DEV_GPU_UTIL, Hostname)"))
+        .with_variable(_variable(
+            "gpu", "GPU", 'label_values(DCGM_FI_DEV_GPU_UTIL{Hostname=~"$host"}, gpu)'))
+        .with_variable(_variable(
+            "instance", "Trainer", "label_values(esper_cuda_memory_reserved_bytes, instance)"))
+    )  # fmt: skip
+    legend = "{{Hostname}} gpu {{gpu}}"
+    return (
+        d.with_row(db.Row("Load"))
+        .with_panel(_ts("Utilisation", "percent",
+                        [(f"DCGM_FI_DEV_GPU_UTIL{{{G}}}", legend)],
+                        "Share of time a kernel ran. Low while epochs advance: EsperGPUIdle."))
+        .with_panel(_ts("Memory used", "bytes",
+                        [(f"DCGM_FI_DEV_FB_USED{{{G}}} * {MIB}", f"used {legend}"),
+                         (f"(DCGM_FI_DEV_FB_USED{{{G}}} + DCGM_FI_DEV_FB_FREE{{{G}}}) * {MIB}",
+                          f"total {legend}")],
+                        "Framebuffer memory in use by every process on the GPU."))
+        .with_panel(_ts("Power", "watt", [(f"DCGM_FI_DEV_POWER_USAGE{{{G}}}", legend)]))
+        .with_panel(_ts("Temperature", "celsius",
+                        [(f"DCGM_FI_DEV_GPU_TEMP{{{G}}}", f"core {legend}"),
+                         (f"DCGM_FI_DEV_MEMORY_TEMP{{{G}}}", f"memory {legend}")]))
+        .with_row(db.Row("Clocks and throttling"))
+        .with_panel(_ts("SM clock", "rotmhz", [(f"DCGM_FI_DEV_SM_CLOCK{{{G}}}", legend)]))
+        .with_panel(_ts("Time throttled", "percentunit",
+                        [(f"rate(DCGM_FI_DEV_THERMAL_VIOLATION{{{G}}}[{RATE}]) / 1e6",
+                          f"thermal {legend}"),
+                         (f"rate(DCGM_FI_DEV_POWER_VIOLATION{{{G}}}[{RATE}]) / 1e6",
+                          f"power {legend}")],
+                        "Share of time the clocks were held down (DCGM violation counters)."))
+        .with_panel(_ts("Clock event reasons", "none",
+                        [(f"DCGM_FI_DEV_CLOCKS_EVENT_REASONS{{{G}}}", legend)],
+                        "NVML bitmask: 0x4 software power cap, 0x8 hardware slowdown, 0x20 "
+                        "software thermal, 0x40 hardware thermal, 0x80 power brake; 0x1 idle."))
+        .with_row(db.Row("Errors"))
+        .with_panel(_stat("Last XID error", "none",
+                          [(f"max by (Hostname, gpu) (DCGM_FI_DEV_XID_ERRORS{{{G}}})", legend)],
+                          "0 when none; otherwise the last XID (EsperGPUXidError)."))
+        .with_panel(_stat("ECC errors (1h)", "none",
+                          [(f"sum by (Hostname, gpu) (increase(DCGM_FI_DEV_ECC_SBE_VOL_TOTAL{{{G}}}[1h]))",
+                            f"single-bit {legend}"),
+                           (f"sum by (Hostname, gpu) (increase(DCGM_FI_DEV_ECC_DBE_VOL_TOTAL{{{G}}}[1h]))",
+                            f"double-bit {legend}")]))
+        .with_panel(_stat("Remapped rows", "none",
+                          [(f"DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS{{{G}}}",
+                            f"uncorrectable {legend}"),
+                           (f"DCGM_FI_DEV_ROW_REMAP_FAILURE{{{G}}}", f"remap failed {legend}")]))
+        .with_panel(_stat("PCIe replays (1h)", "none",
+                          [(f"increase(DCGM_FI_DEV_PCIE_REPLAY_COUNTER{{{G}}}[1h])", legend)]))
+        .with_row(db.Row("The trainers' memory"))
+        .with_panel(_ts("Trainer CUDA memory", "bytes",
+                        [(f"esper_cuda_memory_allocated_bytes{{{I}}}",
+                          "allocated {{instance}} {{device}}"),
+                         (f"esper_cuda_memory_reserved_bytes{{{I}}}",
+                          "reserved {{instance}} {{device}}"),
+                         (f"esper_cuda_memory_peak_allocated_bytes{{{I}}}",
+                          "peak {{instance}} {{device}}")],
+                        "From torch's caching allocator in each trainer (CUDA only)."))
+        .with_panel(_ts("Trainer share of the GPU's memory", "percentunit",
+                        [(f"sum by (UUID) (esper_cuda_memory_reserved_bytes{{{I}}}) / on (UUID) "
+                          f"max by (UUID) (DCGM_FI_DEV_FB_USED{{{G}}} * {MIB})", "{{UUID}}")],
+                        "Reserved by the trainers over used by every process (joined on UUID); "
+                        "far below 1 means another process holds the GPU (CUDA only)."))
+        .with_panel(_stat("CUDA out-of-memory errors", "none",
+                          [(f"sum by (instance) (esper_cuda_oom_total{{{I}}})", "{{instance}}")],
+                          "Raised by the caching allocator in each trainer (CUDA only)."))
+    )  # fmt: skip
+
+
 DASHBOARDS: dict[str, Callable[[], db.Dashboard]] = {
     "esper-overview.json": training_overview,
     "esper-ppo.json": ppo_health,
     "esper-seeds.json": seed_lifecycle,
     "esper-throughput.json": throughput,
+    "esper-gpu.json": gpu_health,
 }
 """File name under dashboards/ -> the function that builds it."""
 
 REQUIRES_CUDA = "CUDA only"
+GPU_DASHBOARD = "esper-gpu.json"
+"""Its panels need dcgm-exporter and CUDA: tests/karn/test_gpu_dashboard.py answers them from
+DCGM-shaped series and the exporter's CUDA gauges."""
 REQUIRES_FAULT = "Needs a"
 
 

@@ -55,6 +55,13 @@ THROUGHPUT = "ANALYTICS_SNAPSHOT:throughput"
 MASKS = "ANALYTICS_SNAPSHOT:mask_hit_rates"
 BATCH = "BATCH_EPOCH_COMPLETED"
 
+CUDA_STATS = "torch.cuda.memory_stats(device) at scrape time"
+"""The source of the per-process CUDA memory metrics (host-side allocator counts, no sync)."""
+CUDA_LABELS = ("device", "gpu", "UUID")
+"""``device`` is torch's name (cuda:0); ``gpu`` and ``UUID`` are dcgm-exporter's labels for the
+same GPU, so the trainer's series join with DCGM's (``on (UUID)`` always matches; ``gpu`` is
+the NVML index when CUDA_VISIBLE_DEVICES lists indices, else torch's index)."""
+
 HUB_STATS = "hub stats at scrape time"
 """The source of the metrics read from the hub's own counts (not from an event field)."""
 
@@ -156,11 +163,18 @@ METRICS: tuple[MetricSpec, ...] = (
                "Counterfactual baselines that could not be measured.", ("reason",), "",
                "COUNTERFACTUAL_COMPUTED.reason"),
     MetricSpec("esper_cuda_memory_allocated_bytes", G,
-               "CUDA memory allocated by tensors (read at scrape; CUDA only).", ("device",),
-               "bytes", ""),
+               "CUDA memory this process holds in tensors (read at scrape; CUDA only).",
+               CUDA_LABELS, "bytes", f"{CUDA_STATS}: allocated_bytes.all.current"),
     MetricSpec("esper_cuda_memory_reserved_bytes", G,
-               "CUDA memory reserved by the caching allocator (read at scrape; CUDA only).",
-               ("device",), "bytes", ""),
+               "CUDA memory this process's caching allocator reserved (read at scrape; CUDA "
+               "only).", CUDA_LABELS, "bytes", f"{CUDA_STATS}: reserved_bytes.all.current"),
+    MetricSpec("esper_cuda_memory_peak_allocated_bytes", G,
+               "Most CUDA memory this process held in tensors at once since it started (read "
+               "at scrape; CUDA only).", CUDA_LABELS, "bytes",
+               f"{CUDA_STATS}: allocated_bytes.all.peak"),
+    MetricSpec("esper_cuda_oom_total", C,
+               "CUDA out-of-memory errors the caching allocator raised in this process (read "
+               "at scrape; CUDA only).", CUDA_LABELS, "errors", f"{CUDA_STATS}: num_ooms"),
 )  # fmt: skip
 
 METRICS_BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}

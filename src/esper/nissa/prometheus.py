@@ -139,21 +139,83 @@ class _Response:
         self._done()
 
 
-class _CudaCollector(Collector):
-    """Device memory gauges, read at scrape time (no synchronisation)."""
+class CudaStatsSource:
+    """Where the CUDA gauges come from: torch's caching allocator, per visible device.
 
-    def collect(self) -> Iterator[Metric]:
+    Nothing here synchronises with a device: ``memory_stats`` reads host-side counts. Nothing
+    is read until the process itself has initialised CUDA, so a scrape never creates a CUDA
+    context (hundreds of MB on every GPU) in a process that trains on the CPU.
+    """
+
+    def __init__(self) -> None:
+        self._identity: dict[int, tuple[str, str, str]] = {}
+
+    def ready(self) -> bool:
         import torch  # noqa: PLC0415 - only when CUDA is present
 
-        allocated = METRICS_BY_NAME["esper_cuda_memory_allocated_bytes"]
-        reserved = METRICS_BY_NAME["esper_cuda_memory_reserved_bytes"]
-        fa = GaugeMetricFamily(allocated.name, allocated.help, labels=["device"])
-        fr = GaugeMetricFamily(reserved.name, reserved.help, labels=["device"])
-        for i in range(torch.cuda.device_count()):
-            fa.add_metric([f"cuda:{i}"], torch.cuda.memory_allocated(i))
-            fr.add_metric([f"cuda:{i}"], torch.cuda.memory_reserved(i))
-        yield fa
-        yield fr
+        return bool(torch.cuda.is_initialized())  # type: ignore[no-untyped-call]
+
+    def device_count(self) -> int:
+        import torch  # noqa: PLC0415
+
+        return int(torch.cuda.device_count())
+
+    def memory_stats(self, index: int) -> dict[str, Any]:
+        import torch  # noqa: PLC0415
+
+        return dict(torch.cuda.memory_stats(index))
+
+    def identity(self, index: int) -> tuple[str, str, str]:
+        """The labels (device, gpu, UUID) of torch's device ``index``."""
+        if index not in self._identity:
+            import torch  # noqa: PLC0415
+
+            uuid = str(getattr(torch.cuda.get_device_properties(index), "uuid", "") or "")
+            self._identity[index] = cuda_identity(
+                index, uuid, os.environ.get("CUDA_VISIBLE_DEVICES")
+            )
+        return self._identity[index]
+
+
+def cuda_identity(index: int, uuid: str, visible: str | None) -> tuple[str, str, str]:
+    """The labels (device, gpu, UUID) of torch's CUDA device ``index``, spelt as dcgm-exporter
+    spells the GPU: ``UUID`` as ``GPU-<uuid>``, ``gpu`` as the NVML index, known when
+    ``CUDA_VISIBLE_DEVICES`` is absent or lists indices (a UUID list leaves only the UUID)."""
+    if uuid and not uuid.startswith(("GPU-", "MIG-")):
+        uuid = f"GPU-{uuid}"
+    gpu = str(index)
+    if visible is not None and visible.strip():
+        entries = [v.strip() for v in visible.split(",")]
+        gpu = entries[index] if index < len(entries) and entries[index].isdigit() else ""
+    return f"cuda:{index}", gpu, uuid
+
+
+class _CudaCollector(Collector):
+    """The process's CUDA memory, read from the allocator at scrape time (no synchronisation)."""
+
+    _FIELDS = (
+        ("esper_cuda_memory_allocated_bytes", "allocated_bytes.all.current"),
+        ("esper_cuda_memory_reserved_bytes", "reserved_bytes.all.current"),
+        ("esper_cuda_memory_peak_allocated_bytes", "allocated_bytes.all.peak"),
+        ("esper_cuda_oom_total", "num_ooms"),
+    )
+
+    def __init__(self, source: CudaStatsSource | None = None) -> None:
+        self._source = source if source is not None else CudaStatsSource()
+
+    def collect(self) -> Iterator[Metric]:
+        families = []
+        for name, _ in self._FIELDS:
+            spec = METRICS_BY_NAME[name]
+            cls = CounterMetricFamily if spec.kind is MetricKind.COUNTER else GaugeMetricFamily
+            families.append(cls(spec.family, spec.help, labels=list(spec.labels)))
+        if self._source.ready():
+            for index in range(self._source.device_count()):
+                stats = self._source.memory_stats(index)
+                labels = list(self._source.identity(index))
+                for family, (_, key) in zip(families, self._FIELDS, strict=True):
+                    family.add_metric(labels, float(stats.get(key, 0)))
+        yield from families
 
 
 def _cuda_available() -> bool:
@@ -173,7 +235,7 @@ class PrometheusOutput(OutputBackend):
         registry: CollectorRegistry | None = None,
         *,
         hub_stats: Callable[[], HubStats] | None = None,
-        cuda: bool | None = None,
+        cuda: bool | CudaStatsSource | None = None,
     ) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         self._lock = threading.Lock()  # the hub lane and direct callers may both emit
@@ -194,7 +256,9 @@ class PrometheusOutput(OutputBackend):
         if hub_stats is not None:
             self.registry.register(_HubCollector(hub_stats))
         self._scrapes: _ScrapeTracker | None = None
-        if cuda if cuda is not None else _cuda_available():
+        if isinstance(cuda, CudaStatsSource):
+            self.registry.register(_CudaCollector(cuda))
+        elif cuda if cuda is not None else _cuda_available():
             self.registry.register(_CudaCollector())
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
         self._seed_stages: dict[tuple[int, str], str] = {}

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import fcntl
 import ipaddress
 import re
+import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +87,31 @@ def host_address(text: str) -> str:
         if not re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,252})", text):
             raise argparse.ArgumentTypeError(f"not an IP address or hostname: {text!r}") from None
     return text
+
+
+def interface_ipv4(name: str) -> str | None:
+    """The IPv4 address of this host's network interface ``name`` (Linux), or None when there
+    is no such interface or it has no IPv4 address."""
+    if name not in {n for _, n in socket.if_nameindex()}:
+        return None
+    siocgifaddr = 0x8915
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            packed = fcntl.ioctl(s.fileno(), siocgifaddr, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return None
+    return socket.inet_ntoa(packed[20:24])
+
+
+def bind_address(text: str) -> str:
+    """An address to bind to: an IP address, a hostname, or the name of one of this host's
+    network interfaces (``docker0``: the Docker bridge), which stands for its IPv4 address."""
+    if text.isidentifier() or re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,14}", text):
+        if (address := interface_ipv4(text)) is not None:
+            return address
+        if text in {n for _, n in socket.if_nameindex()}:
+            raise argparse.ArgumentTypeError(f"network interface {text!r} has no IPv4 address")
+    return host_address(text)
 
 
 def http_url(text: str) -> str:

@@ -169,9 +169,11 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--metrics-addr",
-        type=at.host_address,
+        type=at.bind_address,
         default="127.0.0.1",
-        help="address /metrics binds to",
+        help="address /metrics binds to: an IP address, a host name, or a network interface "
+        "such as docker0 (its IPv4 address: reachable from the host's containers, not the "
+        "network)",
     )
     t.add_argument(
         "--metrics-port",
