@@ -1,0 +1,218 @@
+"""The documented "job on the host, stack in compose" path, with the shipped configs.
+
+A real ``esper train ppo`` on this host registers itself the way the README tells a host job
+to (``--metrics-sd-dir`` into the directory compose bind-mounts into Prometheus); a real
+Prometheus runs the shipped ``prometheus.yml`` with its container paths mapped to the host
+sources of compose's mounts, scrapes the run, and evaluates the shipped alert rules; a real
+Alertmanager runs the shipped ``alertmanager.yml`` with its secret given the documented way (the
+URL in ``secrets/chat_webhook_url``) and delivers the run's critical alert to a chat webhook on
+loopback.
+
+Only three things differ from a compose deployment, each because no Docker engine runs here:
+the target names 127.0.0.1 instead of host.docker.internal, compose service names
+(alertmanager:9093) are this test's loopback ports, and the intervals are 1 s instead of 5 to
+15 s so the test does not wait minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from tests._stack import DEPLOY, REPO, _process, free_port, query, wait_until
+
+pytestmark = pytest.mark.slow
+
+SECRETS = "/etc/alertmanager/secrets"
+
+
+class ChatWebhook:
+    """A Slack-compatible incoming webhook on loopback that records every message."""
+
+    def __init__(self) -> None:
+        self.messages: list[dict[str, Any]] = []
+        self._cond = threading.Condition()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                with outer._cond:
+                    outer.messages.append(json.loads(body))
+                    outer._cond.notify_all()
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T0/B0/secret"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def wait_for(self, text: str, timeout: float) -> dict[str, Any]:
+        def found() -> dict[str, Any] | None:
+            return next((m for m in self.messages if text in json.dumps(m)), None)
+
+        with self._cond:
+            if not self._cond.wait_for(lambda: found() is not None, timeout):
+                raise AssertionError(f"no message with {text!r} in {timeout} s: {self.messages}")
+            message = found()
+            assert message is not None
+            return message
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class HostStack:
+    prometheus: str
+    chat: ChatWebhook
+    targets: Path
+    train: subprocess.CompletedProcess[str]
+    registered: list[dict[str, Any]]
+
+
+def _compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((REPO / "docker-compose.yml").read_text()))
+
+
+def _shipped_alertmanager(tmp: Path, secrets: Path) -> Path:
+    compose = _compose()["services"]["alertmanager"]
+    assert any(v.endswith(f":{SECRETS}:ro") for v in compose["volumes"])
+    text = (DEPLOY / "alertmanager" / "alertmanager.yml").read_text().replace(SECRETS, str(secrets))
+    (tmp / "alertmanager.yml").write_text(text)
+    return tmp / "alertmanager.yml"
+
+
+def _shipped_prometheus(tmp: Path, targets: Path, am_port: int) -> Path:
+    """deploy/prometheus/prometheus.yml with each container path mapped to its mount's host
+    source, compose service names to loopback, and 1 s intervals."""
+    service = _compose()["services"]["prometheus"]
+    text = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
+    for volume in service["volumes"]:
+        source, target = volume.rsplit(":", 2)[0].rsplit(":", 1)[0], volume.split(":")[-2]
+        if target == "/etc/prometheus/targets":
+            text = text.replace(target + "/", f"{targets}/")  # stands for ./targets
+        elif target == "/etc/prometheus/demo-targets":
+            (tmp / "demo-targets").mkdir()
+            text = text.replace(target + "/", f"{tmp / 'demo-targets'}/")
+        elif source.startswith("./"):
+            text = text.replace(target, str(REPO / source))
+    text = text.replace("alertmanager:9093", f"127.0.0.1:{am_port}")
+    config = yaml.safe_load(text)
+    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    for job in config["scrape_configs"]:
+        job.pop("scrape_interval", None)
+        for sd in job.get("file_sd_configs", []):
+            sd["refresh_interval"] = "1s"
+    (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
+    return tmp / "prometheus.yml"
+
+
+@pytest.fixture(scope="module")
+def host_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostStack]:
+    tmp = tmp_path_factory.mktemp("host")
+    targets, secrets = tmp / "targets", tmp / "secrets"
+    targets.mkdir()
+    secrets.mkdir()
+    chat = ChatWebhook()
+    (secrets / "chat_webhook_url").write_text(chat.url + "\n")  # the documented way
+    am_port, prom_port = free_port(), free_port()
+    am_cmd = [
+        "prometheus-alertmanager", f"--config.file={_shipped_alertmanager(tmp, secrets)}",
+        f"--storage.path={tmp / 'am-data'}", f"--web.listen-address=127.0.0.1:{am_port}",
+        "--cluster.listen-address=",
+    ]  # fmt: skip
+    base = f"http://127.0.0.1:{prom_port}"
+    prom_cmd = [
+        "prometheus", f"--config.file={_shipped_prometheus(tmp, targets, am_port)}",
+        f"--storage.tsdb.path={tmp / 'prom-data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
+        "--rules.alert.resend-delay=1s",
+    ]  # fmt: skip
+    registered: list[dict[str, Any]] = []
+    try:
+        with (
+            _process(am_cmd, tmp / "am.log", f"http://127.0.0.1:{am_port}/-/ready", "Alertmanager"),
+            _process(prom_cmd, tmp / "prom.log", f"{base}/-/ready", "Prometheus"),
+        ):
+            job = subprocess.Popen(
+                [sys.executable, "-m", "esper.scripts.train", "ppo", "--n-envs", "2",
+                 "--episodes", "4", "--max-epochs", "10", "--seed", "3",
+                 "--inject-fault", "exploding-gradients@4",
+                 "--metrics-addr", "lo", "--metrics-port", "0",
+                 "--metrics-sd-dir", str(targets), "--metrics-sd-host", "127.0.0.1",
+                 "--metrics-linger", "30", "--telemetry-dir", str(tmp / "runs")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            )  # fmt: skip
+            # While it runs, its target is in the bind-mounted directory.
+            wait_until(lambda: any(targets.glob("*.json")) or job.poll() is not None, 120,
+                       "the host job's target file")  # fmt: skip
+            for path in targets.glob("*.json"):
+                registered.extend(json.loads(path.read_text()))
+            stdout, stderr = job.communicate(timeout=600)
+            train = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
+            assert train.returncode == 0, stderr
+            yield HostStack(base, chat, targets, train, registered)
+    finally:
+        chat.close()
+
+
+def test_the_host_job_registers_through_the_bind_mounted_directory(host_stack: HostStack) -> None:
+    (entry,) = host_stack.registered
+    (target,) = entry["targets"]
+    assert target.startswith("127.0.0.1:")
+    assert entry["labels"]["mode"] == "ppo"
+    # A finished run removes its target.
+    assert list(host_stack.targets.glob("*.json")) == []
+
+
+def test_prometheus_scraped_the_host_job_with_the_shipped_config(host_stack: HostStack) -> None:
+    (target,) = host_stack.registered[0]["targets"]
+    up = query(
+        host_stack.prometheus, f'max_over_time(up{{job="esper-trainer",instance="{target}"}}[10m])'
+    )
+    assert [float(r["value"][1]) for r in up] == [1.0]
+    episodes = query(host_stack.prometheus, "max_over_time(esper_episodes_completed_total[10m])")
+    assert [float(r["value"][1]) for r in episodes] == [4.0]
+    assert episodes[0]["metric"]["run_id"] == host_stack.registered[0]["labels"]["run_id"]
+
+
+def test_a_critical_alert_reaches_the_chat_webhook_through_the_shipped_alertmanager_config(
+    host_stack: HostStack,
+) -> None:
+    message = host_stack.chat.wait_for("EsperExplodingGradients", timeout=120)
+    (attachment,) = message["attachments"]
+    assert re.match(r"\[FIRING:\d+\] EsperExplodingGradients \(critical\)", attachment["title"])
+    assert "Exploding gradients in host" in attachment["text"]
+    assert "Runbook:" in attachment["text"]
+
+
+def test_alertmanager_counts_the_delivery_and_no_failure(host_stack: HostStack) -> None:
+    """Prometheus scrapes Alertmanager (the shipped alertmanager job): the delivery is counted,
+    and nothing failed, so EsperAlertDeliveryFailing stays quiet."""
+    host_stack.chat.wait_for("EsperExplodingGradients", timeout=120)
+
+    def sent() -> float:
+        promql = 'sum(alertmanager_notifications_total{job="alertmanager",integration="slack"})'
+        r = query(host_stack.prometheus, promql)
+        return float(r[0]["value"][1]) if r else 0.0
+
+    wait_until(lambda: sent() >= 1, 60, "Prometheus to see Alertmanager's sent notification")
+    failed = query(host_stack.prometheus,
+                   'sum(alertmanager_notifications_failed_total{job="alertmanager"})')  # fmt: skip
+    assert [float(r["value"][1]) for r in failed] == [0.0]
