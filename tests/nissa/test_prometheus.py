@@ -23,10 +23,17 @@ from esper.leyline import (
     make_event,
 )
 from esper.nissa import NissaHub
-from esper.nissa._metric_catalogue import HUB_STATS, METRICS, MetricKind, render_metrics_markdown
+from esper.nissa._metric_catalogue import (
+    CUDA_STATS,
+    HUB_STATS,
+    METRICS,
+    MetricKind,
+    render_metrics_markdown,
+)
 from esper.nissa.prometheus import (
     _READ_AT_SCRAPE,
     PrometheusOutput,
+    _CudaCollector,
     families,
     process_start_ticks,
 )
@@ -71,6 +78,10 @@ def test_every_metric_source_is_a_catalogue_field() -> None:
             continue
         if m.source.startswith(HUB_STATS):  # read from the hub's counts when scraped
             assert m.name in _READ_AT_SCRAPE, m.name
+            continue
+        if m.source.startswith(CUDA_STATS):  # read from torch's allocator when scraped
+            key = m.source.removeprefix(f"{CUDA_STATS}: ")
+            assert (m.name, key) in _CudaCollector._FIELDS, m.name
             continue
         where, _, field = m.source.partition(".")
         event, _, variant = where.partition(":")
