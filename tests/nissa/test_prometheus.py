@@ -25,6 +25,8 @@ from esper.leyline import (
 from esper.nissa import NissaHub
 from esper.nissa._metric_catalogue import (
     CUDA_STATS,
+    EVENT_COUNT,
+    EVENT_TIME,
     HUB_STATS,
     METRICS,
     MetricKind,
@@ -78,6 +80,11 @@ def test_every_metric_source_is_a_catalogue_field() -> None:
             continue
         if m.source.startswith(HUB_STATS):  # read from the hub's counts when scraped
             assert m.name in _READ_AT_SCRAPE, m.name
+            continue
+        if m.source.endswith((f" {EVENT_COUNT}", f" {EVENT_TIME}")):  # no payload field
+            where = m.source.rsplit(" (", 1)[0]
+            event, _, variant = where.partition(":")
+            assert (event, variant or None) in fields, m.name
             continue
         if m.source.startswith(CUDA_STATS):  # read from torch's allocator when scraped
             key = m.source.removeprefix(f"{CUDA_STATS}: ")

@@ -62,6 +62,11 @@ CUDA_LABELS = ("device", "gpu", "UUID")
 same GPU, so the trainer's series join with DCGM's (``on (UUID)`` always matches; ``gpu`` is
 the NVML index when CUDA_VISIBLE_DEVICES lists indices, else torch's index)."""
 
+EVENT_COUNT = "(counts the events)"
+EVENT_TIME = "(the event's timestamp)"
+"""Sources that read no payload field: ``EVENT_TYPE[:variant] (counts the events)`` and
+``EVENT_TYPE[:variant] (the event's timestamp)``."""
+
 HUB_STATS = "hub stats at scrape time"
 """The source of the metrics read from the hub's own counts (not from an event field)."""
 
@@ -78,7 +83,7 @@ METRICS: tuple[MetricSpec, ...] = (
                "dead OTLP collector never received.", ("backend",), "items",
                f"{HUB_STATS}: BackendStats.lost"),
     MetricSpec("esper_ppo_updates_total", C, "PPO updates done (one per event).", (), "updates",
-               f"{PPO}.batch"),
+               f"{PPO} {EVENT_COUNT}"),
     MetricSpec("esper_ppo_update_duration_seconds", H, "Wall time of a PPO update.", (), "s",
                f"{PPO}.update_time_ms", UPDATE_BUCKETS),
     MetricSpec("esper_ppo_grad_norm", G, "Policy gradient L2 norm before clipping.", (), "",
@@ -133,7 +138,7 @@ METRICS: tuple[MetricSpec, ...] = (
                "epochs", f"{EPOCH_ENV}.inner_epoch"),
     MetricSpec("esper_last_progress_timestamp_seconds", G,
                "Unix time of the last completed host epoch (any env).", (), "s",
-               f"{EPOCH_ENV}.inner_epoch"),
+               f"{EPOCH_ENV} {EVENT_TIME}"),
     MetricSpec("esper_host_grad_norm", G, "Host gradient L2 norm (worst step of the epoch).",
                ("env_id",), "", f"{EPOCH_ENV}.host_grad_norm"),
     MetricSpec("esper_seed_germinated_total", C, "Seeds germinated.", ("slot_id", "blueprint_id"),
