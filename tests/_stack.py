@@ -67,30 +67,58 @@ class Stack:
     finished: float
 
 
-class Webhook:
-    """An Alertmanager webhook receiver on loopback that records every alert it is sent."""
+class JsonReceiver:
+    """An HTTP endpoint on loopback that records the JSON body of every POST it is sent."""
+
+    path = "/"
 
     def __init__(self) -> None:
-        self.alerts: list[dict[str, Any]] = []
+        self.bodies: list[dict[str, Any]] = []
         self._cond = threading.Condition()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                payload = json.loads(body)
                 with outer._cond:
-                    outer.alerts.extend(payload.get("alerts", []))
+                    outer.bodies.append(json.loads(body))
                     outer._cond.notify_all()
                 self.send_response(200)
                 self.end_headers()
+                self.wfile.write(b"ok")
 
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/alerts"
+        self.url = f"http://127.0.0.1:{self.server.server_port}{self.path}"
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def first(
+        self, pick: Callable[[], dict[str, Any] | None], timeout: float, failure: Callable[[], str]
+    ) -> dict[str, Any]:
+        """What ``pick`` finds in the bodies received; fails with ``failure()`` after
+        ``timeout`` seconds."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: pick() is not None, timeout):
+                raise AssertionError(failure())
+            found = pick()
+            assert found is not None
+            return found
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Webhook(JsonReceiver):
+    """An Alertmanager webhook receiver on loopback that records every alert it is sent."""
+
+    path = "/alerts"
+
+    @property
+    def alerts(self) -> list[dict[str, Any]]:
+        return [a for body in self.bodies for a in body.get("alerts", [])]
 
     def wait_for(self, alertname: str, timeout: float) -> dict[str, Any]:
         """The first alert received with this name; fails after ``timeout`` seconds."""
@@ -98,17 +126,11 @@ class Webhook:
         def found() -> dict[str, Any] | None:
             return next((a for a in self.alerts if a["labels"]["alertname"] == alertname), None)
 
-        with self._cond:
-            if not self._cond.wait_for(lambda: found() is not None, timeout):
-                names = sorted({a["labels"]["alertname"] for a in self.alerts})
-                raise AssertionError(f"{alertname} not delivered in {timeout} s (got {names})")
-            alert = found()
-            assert alert is not None
-            return alert
+        def failure() -> str:
+            names = sorted({a["labels"]["alertname"] for a in self.alerts})
+            return f"{alertname} not delivered in {timeout} s (got {names})"
 
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return self.first(found, timeout, failure)
 
 
 @contextmanager

@@ -20,62 +20,33 @@ import json
 import re
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests._stack import DEPLOY, REPO, _process, free_port, query, wait_until
+from tests._stack import DEPLOY, REPO, JsonReceiver, _process, free_port, query, wait_until
 
 pytestmark = pytest.mark.slow
 
 SECRETS = "/etc/alertmanager/secrets"
 
 
-class ChatWebhook:
+class ChatWebhook(JsonReceiver):
     """A Slack-compatible incoming webhook on loopback that records every message."""
 
-    def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
-        self._cond = threading.Condition()
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
-                with outer._cond:
-                    outer.messages.append(json.loads(body))
-                    outer._cond.notify_all()
-                self.send_response(200)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, format: str, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_port}/services/T0/B0/secret"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+    path = "/services/T0/B0/secret"
 
     def wait_for(self, text: str, timeout: float) -> dict[str, Any]:
         def found() -> dict[str, Any] | None:
-            return next((m for m in self.messages if text in json.dumps(m)), None)
+            return next((m for m in self.bodies if text in json.dumps(m)), None)
 
-        with self._cond:
-            if not self._cond.wait_for(lambda: found() is not None, timeout):
-                raise AssertionError(f"no message with {text!r} in {timeout} s: {self.messages}")
-            message = found()
-            assert message is not None
-            return message
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        return self.first(
+            found, timeout, lambda: f"no message with {text!r} in {timeout} s: {self.bodies}"
+        )
 
 
 @dataclass

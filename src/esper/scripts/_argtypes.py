@@ -90,10 +90,8 @@ def host_address(text: str) -> str:
 
 
 def interface_ipv4(name: str) -> str | None:
-    """The IPv4 address of this host's network interface ``name`` (Linux), or None when there
-    is no such interface or it has no IPv4 address."""
-    if name not in {n for _, n in socket.if_nameindex()}:
-        return None
+    """The IPv4 address of this host's network interface ``name`` (Linux), or None when it has
+    none."""
     siocgifaddr = 0x8915
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         try:
@@ -106,11 +104,11 @@ def interface_ipv4(name: str) -> str | None:
 def bind_address(text: str) -> str:
     """An address to bind to: an IP address, a hostname, or the name of one of this host's
     network interfaces (``docker0``: the Docker bridge), which stands for its IPv4 address."""
-    if text.isidentifier() or re.fullmatch(r"[A-Za-z][A-Za-z0-9_.-]{0,14}", text):
-        if (address := interface_ipv4(text)) is not None:
-            return address
-        if text in {n for _, n in socket.if_nameindex()}:
+    if text in {name for _, name in socket.if_nameindex()}:
+        address = interface_ipv4(text)
+        if address is None:
             raise argparse.ArgumentTypeError(f"network interface {text!r} has no IPv4 address")
+        return address
     return host_address(text)
 
 
