@@ -50,7 +50,8 @@ def _load(out: PrometheusOutput) -> list[Event]:
               action_counts={"WAIT": 3, "GERMINATE": 1}, success_counts={"WAIT": 3}),
     ]  # fmt: skip
     seed = {"stage": "BLENDING", "blueprint_id": "norm", "alpha": 0.5, "accuracy_delta": 1.0,
-            "epochs_in_stage": 2, "gradient_norm": 0.3, "gradient_health": 0.9,
+            "epochs_in_stage": 2, "gradient_norm": 0.3, "gradient_total_norm": 1.2,
+            "gradient_health": 0.9,
             "has_vanishing": False, "has_exploding": False}  # fmt: skip
     for env in range(N_ENVS):
         events.append(_full((ET.EPOCH_COMPLETED, "env"), env_id=env,

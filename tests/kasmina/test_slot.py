@@ -195,6 +195,7 @@ def test_sync_telemetry_copies_state_into_seed_telemetry() -> None:
     slot = _slot([])
     state = slot.germinate("conv_light", "s", val_accuracy=50.0)
     _walk_to(slot, SeedStage.BLENDING, acc=55.0)
+    slot.end_epoch(57.0, HEALTHY, counterfactual=1.0)  # one epoch into BLENDING, +2 points
     t = state.sync_telemetry(3.5, 0.9, False, True, epoch=4, max_epochs=20)
     assert (t.seed_id, t.blueprint_id, t.layer_id) == ("s", "conv_light", "mid")
     assert (t.gradient_norm, t.gradient_health, t.has_vanishing, t.has_exploding) == (
@@ -203,10 +204,12 @@ def test_sync_telemetry_copies_state_into_seed_telemetry() -> None:
         False,
         True,
     )
+    # accuracy_delta is the progress of the current stage (plan 003), not since germination.
     assert (t.accuracy, t.accuracy_delta, t.stage, t.alpha) == (
-        55.0,
-        5.0,
+        57.0,
+        2.0,
         int(SeedStage.BLENDING),
         state.alpha,
     )
-    assert (t.epochs_in_stage, t.epoch, t.max_epochs) == (state.epochs_in_stage, 4, 20)
+    assert state.metrics.accuracy_delta == 7.0
+    assert (t.epochs_in_stage, t.epoch, t.max_epochs) == (1, 4, 20)

@@ -144,6 +144,7 @@ def test_events_become_metrics() -> None:
             "accuracy_delta": 1.0,
             "epochs_in_stage": 2,
             "gradient_norm": 0.3,
+            "gradient_total_norm": 1.2,
             "gradient_health": 0.9,
             "has_vanishing": False,
             "has_exploding": False,
@@ -195,6 +196,8 @@ def test_events_become_metrics() -> None:
     assert _value(r, "esper_ppo_entropy_collapsed") == 1.0
     assert _value(r, "esper_env_val_accuracy", env_id="1") == pytest.approx(0.91)
     assert _value(r, "esper_seed_alpha", env_id="1", slot_id="mid") == 0.5
+    assert _value(r, "esper_seed_gradient_norm", env_id="1", slot_id="mid") == 0.3
+    assert _value(r, "esper_seed_gradient_total_norm", env_id="1", slot_id="mid") == 1.2
     assert _value(r, "esper_seeds", stage="BLENDING") == 1
     assert _value(r, "esper_env_step_duration_seconds_bucket", env_id="1", le="0.25") == 1
     assert _value(r, "esper_action_mask_hit_ratio", head="op") == 0.75
@@ -216,7 +219,8 @@ def test_events_become_metrics() -> None:
 def test_a_slot_that_empties_loses_its_series_and_stage_counts_follow() -> None:
     out = PrometheusOutput(cuda=False)
     seed = {"stage": "TRAINING", "blueprint_id": "norm", "alpha": 0.0, "accuracy_delta": 0.0,
-            "epochs_in_stage": 1, "gradient_norm": 0.3, "gradient_health": 1.0,
+            "epochs_in_stage": 1, "gradient_norm": 0.3, "gradient_total_norm": 0.6,
+            "gradient_health": 1.0,
             "has_vanishing": False, "has_exploding": False}  # fmt: skip
     out.emit(_sample((ET.EPOCH_COMPLETED, "env"), env_id=0, seeds={"mid": seed, "late": seed}))
     assert _value(out.registry, "esper_seeds", stage="TRAINING") == 2

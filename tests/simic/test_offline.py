@@ -15,33 +15,46 @@ from esper.simic.comparison import (
     HeuristicController,
     PolicyController,
     head_to_head_comparison,
+    load_iql_model,
     offline_action_mask,
     record_heuristic_episodes,
     snapshot_to_features,
 )
-from esper.simic.episodes import N_ACTIONS, SlotView, TrainingSnapshot, action_of, load_dataset
+from esper.simic.episodes import N_ACTIONS, TrainingSnapshot, action_of, load_dataset
 from esper.simic.features import obs_to_base_features
-from esper.simic.iql import IQL, load_iql_model
+from esper.simic.iql import IQL
 from esper.tolaria.data import load_task
 from esper.tolaria.environment import MorphogeneticEnv
 
 
 def _snapshot() -> TrainingSnapshot:
     return TrainingSnapshot(
-        epoch=5, max_epochs=20, val_accuracy=80.0, train_accuracy=85.0, val_loss=0.5,
-        train_loss=0.4, accuracy_delta=2.0, plateau=True, best_accuracy=81.0, param_ratio=0.25,
-        slots=[SlotView(SeedStage.DORMANT), SlotView(SeedStage.BLENDING, 0.5),
-               SlotView(SeedStage.FOSSILIZED, 1.0)],
+        epoch=5, global_step=500, train_loss=0.4, val_loss=0.5, loss_delta=-0.1,
+        train_accuracy=85.0, val_accuracy=80.0, accuracy_delta=2.0, plateau_epochs=3,
+        best_val_accuracy=81.0, best_val_loss=0.45, loss_history_5=(0.9, 0.8, 0.7, 0.6, 0.5),
+        accuracy_history_5=(60.0, 70.0, 75.0, 78.0, 80.0), has_active_seed=True,
+        seed_stage=int(SeedStage.BLENDING), seed_epochs_in_stage=2, seed_alpha=0.5,
+        seed_improvement=5.0, available_slots=1,
     )  # fmt: skip
 
 
-def test_base_features_are_27_with_the_documented_values() -> None:
+def test_base_features_are_27_in_the_snapshots_field_order() -> None:
     f = obs_to_base_features(_snapshot())
     assert len(f) == 27
-    assert f[:9] == pytest.approx([0.25, 0.8, 0.85, 0.1, 0.08, 0.2, 1.0, 0.81, 0.25])
-    assert f[9:15] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]  # dormant
-    assert f[15:21] == [0.0, 0.0, 1.0, 0.0, 0.0, 0.5]  # blending at alpha 0.5
-    assert f[21:27] == [0.0, 0.0, 0.0, 0.0, 1.0, 1.0]  # fossilized
+    assert f[:11] == pytest.approx([0.1, 0.05, 0.08, 0.1, -0.1, 0.85, 0.8, 0.2, 0.3, 0.81, 0.09])
+    assert f[11:16] == pytest.approx([0.18, 0.16, 0.14, 0.12, 0.1])  # val losses / 5
+    assert f[16:21] == pytest.approx([0.6, 0.7, 0.75, 0.78, 0.8])  # val accuracies / 100
+    assert f[21:27] == pytest.approx([1.0, 0.4, 0.04, 0.5, 0.5, 1 / 3])  # focus seed, free slots
+
+
+def test_base_features_take_the_plans_dict_form_and_never_a_non_finite_value() -> None:
+    snap = _snapshot()
+    as_dict = {name: getattr(snap, name) for name in TrainingSnapshot.__dataclass_fields__}
+    assert obs_to_base_features(as_dict) == obs_to_base_features(snap)
+    as_dict |= {"train_loss": math.nan, "val_loss": math.inf, "loss_delta": math.nan}
+    f = obs_to_base_features(as_dict)
+    assert all(math.isfinite(x) for x in f)
+    assert (f[2], f[3], f[4]) == (1.0, 1.0, 0.0)  # a broken loss reads as the worst, no change
 
 
 def test_seed_telemetry_appends_its_10_features() -> None:

@@ -10,7 +10,9 @@ HEALTHY = {"has_nonfinite": False, "has_exploding": False, "has_vanishing": Fals
 
 
 def _slots() -> list[SeedSlot]:
-    return HostCNN(1, 10, (4, 8, 8), context=SlotContext(emit=lambda e: None)).seed_slots()
+    return list(
+        HostCNN(1, 10, (4, 8, 8), context=SlotContext(emit=lambda e: None)).seed_slots.values()
+    )
 
 
 def _to_probation(slot: SeedSlot, counterfactual: float) -> None:

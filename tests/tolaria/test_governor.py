@@ -20,6 +20,7 @@ def _host(events: list[TelemetryEvent]) -> HostCNN:
 
 def test_healthy_losses_never_panic() -> None:
     gov = TolariaGovernor(_host([]))
+    gov.snapshot()
     assert [gov.check(x) for x in (2.3, 1.5, 1.0, 0.8, 0.6, 0.05, 0.03, 0.2)] == [None] * 8
 
 
@@ -35,7 +36,7 @@ def test_nan_inf_and_divergence_are_panics() -> None:
 def test_rollback_restores_the_last_good_state_culls_live_seeds_and_reports() -> None:
     events: list[TelemetryEvent] = []
     host = _host(events)
-    gov = TolariaGovernor(host)
+    gov = TolariaGovernor(host, env_id=2, emit=events.append)
     opt = torch.optim.SGD(host.host_parameters(), lr=0.1, momentum=0.9)
     gov.check(1.0)  # healthy: snapshot
     good = {k: v.clone() for k, v in host.state_dict().items()}

@@ -215,8 +215,11 @@ def seed_lifecycle() -> db.Dashboard:
         .with_row(db.Row("Seeds in slots"))
         .with_panel(_ts("Alpha per slot", "percentunit",
                         [(f"esper_seed_alpha{{{IE}}}", "env {{env_id}} {{slot_id}}")], width=8))
-        .with_panel(_ts("Seed gradient norm (raw)", "none",
-                        [(f"esper_seed_gradient_norm{{{IE}}}", "env {{env_id}} {{slot_id}}")],
+        .with_panel(_ts("Seed gradient norm", "none",
+                        [(f"esper_seed_gradient_total_norm{{{IE}}}",
+                          "env {{env_id}} {{slot_id}} total"),
+                         (f"esper_seed_gradient_norm{{{IE}}}",
+                          "env {{env_id}} {{slot_id}} per tensor")],
                         width=8))
         .with_panel(_ts("Seed gradient health", "percentunit",
                         [(f"esper_seed_gradient_health{{{IE}}}", "env {{env_id}} {{slot_id}}")],

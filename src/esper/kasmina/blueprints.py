@@ -23,7 +23,8 @@ class _ConvHeavy(nn.Module):
         super().__init__()
         hidden = channels * 2
         self.body = nn.Sequential(
-            nn.Conv2d(channels, hidden, 3, padding=1),
+            # No bias before a batch norm: the norm removes it, so its gradient is always zero.
+            nn.Conv2d(channels, hidden, 3, padding=1, bias=False),
             nn.BatchNorm2d(hidden),
             nn.ReLU(),
             nn.Conv2d(hidden, channels, 3, padding=1),

@@ -29,7 +29,10 @@ class HostCNN(nn.Module):
         for width in widths:
             blocks.append(
                 nn.Sequential(
-                    nn.Conv2d(prev, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU()
+                    # No bias before a batch norm: the norm removes it (its gradient is 0).
+                    nn.Conv2d(prev, width, 3, padding=1, bias=False),
+                    nn.BatchNorm2d(width),
+                    nn.ReLU(),
                 )
             )
             prev = width
@@ -56,13 +59,25 @@ class HostCNN(nn.Module):
         assert isinstance(slot, SeedSlot)
         return slot
 
-    def seed_slots(self) -> list[SeedSlot]:
-        return [self.slot(sid) for sid in self.slots]
+    @property
+    def seed_slots(self) -> dict[str, SeedSlot]:
+        """slot_id -> slot, in host order."""
+        return {sid: self.slot(sid) for sid in self.slots}
+
+    def cull_live_seeds(self, reason: str) -> int:
+        """Cull every live seed (automatically, for ``reason``); the number culled."""
+        return sum(slot.cull(reason, auto_culled=True) for slot in self.seed_slots.values())
+
+    def live_seed_prefixes(self) -> tuple[str, ...]:
+        """State-dict key prefixes of the live (not yet fossilized) seeds."""
+        return tuple(
+            f"slots.{sid}.seed." for sid, slot in self.seed_slots.items() if slot.has_live_seed
+        )
 
     def host_parameters(self) -> list[nn.Parameter]:
         """Parameters of the host itself, without any seed (fossilized seeds train with their
         own optimizer)."""
-        seed_ids = {id(p) for slot in self.seed_slots() for p in slot.trainable_parameters()}
+        seed_ids = {id(p) for slot in self.seed_slots.values() for p in slot.trainable_parameters()}
         return [p for p in self.parameters() if id(p) not in seed_ids]
 
     def host_param_count(self) -> int:

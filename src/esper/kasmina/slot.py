@@ -13,7 +13,8 @@
 - Quality gates (G0..G3) guard each promotion and are reported as SEED_GATE_EVALUATED.
 
 All telemetry goes through ``_emit_telemetry``, which honours fast mode and lifecycle-only
-mode and never lets a telemetry failure abort a lifecycle operation.
+mode, sends to the slot's ``on_telemetry`` callback (or, when none is set, to its context's
+``emit``), and never lets a telemetry failure abort a lifecycle operation.
 """
 
 from __future__ import annotations
@@ -95,7 +96,14 @@ def alpha_schedule(mode: BlendMode, progress: float) -> float:
 
 
 class SeedSlot(nn.Module):
-    """A slot in the host; holds at most one seed and runs its lifecycle."""
+    """A slot in the host; holds at most one seed and runs its lifecycle.
+
+    ``context`` is shared by the slots of one host (env, epoch, telemetry level). The keywords
+    are per slot: ``device`` where its seeds are built (default: the context's);
+    ``on_telemetry`` receives its events (default: the context's ``emit``); ``fast_mode``
+    silences it; ``task_config`` is what the task says about the slot, kept for its callers
+    (the lifecycle itself does not read it).
+    """
 
     def __init__(
         self,
@@ -103,12 +111,21 @@ class SeedSlot(nn.Module):
         channels: int,
         lifecycle: LifecycleConfig | None = None,
         context: SlotContext | None = None,
+        *,
+        device: str | None = None,
+        task_config: Any = None,
+        on_telemetry: Callable[[TelemetryEvent], None] | None = None,
+        fast_mode: bool = False,
     ) -> None:
         super().__init__()
         self.slot_id = slot_id
         self.channels = channels
         self.lifecycle = lifecycle or LifecycleConfig()
-        self.context = context or SlotContext()
+        self.context = context or SlotContext(device=device or "cpu")
+        self.device = device or self.context.device
+        self.task_config = task_config
+        self.on_telemetry = on_telemetry
+        self.fast_mode = fast_mode
         self.seed: nn.Module | None = None
         self.state: SeedState | None = None
         self.optimizer: torch.optim.Optimizer | None = None
@@ -169,12 +186,15 @@ class SeedSlot(nn.Module):
         """Grow a new seed from ``blueprint_id``. Raises LifecycleError unless DORMANT."""
         if self.state is not None:
             raise LifecycleError(f"slot {self.slot_id} is {self.state.stage.name}, not DORMANT")
-        seed = build_seed(blueprint_id, self.channels).to(self.context.device)
+        seed = build_seed(blueprint_id, self.channels).to(self.device)
         self.seed = seed
         self.optimizer = torch.optim.SGD(seed.parameters(), lr=self.lifecycle.seed_lr, momentum=0.9)
-        state = SeedState(seed_id, blueprint_id, self.slot_id, blend_mode=blend_mode)
+        state = SeedState(
+            seed_id, blueprint_id, self.slot_id, blend_mode=blend_mode, stage=SeedStage.GERMINATED
+        )
         state.params = count_params(seed)
         state.metrics.accuracy_at_germination = val_accuracy
+        state.metrics.accuracy_at_stage_start = val_accuracy
         state.metrics.current_val_accuracy = val_accuracy
         state.metrics.best_val_accuracy = val_accuracy
         self.state = state
@@ -242,17 +262,16 @@ class SeedSlot(nn.Module):
         state = self.state
         if state is None:
             return
-        state.epochs_in_stage += 1
+        m = state.metrics
         if state.stage is SeedStage.FOSSILIZED:
-            state.metrics.current_val_accuracy = val_accuracy
+            m.epochs_in_current_stage += 1
+            m.current_val_accuracy = val_accuracy
             return
         if state.stage in (SeedStage.CULLED, SeedStage.EMBARGOED, SeedStage.RESETTING):
+            m.epochs_in_current_stage += 1
             self._advance_embargo(state)
             return
-        state.epochs_total += 1
-        m = state.metrics
-        m.current_val_accuracy = val_accuracy
-        m.best_val_accuracy = max(m.best_val_accuracy, val_accuracy)
+        m.record_accuracy(val_accuracy)
         if counterfactual is not None:
             m.counterfactual_contribution = counterfactual
         grads = gradients or {}
@@ -369,7 +388,7 @@ class SeedSlot(nn.Module):
                 f"slot {self.slot_id}: invalid transition {from_stage.name} -> {to_stage.name}"
             )
         state.stage = to_stage
-        state.epochs_in_stage = 0
+        state.metrics.reset_stage_baseline()
         self._emit_telemetry(
             ET.SEED_STAGE_CHANGED,
             {
@@ -399,16 +418,18 @@ class SeedSlot(nn.Module):
     def _emit_telemetry(
         self,
         event_type: TelemetryEventType,
-        extra: dict[str, Any],
-        message: str,
+        data: dict[str, Any] | None = None,
+        message: str = "",
         *,
         severity: Severity = Severity.INFO,
     ) -> None:
-        """The one way this slot emits. Never raises: a lifecycle step must not fail because
-        its telemetry did."""
+        """The one way this slot emits: the seed's identity, alpha and epochs (``inner_epoch``
+        within the episode, ``global_epoch`` across the run), then ``data`` over them. Never
+        raises: a lifecycle step must not fail because its telemetry did."""
         ctx = self.context
-        if ctx.fast_mode or not ctx.telemetry.lifecycle or self.state is None:
+        if self.fast_mode or ctx.fast_mode or not ctx.telemetry.lifecycle or self.state is None:
             return
+        sink = self.on_telemetry if self.on_telemetry is not None else ctx.emit
         try:
             state = self.state
             data = {
@@ -422,9 +443,9 @@ class SeedSlot(nn.Module):
                 "global_epoch": ctx.global_epoch,
                 "epochs_total": state.epochs_total,
                 "epochs_in_stage": state.epochs_in_stage,
-                **extra,
+                **(data or {}),
             }
-            ctx.emit(
+            sink(
                 make_event(
                     event_type,
                     data,

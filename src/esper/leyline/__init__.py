@@ -1,6 +1,6 @@
 """Leyline holds the shared contracts: events, stages, actions, the payload catalogue, budgets."""
 
-from esper.leyline._actions import ACTION_HEADS, BlendMode, Op
+from esper.leyline._actions import ACTION_HEADS, BlendMode, FactoredAction, Op
 from esper.leyline._budgets import DEFAULT_BUDGETS, PerformanceBudgets
 from esper.leyline._catalogue import (
     CATALOGUE,
@@ -68,6 +68,7 @@ __all__ = [
     "BlendMode",
     "CorruptLineError",
     "EsperError",
+    "FactoredAction",
     "FieldSpec",
     "FieldType",
     "Op",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from enum import IntEnum
 
 
@@ -20,6 +21,17 @@ class BlendMode(IntEnum):
     LINEAR = 0
     SIGMOID = 1
     GATED = 2
+
+
+@dataclass(frozen=True, slots=True)
+class FactoredAction:
+    """One decision of the controller, one value per action head."""
+
+    op: Op
+    slot_id: str
+    blueprint_id: str
+    blend_id: str
+    """The blend mode's name (``BlendMode.name``)."""
 
 
 ACTION_HEADS: tuple[str, ...] = ("op", "slot", "blueprint", "blend")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -32,15 +33,20 @@ class SeedTelemetry:
     epoch: int = 0
     max_epochs: int = 25
     captured_at: datetime = field(default_factory=_utc_now)
+    gradient_total_norm: float = 0.0
+    """The raw L2 norm of all the seed's gradients (``gradient_norm`` is it divided by the
+    number of gradient tensors). Reported, not a feature."""
 
     def to_features(self) -> list[float]:
         """The 10 normalised features, in the order of SPEC 3.5.
 
-        The gradient norm saturates at 10; the raw value stays in ``gradient_norm`` (and in
-        metrics and events) so a saturated input is visible.
+        The gradient norm saturates at 10 (a NaN reads as saturated); the raw values stay in
+        ``gradient_norm`` and ``gradient_total_norm`` (and in metrics and events) so a
+        saturated input is visible.
         """
+        norm = self.gradient_norm
         return [
-            min(self.gradient_norm, 10.0) / 10.0,
+            min(norm, 10.0) / 10.0 if not math.isnan(norm) else 1.0,
             float(self.gradient_health),
             1.0 if self.has_vanishing else 0.0,
             1.0 if self.has_exploding else 0.0,

@@ -487,9 +487,11 @@ class PrometheusOutput(OutputBackend):
             live.add(slot_id)
             self._set("esper_seed_alpha", s["alpha"], env, slot_id)
             self._set("esper_seed_gradient_norm", s["gradient_norm"], env, slot_id)
+            self._set("esper_seed_gradient_total_norm", s["gradient_total_norm"], env, slot_id)
             self._set("esper_seed_gradient_health", s["gradient_health"], env, slot_id)
         for slot_id in self._seed_series.get(env_id, set()) - live:
             for name in ("esper_seed_alpha", "esper_seed_gradient_norm",
+                         "esper_seed_gradient_total_norm",
                          "esper_seed_gradient_health"):  # fmt: skip
                 self._m[name].remove(env, slot_id)
                 self._children.pop((name, (env, slot_id)), None)
@@ -524,7 +526,8 @@ class PrometheusOutput(OutputBackend):
             self._child("esper_dataloader_wait_seconds", env).observe(
                 d["dataloader_wait_ms"] / 1000
             )
-            self._set("esper_env_fps", d["fps"], env)
+            if d["fps"] is not None:
+                self._set("esper_env_fps", d["fps"], env)
         elif kind == "mask_hit_rates":
             for head, hits in d["mask_hits"].items():
                 total = d["mask_total"].get(head, 0)

@@ -20,10 +20,11 @@ from esper.simic.comparison import (
     HeuristicController,
     PolicyController,
     live_comparison,
+    load_iql_model,
     record_heuristic_episodes,
 )
 from esper.simic.episodes import load_dataset
-from esper.simic.iql import IQL, load_iql_model
+from esper.simic.iql import IQL
 from esper.tolaria.config import new_run_id
 
 
@@ -56,6 +57,11 @@ def _compare(args: argparse.Namespace) -> int:
     if args.telemetry_dir:
         check_output_dir("--telemetry-dir", args.telemetry_dir)
     iql, use_telemetry, telemetry_type = load_iql_model(args.model)
+    if telemetry_type == "unknown":
+        raise UsageError(
+            f"--model {args.model}: the model reads {iql.state_dim} features; Esper's feature "
+            "sets have 27 (no telemetry), 37 (seed telemetry) or 54 (legacy)"
+        )
     print(f"{args.model}: {iql.state_dim} features (seed telemetry: {telemetry_type})")
     hub = get_hub()
     hub.run_id = new_run_id("offline-compare")
@@ -67,7 +73,7 @@ def _compare(args: argparse.Namespace) -> int:
         live_comparison(
             [HeuristicController(), PolicyController(iql.act)], seeds=args.seeds,
             task=args.task, max_epochs=args.max_epochs, use_telemetry=use_telemetry,
-            emit=hub.emit,
+            telemetry_type=telemetry_type, emit=hub.emit,
         )  # fmt: skip
     finally:
         hub.close()

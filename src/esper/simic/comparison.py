@@ -2,11 +2,15 @@
 
 ``snapshot_to_features`` appends the 10 seed-telemetry features (gradient health, progress)
 of the env's focus seed to the 27 base features, so the offline policy sees each seed's real
-gradient health rather than zero padding.
+gradient health rather than zero padding. The telemetry is collected inside each epoch
+(``MorphogeneticEnv.run_epoch``: gradients after ``backward()`` and before the optimizer step,
+``sync_telemetry`` after validation). ``load_iql_model`` reads a trained model and says which
+feature set it expects: 27 ("none"), 37 ("seed") or the legacy 54 ("full").
 """
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -25,15 +29,54 @@ from esper.simic.episodes import (
     focus_telemetry,
     snapshot_of,
 )
-from esper.simic.features import BASE_FEATURE_DIM, obs_to_base_features
+from esper.simic.features import (
+    BASE_FEATURE_DIM,
+    LEGACY_FULL_STATE_DIM,
+    SEED_FEATURE_DIM,
+    TELEMETRY_STATE_DIM,
+    obs_to_base_features,
+)
+from esper.simic.iql import IQL
 from esper.simic.observation import action_masks
 from esper.tamiyo.heuristic import HeuristicTamiyo
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.data import load_task
 from esper.tolaria.environment import MorphogeneticEnv
 
-SEED_FEATURE_DIM = SeedTelemetry.feature_dim()
-TELEMETRY_STATE_DIM = BASE_FEATURE_DIM + SEED_FEATURE_DIM
+TELEMETRY_TYPES = {
+    BASE_FEATURE_DIM: "none",
+    TELEMETRY_STATE_DIM: "seed",
+    LEGACY_FULL_STATE_DIM: "full",
+}
+"""State dimension -> the feature set a model was trained on."""
+
+
+def load_iql_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[IQL, bool, str]:
+    """(iql, use_telemetry, telemetry_type) from a checkpoint, inferring the telemetry type
+    from the state dimension: 27 "none", 37 "seed", 54 "full" (legacy), else "unknown" with a
+    warning. Loads with ``weights_only=True``."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ValueError(
+            f"{path}: not an IQL checkpoint (cannot load it: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not an IQL checkpoint")
+    state_dim = int(ckpt.get("state_dim") or ckpt["state_dict"]["q_network.0.weight"].shape[1])
+    telemetry_type = TELEMETRY_TYPES.get(state_dim, "unknown")
+    if telemetry_type == "unknown":
+        warnings.warn(
+            f"{path}: state dimension {state_dim} matches no known feature set "
+            f"({BASE_FEATURE_DIM}, {TELEMETRY_STATE_DIM} or {LEGACY_FULL_STATE_DIM})",
+            UserWarning,
+            stacklevel=2,
+        )
+    iql = IQL(state_dim, int(ckpt.get("n_actions", N_ACTIONS)))
+    iql.load_state_dict(ckpt["state_dict"])
+    iql.to(device)
+    return iql, telemetry_type in ("seed", "full"), telemetry_type
 
 
 def snapshot_to_features(
@@ -84,6 +127,27 @@ class ControllerResult:
     germinated: int
     fossilized: int
     culled: int
+    decisions: int = 0
+    seed_telemetry_decisions: int = 0
+    """Decisions whose observation carried a live seed's telemetry (0 without telemetry)."""
+
+
+@dataclass(slots=True)
+class EpisodeStats:
+    """What ``run_episode`` counts: decisions, and those made seeing a live seed's telemetry."""
+
+    decisions: int = 0
+    seed_telemetry_decisions: int = 0
+
+
+def features_for(
+    snapshot: TrainingSnapshot, telemetry_type: str, seed_telemetry: SeedTelemetry | None
+) -> list[float]:
+    """The observation for a model of ``telemetry_type`` ("none", "seed" or legacy "full")."""
+    if telemetry_type == "full":
+        # The legacy run-wide features were never available live: zeros, as they always were.
+        return obs_to_base_features(snapshot) + [0.0] * (LEGACY_FULL_STATE_DIM - BASE_FEATURE_DIM)
+    return snapshot_to_features(snapshot, telemetry_type == "seed", seed_telemetry)
 
 
 def run_episode(
@@ -94,43 +158,43 @@ def run_episode(
     max_epochs: int = 30,
     param_budget: int = 60_000,
     use_telemetry: bool = False,
+    telemetry_type: str | None = None,
     telemetry: TelemetryConfig | None = None,
     emit: Callable[[TelemetryEvent], None] = hub_emit,
     on_step: Callable[[list[float], int, float, list[float], bool], None] | None = None,
+    stats: EpisodeStats | None = None,
 ) -> MorphogeneticEnv:
     """One episode of one env under ``controller``; seed telemetry is collected in the loop
     (gradients after backward and before the step, ``sync_telemetry`` after validation, both
-    inside ``run_epoch``). ``on_step(obs, action, reward, next_obs, done)`` sees each decision."""
+    inside ``run_epoch``). The observation is the 27 base features, plus the focus seed's 10
+    telemetry features when ``use_telemetry`` (``telemetry_type`` "full" is the legacy 54).
+    ``on_step(obs, action, reward, next_obs, done)`` sees each decision; ``stats`` counts
+    them."""
     from esper.simic.rewards import compute_reward  # noqa: PLC0415 - avoid an import cycle
 
+    kind = telemetry_type or ("seed" if use_telemetry else "none")
     env = MorphogeneticEnv(
         0, load_task(task), seed=seed, telemetry=telemetry or TelemetryConfig(), emit=emit
     )
     env.reset(0)
     tracker = SignalTracker(0)
-    prev_acc = 0.0
+    results = []
     pending: tuple[list[float], int, Op, str, bool, float | None] | None = None
-    previous_result = None
     for epoch in range(1, max_epochs + 1):
         result = env.run_epoch(epoch, 0, max_epochs)
         plateau = tracker.update(result.val_accuracy, epoch)
-        snap = snapshot_of(
-            env,
-            result,
-            previous_accuracy=prev_acc,
-            best_accuracy=tracker.best,
-            plateau=plateau,
-            param_budget=param_budget,
-        )
+        results.append(result)
+        snap = snapshot_of(env, results, plateau_epochs=tracker.epochs_without_improvement)
+        live = focus_telemetry(env)
         # No live seed: the telemetry of an empty (dormant) slot, not a missing value.
-        seed_view = (focus_telemetry(env) or SeedTelemetry(seed_id="")) if use_telemetry else None
-        obs = snapshot_to_features(snap, use_telemetry, seed_view)
+        seed_telemetry = (live or SeedTelemetry(seed_id="")) if kind == "seed" else None
+        obs = features_for(snap, kind, seed_telemetry)
         done = epoch == max_epochs
-        if pending is not None and previous_result is not None and on_step is not None:
+        if pending is not None and on_step is not None:
             p_obs, p_action, op, slot_id, success, contribution = pending
             parts = compute_reward(
                 env,
-                previous_result,
+                results[-2],
                 result,
                 op=op,
                 slot_id=slot_id,
@@ -140,11 +204,12 @@ def run_episode(
                 acted_contribution=contribution,
             )
             on_step(p_obs, p_action, sum(parts.values()), obs, done)
-        prev_acc = result.val_accuracy
-        previous_result = result
         if done:
             break
         op, slot_id = controller(env, snap, obs, plateau)
+        if stats is not None:
+            stats.decisions += 1
+            stats.seed_telemetry_decisions += int(kind == "seed" and live is not None)
         state = env.model.slot(slot_id).state
         contribution = None if state is None else state.metrics.counterfactual_contribution
         success = env.apply(op, slot_id, _blueprint_for(controller))
@@ -173,7 +238,7 @@ class HeuristicController:
             env.slots,
             plateau=plateau,
             inner_epoch=snap.epoch,
-            max_epochs=snap.max_epochs,
+            max_epochs=env.context.max_epochs,
             seed_params=env.seed_params(),
         )
         self._last_blueprint = d.blueprint_id
@@ -212,12 +277,16 @@ def head_to_head_comparison(
     task: str = "digits",
     max_epochs: int = 30,
     use_telemetry: bool = False,
+    telemetry_type: str | None = None,
     emit: Callable[[TelemetryEvent], None] = hub_emit,
 ) -> list[ControllerResult]:
-    """Run every controller on the same task and seeds; one result row per controller."""
+    """Run every controller on the same task and seeds; one result row per controller. With
+    ``use_telemetry`` each observation carries the focus seed's synced ``seed_telemetry``;
+    the row counts the decisions that saw a live seed's."""
     rows = []
     for controller in controllers:
         accs, params, counts = [], [], {"germinated": 0, "fossilized": 0, "culled": 0}
+        stats = EpisodeStats()
         for seed in seeds:
             env = run_episode(
                 controller,
@@ -225,7 +294,9 @@ def head_to_head_comparison(
                 task=task,
                 max_epochs=max_epochs,
                 use_telemetry=use_telemetry,
+                telemetry_type=telemetry_type,
                 emit=emit,
+                stats=stats,
             )
             accs.append(env.last_val_accuracy)
             params.append(env.seed_params())
@@ -240,6 +311,8 @@ def head_to_head_comparison(
                 counts["germinated"],
                 counts["fossilized"],
                 counts["culled"],
+                stats.decisions,
+                stats.seed_telemetry_decisions,
             )
         )
     return rows
@@ -247,12 +320,13 @@ def head_to_head_comparison(
 
 def format_table(rows: Sequence[ControllerResult]) -> str:
     lines = [
-        "| controller | final accuracy (mean) | params added | germinated | fossilized | culled |",
-        "|---|---|---|---|---|---|",
+        "| controller | final accuracy (mean) | params added | germinated | fossilized | culled "
+        "| decisions seeing seed telemetry |",
+        "|---|---|---|---|---|---|---|",
     ]
     lines.extend(
         f"| {r.name} | {r.final_accuracy:.2f}% | {r.params_added:,} | {r.germinated} | "
-        f"{r.fossilized} | {r.culled} |"
+        f"{r.fossilized} | {r.culled} | {r.seed_telemetry_decisions} of {r.decisions} |"
         for r in rows
     )
     return "\n".join(lines)
@@ -265,6 +339,7 @@ def live_comparison(
     task: str = "digits",
     max_epochs: int = 30,
     use_telemetry: bool = False,
+    telemetry_type: str | None = None,
     emit: Callable[[TelemetryEvent], None] = hub_emit,
 ) -> list[ControllerResult]:
     """``head_to_head_comparison`` that emits telemetry like any run and prints the table."""
@@ -274,6 +349,7 @@ def live_comparison(
         task=task,
         max_epochs=max_epochs,
         use_telemetry=use_telemetry,
+        telemetry_type=telemetry_type,
         emit=emit,
     )
     print(format_table(rows))

@@ -9,7 +9,6 @@ from typing import Any, Protocol
 import torch
 
 from esper.leyline import (
-    ACTION_HEADS,
     Severity,
     TelemetryConfig,
     TelemetryEvent,
@@ -28,49 +27,34 @@ class EmitsEvents(Protocol):
     def emit(self, event: TelemetryEvent) -> None: ...
 
 
-class HasSlotContext(Protocol):
+class EnvWithSlots(Protocol):
+    """An env (MorphogeneticEnv): its slot context, and its model's ``seed_slots``."""
+
     @property
     def context(self) -> Any: ...
 
+    @property
+    def model(self) -> Any: ...
+
 
 def _apply_slot_telemetry(
-    env_state: HasSlotContext, telemetry_enabled: bool = True, lifecycle_only: bool = False
+    env_state: EnvWithSlots, telemetry_enabled: bool = True, lifecycle_only: bool = False
 ) -> TelemetryConfig:
     """Set what an env's slots emit: everything when ``telemetry_enabled``; otherwise only
-    their lifecycle events when ``lifecycle_only``; otherwise nothing."""
+    their lifecycle events when ``lifecycle_only``; otherwise nothing (fast mode). Each slot
+    of the env's current model gets ``fast_mode`` and its ``on_telemetry`` sink (the env's);
+    the env's context keeps the level, so the slots of the next episode's model follow it
+    too."""
     if telemetry_enabled:
         config = TelemetryConfig(TelemetryLevel.NORMAL, lifecycle_only)
     else:
         config = TelemetryConfig(TelemetryLevel.OFF, lifecycle_only)
     env_state.context.telemetry = config
+    emitting = config.lifecycle
+    for slot in env_state.model.seed_slots.values():
+        slot.fast_mode = not emitting
+        slot.on_telemetry = env_state.context.emit if emitting else None
     return config
-
-
-def _emit_last_action(
-    hub: EmitsEvents,
-    *,
-    env_id: int,
-    epoch: int,
-    op: str,
-    slot_id: str,
-    blueprint_id: str,
-    blend_id: str,
-    masked: Mapping[str, bool],
-    action_success: bool,
-) -> None:
-    """ANALYTICS_SNAPSHOT kind=last_action: one env's decision (debug level)."""
-    data = {
-        "kind": "last_action",
-        "env_id": env_id,
-        "epoch": epoch,
-        "op": op,
-        "slot_id": slot_id,
-        "blueprint_id": blueprint_id,
-        "blend_id": blend_id,
-        **{f"{h}_masked": bool(masked[h]) for h in ACTION_HEADS},
-        "action_success": action_success,
-    }
-    hub.emit(make_event(SNAPSHOT, data, message=f"env {env_id}: {op} {slot_id}", epoch=epoch))
 
 
 def _emit_ppo_update_event(
@@ -136,8 +120,10 @@ def _emit_action_distribution(
     )
 
 
-def _emit_cf_unavailable(hub: EmitsEvents, env_id: int, slot_id: str, reason: str) -> None:
-    """COUNTERFACTUAL_COMPUTED with available=false and why."""
+def _emit_cf_unavailable(
+    hub: EmitsEvents, env_id: int, slot_id: str, reason: str, *, epoch: int | None = None
+) -> None:
+    """COUNTERFACTUAL_COMPUTED with available=false and why (at ``epoch`` of the episode)."""
     hub.emit(
         make_event(
             ET.COUNTERFACTUAL_COMPUTED,
@@ -152,14 +138,21 @@ def _emit_cf_unavailable(hub: EmitsEvents, env_id: int, slot_id: str, reason: st
             },
             message=f"counterfactual {slot_id}: unavailable ({reason})",
             slot_id=slot_id,
+            epoch=epoch,
         )
     )
 
 
 def _emit_cf_computed(
-    hub: EmitsEvents, env_id: int, slot_id: str, real: float, baseline: float
+    hub: EmitsEvents,
+    env_id: int,
+    slot_id: str,
+    real: float,
+    baseline: float,
+    *,
+    epoch: int | None = None,
 ) -> None:
-    """COUNTERFACTUAL_COMPUTED with the measured alpha=0 baseline."""
+    """COUNTERFACTUAL_COMPUTED with the measured alpha=0 baseline (at ``epoch``)."""
     hub.emit(
         make_event(
             ET.COUNTERFACTUAL_COMPUTED,
@@ -174,6 +167,7 @@ def _emit_cf_computed(
             },
             message=f"counterfactual {slot_id}: {real - baseline:+.2f} points",
             slot_id=slot_id,
+            epoch=epoch,
         )
     )
 
@@ -185,10 +179,11 @@ def _emit_throughput(
     batch_idx: int,
     episodes_completed: int,
     step_time_ms: float,
-    fps: float,
     dataloader_wait_ms: float,
+    fps: float | None = None,
 ) -> None:
-    """ANALYTICS_SNAPSHOT kind=throughput: one env's speed over a batch."""
+    """ANALYTICS_SNAPSHOT kind=throughput: one env's speed over a batch (``fps`` when the
+    samples processed are known)."""
     hub.emit(
         make_event(
             SNAPSHOT,
@@ -201,7 +196,8 @@ def _emit_throughput(
                 "fps": fps,
                 "dataloader_wait_ms": dataloader_wait_ms,
             },
-            message=f"env {env_id}: {step_time_ms:.1f} ms/step, {fps:.0f} samples/s",
+            message=f"env {env_id}: {step_time_ms:.1f} ms/step"
+            + ("" if fps is None else f", {fps:.0f} samples/s"),
         )
     )
 

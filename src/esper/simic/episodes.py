@@ -7,67 +7,104 @@ done) for every decision in a file that loads with ``torch.load(weights_only=Tru
 
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from esper.kasmina import SLOT_IDS
-from esper.leyline import Op, SeedStage, SeedTelemetry, TelemetryConfig, TelemetryLevel
+from esper.kasmina import SLOT_IDS, SeedState
+from esper.leyline import Op, SeedTelemetry, TelemetryConfig, TelemetryLevel
 from esper.tolaria.environment import EpochResult, MorphogeneticEnv
 
-
-@dataclass(slots=True)
-class SlotView:
-    stage: SeedStage = SeedStage.DORMANT
-    alpha: float = 0.0
+HISTORY_LEN = 5
+"""Epochs of validation loss and accuracy a snapshot carries."""
 
 
 @dataclass(slots=True)
 class TrainingSnapshot:
-    """One env after one epoch, as an offline controller sees it."""
+    """One env after one epoch, as an offline controller sees it (validation values unless
+    named ``train_``; accuracies in percent). The seed fields describe the env's focus seed
+    (its most recently germinated live seed; zeros when there is none)."""
 
     epoch: int
-    max_epochs: int
-    val_accuracy: float
-    train_accuracy: float
-    val_loss: float
+    global_step: int
+    """Optimizer steps the host has taken this episode."""
     train_loss: float
+    val_loss: float
+    loss_delta: float
+    """Validation loss minus the previous epoch's (negative is improving; 0 at epoch 1)."""
+    train_accuracy: float
+    val_accuracy: float
     accuracy_delta: float
-    plateau: bool
-    best_accuracy: float
-    param_ratio: float
-    slots: list[SlotView] = field(default_factory=list)
+    """Validation accuracy minus the previous epoch's (0 at epoch 1)."""
+    plateau_epochs: int
+    """Epochs since the best validation accuracy last improved."""
+    best_val_accuracy: float
+    best_val_loss: float
+    loss_history_5: tuple[float, ...]
+    """The last 5 validation losses, oldest first (the first repeated before there are 5)."""
+    accuracy_history_5: tuple[float, ...]
+    has_active_seed: bool
+    seed_stage: int
+    """The focus seed's ``SeedStage`` value (0 without one)."""
+    seed_epochs_in_stage: int
+    seed_alpha: float
+    seed_improvement: float
+    """The focus seed's accuracy change since germination (points)."""
+    available_slots: int
+    """Dormant slots, where a seed could be germinated now."""
+
+
+def focus_state(env: MorphogeneticEnv) -> SeedState | None:
+    """The env's most recently germinated live seed, if any."""
+    live = [s.state for s in env.slots if s.has_live_seed and s.state is not None]
+    return live[-1] if live else None
 
 
 def focus_telemetry(env: MorphogeneticEnv) -> SeedTelemetry | None:
-    """The telemetry of the env's most recently created live seed, if any."""
-    live = [s.state for s in env.slots if s.has_live_seed and s.state is not None]
-    return live[-1].telemetry if live else None
+    """The telemetry of the env's focus seed (see ``focus_state``), if any."""
+    state = focus_state(env)
+    return None if state is None else state.telemetry
+
+
+def _last(values: Sequence[float]) -> tuple[float, ...]:
+    recent = list(values[-HISTORY_LEN:])
+    return tuple([recent[0]] * (HISTORY_LEN - len(recent)) + recent)
 
 
 def snapshot_of(
-    env: MorphogeneticEnv,
-    result: EpochResult,
-    *,
-    previous_accuracy: float,
-    best_accuracy: float,
-    plateau: bool,
-    param_budget: int,
+    env: MorphogeneticEnv, results: Sequence[EpochResult], *, plateau_epochs: int
 ) -> TrainingSnapshot:
+    """The snapshot after the last of ``results`` (this episode's epochs so far, in order)."""
+    r = results[-1]
+    prev = results[-2] if len(results) > 1 else r
+    val_losses = [x.val_loss for x in results]
+    accuracies = [x.val_accuracy for x in results]
+    finite_losses = [x for x in val_losses if math.isfinite(x)]
+    focus = focus_state(env)
     return TrainingSnapshot(
-        epoch=result.inner_epoch,
-        max_epochs=env.context.max_epochs,
-        val_accuracy=result.val_accuracy,
-        train_accuracy=result.train_accuracy,
-        val_loss=result.val_loss,
-        train_loss=result.train_loss,
-        accuracy_delta=result.val_accuracy - previous_accuracy,
-        plateau=plateau,
-        best_accuracy=best_accuracy,
-        param_ratio=env.seed_params() / max(param_budget, 1),
-        slots=[SlotView(s.stage, 0.0 if s.state is None else s.state.alpha) for s in env.slots],
+        epoch=r.inner_epoch,
+        global_step=env.global_step,
+        train_loss=r.train_loss,
+        val_loss=r.val_loss,
+        loss_delta=r.val_loss - prev.val_loss,
+        train_accuracy=r.train_accuracy,
+        val_accuracy=r.val_accuracy,
+        accuracy_delta=r.val_accuracy - prev.val_accuracy,
+        plateau_epochs=plateau_epochs,
+        best_val_accuracy=max(accuracies),
+        best_val_loss=min(finite_losses) if finite_losses else math.inf,
+        loss_history_5=_last(val_losses),
+        accuracy_history_5=_last(accuracies),
+        has_active_seed=focus is not None,
+        seed_stage=0 if focus is None else focus.stage.value,
+        seed_epochs_in_stage=0 if focus is None else focus.epochs_in_stage,
+        seed_alpha=0.0 if focus is None else focus.alpha,
+        seed_improvement=0.0 if focus is None else focus.metrics.accuracy_delta,
+        available_slots=sum(1 for s in env.slots if s.is_dormant),
     )
 
 

@@ -3,13 +3,13 @@
 Trained on recorded episodes: the value network fits an expectile of Q (no max over unseen
 actions), Q fits one-step returns bootstrapped with V, and the policy is extracted by
 advantage-weighted regression on the dataset's own actions. Checkpoints hold tensors and plain
-values only and load with ``torch.load(weights_only=True)``.
+values only and load with ``torch.load(weights_only=True)``
+(``esper.simic.comparison.load_iql_model``).
 """
 
 from __future__ import annotations
 
 import os
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,16 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from esper.simic.comparison import TELEMETRY_STATE_DIM
 from esper.simic.episodes import N_ACTIONS
-from esper.simic.features import BASE_FEATURE_DIM
-
-LEGACY_FULL_STATE_DIM = 54
-TELEMETRY_TYPES = {
-    BASE_FEATURE_DIM: "none",
-    TELEMETRY_STATE_DIM: "seed",
-    LEGACY_FULL_STATE_DIM: "full",
-}
 
 
 def _mlp(state_dim: int, out: int, hidden: int = 128) -> nn.Sequential:
@@ -127,31 +118,3 @@ class IQL(nn.Module):
             "state_dict": self.state_dict(),
         }
         torch.save(checkpoint, path)
-
-
-def load_iql_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[IQL, bool, str]:
-    """(iql, use_telemetry, telemetry_type) from a checkpoint, inferring the telemetry type
-    from the state dimension: 27 "none", 37 "seed", 54 "full" (legacy), else "unknown" with a
-    warning. Loads with ``weights_only=True``."""
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(
-            f"{path}: not an IQL checkpoint (cannot load it: {type(exc).__name__}: "
-            f"{str(exc).splitlines()[0][:200] if str(exc) else ''})"
-        ) from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not an IQL checkpoint")
-    state_dim = int(ckpt.get("state_dim") or ckpt["state_dict"]["q_network.0.weight"].shape[1])
-    telemetry_type = TELEMETRY_TYPES.get(state_dim, "unknown")
-    if telemetry_type == "unknown":
-        warnings.warn(
-            f"{path}: state dimension {state_dim} matches no known feature set "
-            f"({BASE_FEATURE_DIM}, {TELEMETRY_STATE_DIM} or {LEGACY_FULL_STATE_DIM})",
-            UserWarning,
-            stacklevel=2,
-        )
-    iql = IQL(state_dim, int(ckpt.get("n_actions", N_ACTIONS)))
-    iql.load_state_dict(ckpt["state_dict"])
-    iql.to(device)
-    return iql, telemetry_type in ("seed", "full"), telemetry_type

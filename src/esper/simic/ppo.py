@@ -87,6 +87,17 @@ class PPOTrainer:
         self.entropy_coef = config.entropy_coef
         self.updates = 0
 
+    def entropy_schedule(self) -> dict[str, float | int]:
+        """The entropy coefficient's schedule (start, end, episodes); empty when constant."""
+        cfg = self.config
+        if cfg.entropy_anneal_episodes <= 0:
+            return {}
+        return {
+            "start": cfg.entropy_coef,
+            "end": cfg.entropy_coef_final,
+            "episodes": cfg.entropy_anneal_episodes,
+        }
+
     def anneal(self, episodes_completed: int) -> None:
         """Entropy coefficient falls linearly to its final value over the anneal period."""
         cfg = self.config
@@ -137,7 +148,7 @@ class PPOTrainer:
         for h in ACTION_HEADS:
             stats = self.collector.stats(self._head_params(h))
             if stats is not None:
-                acc.head_grad[h] = self.collector.summarize(stats.tolist())["gradient_norm"]
+                acc.head_grad[h] = self.collector.summarize(stats.tolist())["total_norm"]
 
     def _minibatch(self, b: _Batch, idx: torch.Tensor, acc: _UpdateStats) -> float:
         """One optimizer step on a minibatch; returns its approximate KL."""
@@ -215,7 +226,8 @@ class PPOTrainer:
             "nan_grad_count": acc.nan_grads,
             "dead_layers": acc.dead,
             "exploding_layers": acc.exploding,
-            "layer_gradient_health": dict(acc.layer_health),
+            "layer_gradient_health": _mean(list(acc.layer_health.values()), default=1.0),
+            "layer_gradient_health_by_layer": dict(acc.layer_health),
             "entropy_collapsed": entropy < cfg.entropy_collapse_ratio * max_entropy,
             "train_steps": acc.steps,
             "early_stop_epoch": early_stop,
@@ -224,8 +236,8 @@ class PPOTrainer:
         }
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values) / len(values) if values else 0.0
+def _mean(values: list[float], default: float = 0.0) -> float:
+    return sum(values) / len(values) if values else default
 
 
 @dataclass(slots=True)

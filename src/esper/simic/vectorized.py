@@ -19,6 +19,7 @@ import os
 import statistics
 import time
 from collections import deque
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.leyline import (
     ACTION_HEADS,
     BlendMode,
+    FactoredAction,
     Op,
     Severity,
     TelemetryEventType,
@@ -40,7 +42,6 @@ from esper.simic.emitters import (
     _apply_slot_telemetry,
     _emit_action_distribution,
     _emit_cf_unavailable,
-    _emit_last_action,
     _emit_mask_hit_rates,
     _emit_ppo_update_event,
     _emit_reward_summary,
@@ -77,6 +78,43 @@ __all__ = [
 ]
 
 ET = TelemetryEventType
+
+
+def _emit_last_action(
+    env_id: int,
+    epoch: int,
+    factored_action: FactoredAction,
+    masked: Mapping[str, bool],
+    success: bool,
+    *,
+    hub: EmitsEvents | None = None,
+) -> dict[str, Any]:
+    """ANALYTICS_SNAPSHOT kind=last_action: one env's decision, whether each head's mask
+    removed a choice, and whether it succeeded (debug level). Sent to ``hub`` (the run's),
+    or to the process hub; returns the payload."""
+    a = factored_action
+    data: dict[str, Any] = {
+        "kind": "last_action",
+        "env_id": env_id,
+        "epoch": epoch,
+        "op": a.op.name,
+        "slot_id": a.slot_id,
+        "blueprint_id": a.blueprint_id,
+        "blend_id": a.blend_id,
+        **{f"{h}_masked": bool(masked[h]) for h in ACTION_HEADS},
+        "action_success": success,
+    }
+    (get_hub() if hub is None else hub).emit(
+        make_event(
+            ET.ANALYTICS_SNAPSHOT,
+            data,
+            message=f"env {env_id}: {a.op.name} {a.slot_id}",
+            epoch=epoch,
+        )
+    )
+    return data
+
+
 CHECKPOINT_FORMAT = "esper-ppo-v1"
 ROLLING_WINDOW = 10
 
@@ -216,15 +254,12 @@ class _VectorizedRun:
         stats.success_counts[op.name] += int(success)
         if self.tel.debug:
             _emit_last_action(
-                self.hub,
-                env_id=env.env_id,
-                epoch=before.inner_epoch,
-                op=op.name,
-                slot_id=slot_id,
-                blueprint_id=blueprint_id,
-                blend_id=blend.name,
-                masked=masked,
-                action_success=success,
+                env.env_id,
+                before.inner_epoch,
+                FactoredAction(op, slot_id, blueprint_id, blend.name),
+                masked,
+                success,
+                hub=self.hub,
             )
         return _Pending(op, slot_id, success, contribution, before)
 
@@ -260,7 +295,9 @@ class _VectorizedRun:
         slot_state = env.model.slot(p.slot_id).state
         if p.contribution is None and p.op in (Op.CULL, Op.FOSSILIZE) and p.success:
             # The reward wanted the acted seed's alpha=0 baseline and there was none.
-            _emit_cf_unavailable(self.hub, env.env_id, p.slot_id, "missing_baseline")
+            _emit_cf_unavailable(
+                self.hub, env.env_id, p.slot_id, "missing_baseline", epoch=p.before.inner_epoch
+            )
         self.hub.emit(
             make_event(
                 ET.REWARD_COMPUTED,
@@ -493,6 +530,7 @@ class _VectorizedRun:
                         lr=cfg.lr,
                         clip_ratio=cfg.clip_ratio,
                         entropy_coef=cfg.entropy_coef,
+                        entropy_anneal=self.trainer.entropy_schedule(),
                     ),
                     message=f"ppo run {cfg.run_id} on {cfg.task} with {n_envs} envs",
                 )

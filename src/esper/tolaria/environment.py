@@ -144,12 +144,16 @@ class MorphogeneticEnv:
         self.optimizer = torch.optim.SGD(
             self.model.host_parameters(), lr=self.config.host_lr, momentum=self.config.momentum
         )
-        self.governor = TolariaGovernor(self.model)
+        self.governor = TolariaGovernor(
+            self.model, env_id=self.env_id, optimizer=self.optimizer, emit=self._emit_lifecycle
+        )
+        self.governor.snapshot()
         self.last_val_accuracy = 0.0
+        self.global_step = 0  # optimizer steps of the host this episode
 
     @property
     def slots(self) -> list[SeedSlot]:
-        return self.model.seed_slots()
+        return list(self.model.seed_slots.values())
 
     def seed_params(self) -> int:
         """Parameters added by live and fossilized seeds."""
@@ -191,6 +195,7 @@ class MorphogeneticEnv:
                 )
             torch.nn.utils.clip_grad_norm_(host_params, cfg.clip_norm)
             self.optimizer.step()
+            self.global_step += 1
             for slot in seeded:
                 torch.nn.utils.clip_grad_norm_(slot.trainable_parameters(), cfg.clip_norm)
                 slot.step_seed()
@@ -289,6 +294,7 @@ class MorphogeneticEnv:
                     g["has_exploding"],
                     inner_epoch,
                     max_epochs,
+                    total_norm=g["total_norm"],
                 )
         self.last_val_accuracy = val_acc
         result = EpochResult(
@@ -403,6 +409,16 @@ class MorphogeneticEnv:
         except Exception:  # noqa: BLE001 - telemetry must never stop training
             _log.warning("telemetry for %s failed", event_type.name, exc_info=True)
 
+    def _emit_lifecycle(self, event: TelemetryEvent) -> None:
+        """Where the governor's events go: the env's sink, at lifecycle level, stamped with the
+        epoch."""
+        ctx = self.context
+        if ctx.fast_mode or not ctx.telemetry.lifecycle:
+            return
+        if event.epoch is None:
+            event.epoch = ctx.inner_epoch
+        ctx.emit(event)
+
     def _emit_cf(
         self, slot_id: str, real: float | None, baseline: float | None, reason: str | None
     ) -> None:
@@ -411,9 +427,11 @@ class MorphogeneticEnv:
             return
         try:
             if real is None or baseline is None:
-                _emit_cf_unavailable(ctx, self.env_id, slot_id, reason or "missing_baseline")
+                _emit_cf_unavailable(
+                    ctx, self.env_id, slot_id, reason or "missing_baseline", epoch=ctx.inner_epoch
+                )
             else:
-                _emit_cf_computed(ctx, self.env_id, slot_id, real, baseline)
+                _emit_cf_computed(ctx, self.env_id, slot_id, real, baseline, epoch=ctx.inner_epoch)
         except Exception:  # noqa: BLE001 - telemetry must never stop training
             _log.warning("COUNTERFACTUAL_COMPUTED telemetry failed", exc_info=True)
 
@@ -424,12 +442,16 @@ class MorphogeneticEnv:
         for scope, slot_id, g in [("host", None, host)] + [
             ("seed", k, v) for k, v in seeds.items()
         ]:
+            # The value is the norm the threshold judged: a gradient tensor's (or, for
+            # non-finite gradients, the total).
             if g["has_nonfinite"]:
-                kind, threshold = "nan", self.config.exploding_threshold
+                kind, threshold, value = "nan", self.config.exploding_threshold, g["total_norm"]
             elif g["has_exploding"]:
                 kind, threshold = "exploding", self.config.exploding_threshold
+                value = g["max_tensor_norm"]
             elif g["has_vanishing"]:
                 kind, threshold = "vanishing", self.config.vanishing_threshold
+                value = g["min_tensor_norm"]
             else:
                 continue
             self._emit(
@@ -439,10 +461,10 @@ class MorphogeneticEnv:
                     "kind": kind,
                     "env_id": self.env_id,
                     "slot_id": slot_id,
-                    "value": g["gradient_norm"],
+                    "value": value,
                     "threshold": threshold,
                 },
-                f"{scope} gradients {kind}: norm {g['gradient_norm']:.3g}",
+                f"{scope} gradients {kind}: norm {value:.3g}",
                 Severity.WARNING,
                 slot_id,
             )
@@ -462,6 +484,7 @@ class MorphogeneticEnv:
                 "accuracy_delta": state.metrics.accuracy_delta,
                 "epochs_in_stage": state.epochs_in_stage,
                 "gradient_norm": t.gradient_norm,
+                "gradient_total_norm": t.gradient_total_norm,
                 "gradient_health": t.gradient_health,
                 "has_vanishing": t.has_vanishing,
                 "has_exploding": t.has_exploding,
@@ -482,7 +505,7 @@ class MorphogeneticEnv:
                 "train_accuracy": r.train_accuracy,
                 "val_loss": r.val_loss,
                 "val_accuracy": r.val_accuracy,
-                "host_grad_norm": r.host_gradients["gradient_norm"],
+                "host_grad_norm": r.host_gradients["total_norm"],
                 "seeds": self.seed_summaries(),
             },
             f"env {self.env_id} epoch {r.inner_epoch}: val {r.val_accuracy:.2f}%",

@@ -12,12 +12,14 @@ import logging
 import math
 import statistics
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
 from esper.kasmina import HostCNN
-from esper.leyline import Severity, TelemetryEventType, make_event
+from esper.leyline import Severity, TelemetryEvent, TelemetryEventType, make_event
+from esper.nissa import get_hub
 
 _log = logging.getLogger("esper.tolaria")
 
@@ -36,24 +38,39 @@ class GovernorConfig:
 
 
 class TolariaGovernor:
-    """Watches one model's training loss and rolls back on NaN, Inf or divergence."""
+    """Watches one model's training loss and rolls back on NaN, Inf or divergence.
 
-    def __init__(self, model: HostCNN, config: GovernorConfig | None = None) -> None:
+    ``snapshot()`` remembers the model as good (the env takes one when it builds the model;
+    ``check`` takes one after every healthy epoch) in ``last_good_state``. Rollback events go
+    to ``emit`` (the env passes its own, which honours the telemetry level), or, when none is
+    given, to the process hub.
+    """
+
+    def __init__(
+        self,
+        model: HostCNN,
+        config: GovernorConfig | None = None,
+        *,
+        env_id: int = 0,
+        optimizer: torch.optim.Optimizer | None = None,
+        emit: Callable[[TelemetryEvent], None] | None = None,
+    ) -> None:
         self.model = model
         self.config = config or GovernorConfig()
+        self.env_id = env_id
+        self.optimizer = optimizer
+        self.emit = emit
         self.losses: deque[float] = deque(maxlen=self.config.history)
         self.consecutive_panics = 0
         self.rollbacks = 0
-        self._snapshot: dict[str, torch.Tensor] | None = None
-        self.snapshot()
-
-    def _live_seed_prefixes(self) -> tuple[str, ...]:
-        return tuple(f"slots.{s.slot_id}.seed." for s in self.model.seed_slots() if s.has_live_seed)
+        self.last_good_state: dict[str, torch.Tensor] | None = None
+        self.last_panic: tuple[str, float] | None = None
+        """(reason, loss) of the latest panic ``check`` found."""
 
     def snapshot(self) -> None:
         """Remember the current host (and fossilized seeds) as the last good state."""
-        live = self._live_seed_prefixes()
-        self._snapshot = {
+        live = self.model.live_seed_prefixes()
+        self.last_good_state = {
             k: v.detach().clone()
             for k, v in self.model.state_dict().items()
             if not k.startswith(live)
@@ -71,47 +88,63 @@ class TolariaGovernor:
     def check(self, train_loss: float) -> str | None:
         """Judge an epoch's loss: the panic reason, or None (and a fresh snapshot) if healthy."""
         if math.isnan(train_loss):
-            return "nan_loss"
-        if math.isinf(train_loss):
-            return "inf_loss"
-        if train_loss > self.threshold():
-            return "divergence"
-        self.losses.append(train_loss)
-        self.consecutive_panics = 0
-        self.snapshot()
-        return None
+            reason = "nan_loss"
+        elif math.isinf(train_loss):
+            reason = "inf_loss"
+        elif train_loss > self.threshold():
+            reason = "divergence"
+        else:
+            self.losses.append(train_loss)
+            self.consecutive_panics = 0
+            self.snapshot()
+            return None
+        self.last_panic = (reason, train_loss)
+        return reason
 
     def execute_rollback(
-        self, reason: str, loss_at_panic: float, optimizer: torch.optim.Optimizer
+        self,
+        reason: str | None = None,
+        loss_at_panic: float | None = None,
+        optimizer: torch.optim.Optimizer | None = None,
+        *,
+        env_id: int | None = None,
     ) -> int:
-        """Cull live seeds, restore the last good state, clear optimizer momentum, emit
-        GOVERNOR_ROLLBACK. Returns the number of seeds culled."""
+        """Cull live seeds, restore the last good state, clear the optimizer's momentum and
+        emit GOVERNOR_ROLLBACK with the env and the model's device. Without arguments it rolls
+        back for the latest panic ``check`` found ("manual" if none), with the governor's own
+        optimizer and env. Returns the number of seeds culled."""
+        if self.last_good_state is None:
+            raise RuntimeError("the governor has no good state to roll back to: call snapshot()")
+        last_reason, last_loss = self.last_panic or ("manual", math.nan)
+        reason = reason or last_reason
+        loss_at_panic = last_loss if loss_at_panic is None else loss_at_panic
+        optimizer = optimizer or self.optimizer
+        env_id = self.env_id if env_id is None else env_id
         self.consecutive_panics += 1
         self.rollbacks += 1
         threshold = self.threshold()
-        culled = sum(slot.cull("rollback", auto_culled=True) for slot in self.model.seed_slots())
-        assert self._snapshot is not None
-        self.model.load_state_dict(self._snapshot, strict=False)
-        optimizer.state.clear()
-        ctx = self.model.context
-        if ctx.fast_mode or not ctx.telemetry.lifecycle:
-            return culled
+        device = str(next(iter(self.model.parameters())).device)
+        culled = self.model.cull_live_seeds("rollback")
+        restored = {k: v.to(device) for k, v in self.last_good_state.items()}
+        self.model.load_state_dict(restored, strict=False)
+        if optimizer is not None:
+            optimizer.state.clear()
         try:
-            ctx.emit(
+            emit = self.emit if self.emit is not None else get_hub().emit
+            emit(
                 make_event(
                     TelemetryEventType.GOVERNOR_ROLLBACK,
                     {
-                        "env_id": ctx.env_id,
-                        "device": ctx.device,
+                        "env_id": env_id,
+                        "device": device,
                         "reason": reason,
                         "loss_at_panic": loss_at_panic,
                         "loss_threshold": threshold,
                         "consecutive_panics": self.consecutive_panics,
                         "seeds_culled": culled,
                     },
-                    message=f"rolled back env {ctx.env_id} on {reason} (loss {loss_at_panic})",
+                    message=f"rolled back env {env_id} on {reason} (loss {loss_at_panic})",
                     severity=Severity.ERROR,
-                    epoch=ctx.inner_epoch,
                 )
             )
         except Exception:  # noqa: BLE001 - a rollback must complete even if telemetry fails

@@ -74,7 +74,7 @@ def training_started_payload(
         "lr": None,
         "clip_ratio": None,
         "entropy_coef": None,
-        "entropy_anneal": config.entropy_anneal,
+        "entropy_anneal": {},
         "gpu_preload": any(d != "cpu" for d in devices),
         "dataloader": "preloaded_tensors",
         "param_budget": config.param_budget,

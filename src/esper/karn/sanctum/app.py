@@ -13,7 +13,7 @@ import contextlib
 import signal
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
@@ -29,6 +29,15 @@ EVENT_ROWS = 14
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
     return "-" if value is None else format(value, spec)
+
+
+def _schedule(anneal: dict[str, Any] | int) -> str:
+    """The entropy schedule as a person reads it (an int: an earlier build's episode count)."""
+    if not anneal:
+        return "constant"
+    if isinstance(anneal, int):
+        return f"anneal over {anneal} episodes"
+    return f"anneal to {anneal['end']:g} over {anneal['episodes']} episodes"
 
 
 def run_status(s: SanctumSnapshot, *, live: bool) -> str:
@@ -57,7 +66,7 @@ def run_header(s: SanctumSnapshot, *, live: bool = True) -> str:
         f"batch {s.batch_idx}  accuracy {_fmt(s.batch_avg_accuracy, '.2f')}% "
         f"(rolling {_fmt(s.batch_rolling_accuracy, '.2f')}%)  reward {_fmt(s.batch_avg_reward)}",
         f"seed {c.seed}  lr {_fmt(c.lr, 'g')}  clip {_fmt(c.clip_ratio, 'g')}  "
-        f"entropy {_fmt(c.entropy_coef, 'g')} (anneal {c.entropy_anneal})  "
+        f"entropy {_fmt(c.entropy_coef, 'g')} ({_schedule(c.entropy_anneal)})  "
         f"param budget {c.param_budget:,}  reward mode {s.reward_mode or '-'}  "
         f"resume {c.resume_path or '-'}",
     ]
@@ -78,7 +87,8 @@ def tamiyo_panel(s: SanctumSnapshot) -> str:
             f"entropy {t.entropy:.3f}",
             f"KL {t.kl_divergence:.4f}  clip {t.clip_fraction:.3f}  "
             f"expl.var {t.explained_variance:.3f}",
-            f"grad norm {t.grad_norm:.3f}  update {t.update_time_ms:.1f} ms  lr {t.lr:g}",
+            f"grad norm {t.grad_norm:.3f}  update {t.update_time_ms:.1f} ms  "
+            f"lr {t.learning_rate:g}",
             f"early stop {t.early_stop_epoch if t.early_stop_epoch is not None else '-'}  "
             f"steps {t.train_steps}",
             f"heads (entropy/grad): {heads}",

@@ -43,6 +43,7 @@ _PREFIX: dict[tuple[TelemetryEventType, str | None], str] = {
 }
 
 _RENAMED: dict[tuple[TelemetryEventType, str | None], dict[str, str]] = {
+    (ET.PPO_UPDATE_COMPLETED, None): {"lr": "tamiyo.learning_rate"},
     (ET.BATCH_EPOCH_COMPLETED, None): {
         "total_episodes": "batch_total_episodes",
         "avg_accuracy": "batch_avg_accuracy",

@@ -29,7 +29,7 @@ class RunConfig:
     max_epochs: int = 0
     n_envs: int = 0
     n_episodes: int = 0
-    seed: int = 0
+    seed: int | None = None
     policy_device: str | None = None
     env_devices: list[str] = field(default_factory=list)
     env_device_counts: dict[str, int] = field(default_factory=dict)
@@ -41,11 +41,14 @@ class RunConfig:
     use_telemetry: bool = False
     telemetry_level: str = ""
     state_dim: int | None = None
-    resume_path: str | None = None
-    lr: float | None = None
-    clip_ratio: float | None = None
-    entropy_coef: float | None = None
-    entropy_anneal: int = 0
+    resume_path: str | None = ""
+    """Checkpoint resumed from; empty (or None, as the event says) for a fresh run."""
+    lr: float | None = 0.0
+    """None for a run without a learned policy (heuristic), as its event says."""
+    clip_ratio: float | None = 0.2
+    entropy_coef: float | None = 0.01
+    entropy_anneal: dict[str, Any] = field(default_factory=dict)
+    """Entropy schedule (start, end, episodes); empty when the coefficient is constant."""
     gpu_preload: bool = False
     dataloader: str = ""
     param_budget: int = 0
@@ -62,7 +65,8 @@ class TamiyoState:
     kl_divergence: float = 0.0
     clip_fraction: float = 0.0
     explained_variance: float = 0.0
-    lr: float = 0.0
+    learning_rate: float = 0.0
+    """The policy optimizer's learning rate (the event's ``lr``)."""
     entropy_coef: float = 0.0
     ratio_mean: float = 0.0
     ratio_min: float = 0.0
@@ -73,7 +77,8 @@ class TamiyoState:
     nan_grad_count: int = 0
     dead_layers: int = 0
     exploding_layers: int = 0
-    layer_gradient_health: dict[str, float] = field(default_factory=dict)
+    layer_gradient_health: float = 0.0
+    layer_gradient_health_by_layer: dict[str, float] = field(default_factory=dict)
     entropy_collapsed: bool = False
     inner_epoch: int = 0
     batch: int = 0
@@ -94,6 +99,11 @@ class TamiyoState:
     entropy_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_CAP))
     policy_anomalies: list[dict[str, Any]] = field(default_factory=list)
 
+    @property
+    def lr(self) -> float:
+        """``learning_rate`` under its earlier name."""
+        return self.learning_rate
+
 
 @dataclass(slots=True)
 class SeedState:
@@ -113,6 +123,7 @@ class SeedState:
     params: int = 0
     accuracy_delta: float = 0.0
     gradient_norm: float = 0.0
+    gradient_total_norm: float = 0.0
     gradient_health: float = 1.0
     has_vanishing: bool = False
     has_exploding: bool = False
