@@ -155,3 +155,14 @@ def test_esper_offline_commands(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert "27 features (seed telemetry: none)" in out
     assert "| heuristic |" in out
     assert "| iql |" in out
+
+
+def test_compare_refuses_a_model_of_no_known_feature_set(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tmp_path / "odd.pt"
+    IQL(13).save(model)
+    assert cli.main(["offline", "compare", "--model", str(model), "--seeds", "3"]) == 2
+    err = capsys.readouterr().err
+    assert f"--model {model}: the model reads 13 features" in err
+    assert "Warning" not in err  # said once, as the error

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -56,7 +57,9 @@ def _train(args: argparse.Namespace) -> int:
 def _compare(args: argparse.Namespace) -> int:
     if args.telemetry_dir:
         check_output_dir("--telemetry-dir", args.telemetry_dir)
-    iql, use_telemetry, telemetry_type = load_iql_model(args.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # an unknown dimension is the error below, said once
+        iql, use_telemetry, telemetry_type = load_iql_model(args.model)
     if telemetry_type == "unknown":
         raise UsageError(
             f"--model {args.model}: the model reads {iql.state_dim} features; Esper's feature "
