@@ -537,7 +537,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.sanctum:
             result = _train_under_sanctum(config, hub)
         else:
-            result = _train(config, hub, ProgressBar("training"))
+            bar = ProgressBar("training")
+            try:
+                result = _train(config, hub, bar)
+            finally:
+                bar.close()
         baseline = run_host_only(config) if args.baseline else None
         print_training_summary(result, baseline)
         code = 0
