@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from esper.karn.grafana import DASHBOARDS, GPU_DASHBOARD, REQUIRES_CUDA, panel_queries, render
-from esper.nissa._metric_catalogue import METRICS
+from esper.nissa.metric_catalogue import METRICS
 from esper.scripts import cli
 from tests._stack import DEPLOY, REPO, Stack, query, query_range, wait_until
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from esper.karn.sanctum import CAPTURE, SanctumAggregator, resolve
+from esper.karn.sanctum import CAPTURE, SanctumAggregator, aggregator, resolve
 from esper.leyline import (
     CATALOGUE,
     DISCRIMINATORS,
@@ -33,6 +33,8 @@ class Sentinels:
     def __call__(self, f: FieldSpec) -> Any:
         self.n += 1
         n = self.n
+        if f.allowed:  # a closed set: its last value (no default holds it either)
+            return f.allowed[-1]
         return {
             FieldType.FLOAT: 1000.25 + n, FieldType.INT: 7000 + n, FieldType.BOOL: True,
             FieldType.STR: f"sentinel-{n}", FieldType.LIST: [f"list-{n}"],
@@ -195,3 +197,27 @@ def test_a_million_events_keep_memory_bounded() -> None:
     assert snap.events_seen == 1_000_000
     assert len(snap.event_log) == 500
     assert grown < 16 * 1024 * 1024, f"resident memory grew by {grown / 1e6:.1f} MB"
+
+
+def test_a_capture_path_to_a_missing_attribute_is_an_error_not_silence(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    aggregator.check_capture_paths()  # the shipped map and schema agree
+    broken = {k: dict(v) for k, v in CAPTURE.items()}
+    broken[(ET.PPO_UPDATE_COMPLETED, None)]["grad_norm"] = "tamiyo.grad_nrom"
+    monkeypatch.setattr(aggregator, "CAPTURE", broken)
+    with pytest.raises(aggregator.SchemaError, match=r"grad_norm -> tamiyo.grad_nrom: "
+                       r"TamiyoState has no attribute 'grad_nrom'"):  # fmt: skip
+        aggregator.check_capture_paths()
+    broken[(ET.PPO_UPDATE_COMPLETED, None)]["grad_norm"] = "envs[{env_id}].seedz[*]"
+    with pytest.raises(aggregator.SchemaError, match="EnvState has no attribute 'seedz'"):
+        aggregator.check_capture_paths()
+
+
+def test_a_malformed_payload_loses_its_field_and_is_counted() -> None:
+    agg = SanctumAggregator()
+    bad = TelemetryEvent(ET.GOVERNOR_ROLLBACK, data={"env_id": "not-a-number", "reason": "x"})
+    agg.process_event(bad)
+    snap = agg.get_snapshot()
+    assert snap.fields_dropped == 2
+    assert snap.events_seen == 1

@@ -15,7 +15,9 @@ from esper.leyline import (
     FieldType,
     PayloadError,
     TelemetryEventType,
+    allowed_values,
     make_event,
+    payload_fits,
     render_events_markdown,
     validate_payload,
 )
@@ -136,7 +138,7 @@ def _sample(ftype: FieldType) -> object:
 
 def _full_payload(key: tuple[TelemetryEventType, str | None]) -> dict[str, object]:
     spec = CATALOGUE[key]
-    data = {f.name: _sample(f.type) for f in spec.fields}
+    data = {f.name: f.allowed[0] if f.allowed else _sample(f.type) for f in spec.fields}
     if key[1] is not None:
         data["kind" if key[0] is ET.ANALYTICS_SNAPSHOT else "scope"] = key[1]
     return data
@@ -175,6 +177,31 @@ def test_nan_is_a_legal_float_but_not_an_int() -> None:
     assert math.isnan(make_event(ET.GOVERNOR_ROLLBACK, data).data["loss_at_panic"])
     with pytest.raises(PayloadError, match="seeds_culled"):
         make_event(ET.GOVERNOR_ROLLBACK, data | {"seeds_culled": math.nan})
+
+
+@pytest.mark.parametrize(
+    ("event_type", "field", "values"),
+    [
+        (ET.GRADIENT_ANOMALY, "scope", ("policy", "host", "seed")),
+        (ET.GRADIENT_ANOMALY, "kind", ("exploding", "vanishing", "nan")),
+        (ET.GOVERNOR_ROLLBACK, "reason", ("nan_loss", "inf_loss", "divergence", "manual")),
+        (ET.SEED_CULLED, "reason", ("controller", "gate_failed", "blend_regression",
+                                    "probation_timeout", "rollback")),
+        (ET.TRAINING_COMPLETED, "status", ("completed", "failed", "interrupted")),
+    ],
+)  # fmt: skip
+def test_a_closed_field_takes_only_its_declared_values(
+    event_type: TelemetryEventType, field: str, values: tuple[str, ...]
+) -> None:
+    assert allowed_values(event_type, field) == values
+    data = _full_payload((event_type, None))
+    for value in values:
+        validate_payload(event_type, data | {field: value})
+        assert payload_fits(event_type, data | {field: value})
+    bad = data | {field: "something_else"}
+    assert not payload_fits(event_type, bad)  # the compiled check is never looser
+    with pytest.raises(PayloadError, match=rf"field '{field}' is 'something_else', not one of"):
+        validate_payload(event_type, bad)
 
 
 def test_unknown_variant_is_named() -> None:

@@ -23,7 +23,7 @@ from esper.leyline import (
     make_event,
 )
 from esper.nissa import NissaHub
-from esper.nissa._metric_catalogue import (
+from esper.nissa.metric_catalogue import (
     CUDA_STATS,
     EVENT_COUNT,
     EVENT_TIME,

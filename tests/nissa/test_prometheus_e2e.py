@@ -10,7 +10,7 @@ import pytest
 
 from esper.leyline import TelemetryConfig
 from esper.nissa import NissaHub
-from esper.nissa._metric_catalogue import METRICS, MetricKind
+from esper.nissa.metric_catalogue import METRICS, MetricKind
 from esper.nissa.prometheus import PrometheusOutput
 from esper.simic.vectorized import run_ppo
 from esper.tolaria.config import RunConfig

@@ -7,7 +7,11 @@ import math
 import pytest
 import torch
 
-from esper.simic.gradient_collector import SeedGradientCollector, collect_seed_gradients
+from esper.simic.gradient_collector import (
+    SeedGradientCollector,
+    collect_seed_gradients,
+    gradient_anomaly,
+)
 
 
 def _params(*grads: float) -> list[torch.nn.Parameter]:
@@ -147,3 +151,29 @@ def test_merge_keeps_the_worst_step_and_any_nan() -> None:
     nan = c.merge(a, c.stats(_params(math.nan)))
     assert nan is not None
     assert c.summarize(nan.tolist())["has_nonfinite"]
+
+
+def _anomaly(*grads: float) -> dict[str, object] | None:
+    return gradient_anomaly(
+        "seed", collect_seed_gradients(_params(*grads)), vanishing_threshold=1e-7,
+        exploding_threshold=100.0, env_id=1, slot_id="mid",
+    )  # fmt: skip
+
+
+def test_one_anomaly_rule_worst_first_with_the_norm_it_judged() -> None:
+    assert _anomaly(0.1, 0.2) is None
+    assert _anomaly(1e-10, 0.2) == {
+        "scope": "seed", "kind": "vanishing", "env_id": 1, "slot_id": "mid",
+        "value": pytest.approx(2e-10), "threshold": 1e-7,
+    }  # fmt: skip
+    exploding = _anomaly(1e-10, 1000.0)
+    assert exploding is not None
+    assert (exploding["kind"], exploding["value"], exploding["threshold"]) == (
+        "exploding", 2000.0, 100.0,
+    )  # fmt: skip
+    nan = _anomaly(math.nan, 1000.0, 1e-10)
+    assert nan is not None
+    assert nan["kind"] == "nan"
+    assert nan["threshold"] is None  # no limit was crossed: the gradient is not a number
+    assert math.isnan(float(nan["value"]))  # type: ignore[arg-type]
+    assert _anomaly(math.inf)["kind"] == "nan"  # type: ignore[index]

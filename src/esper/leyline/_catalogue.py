@@ -50,6 +50,8 @@ class FieldSpec:
     nullable: bool = False
     item_fields: tuple[FieldSpec, ...] = ()
     """For a DICT field whose values are records (``slot_id -> {...}``): the record's fields."""
+    allowed: tuple[str, ...] = ()
+    """For a STR field with a closed set of values: the values it may take (empty: any)."""
 
     def check(self, value: Any, where: str) -> None:
         """Raise PayloadError naming ``where`` when ``value`` does not fit this field."""
@@ -61,6 +63,10 @@ class FieldSpec:
             raise PayloadError(
                 f"{where}: field '{self.name}' expects {self.type.value}, "
                 f"got {type(value).__name__} {value!r:.60}"
+            )
+        if self.allowed and value not in self.allowed:
+            raise PayloadError(
+                f"{where}: field '{self.name}' is {value!r}, not one of {', '.join(self.allowed)}"
             )
         if self.item_fields:
             for key, record in value.items():
@@ -142,8 +148,9 @@ def _f(
     required: bool = True,
     nullable: bool = False,
     item_fields: tuple[FieldSpec, ...] = (),
+    allowed: tuple[str, ...] = (),
 ) -> FieldSpec:
-    return FieldSpec(name, type_, unit, meaning, required, nullable, item_fields)
+    return FieldSpec(name, type_, unit, meaning, required, nullable, item_fields, allowed)
 
 
 FLT, INT, BOOL, STR, LIST, DICT = (
@@ -174,6 +181,12 @@ SEED_FIELDS: tuple[FieldSpec, ...] = (
     _f("epochs_in_stage", INT, "epochs", "epochs spent in the current stage"),
 )
 """Fields every SEED_* event carries."""
+
+CULL_REASONS: tuple[str, ...] = (
+    "controller", "gate_failed", "blend_regression", "probation_timeout", "rollback",
+)  # fmt: skip
+"""Why a seed is culled: the controller chose to; a gate failed after the longest training; a
+blend cost accuracy; probation ran out; the governor rolled back."""
 
 SEED_SUMMARY_FIELDS: tuple[FieldSpec, ...] = (
     _f("stage", STR, "", "SeedStage name"),
@@ -289,7 +302,13 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
         None,
         "A run ended (completed, failed or interrupted).",
         (
-            _f("status", STR, "", "completed, failed or interrupted"),
+            _f(
+                "status",
+                STR,
+                "",
+                "how the run ended",
+                allowed=("completed", "failed", "interrupted"),
+            ),
             _f("episodes_completed", INT, "", "episodes finished"),
             _f("final_accuracy", FLT, "percent", "mean final val accuracy", nullable=True),
             _f("wall_time_seconds", FLT, "s", "wall time of the run"),
@@ -463,7 +482,7 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
         "A seed was removed.",
         (
             *SEED_FIELDS,
-            _f("reason", STR, "", "why: controller, no_improvement, gate_failed, rollback, ..."),
+            _f("reason", STR, "", "why it was culled", allowed=CULL_REASONS),
             _f("auto_culled", BOOL, "", "culled by the system rather than by the controller"),
             _f("improvement", FLT, "percent", "val accuracy change since germination"),
             _f("blending_delta", FLT, "percent", "val accuracy change while blending"),
@@ -478,7 +497,14 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
             _f("env_id", INT, "", "environment index"),
             _f("slot_id", STR, "", "slot of the seed"),
             _f("available", BOOL, "", "a baseline was measured"),
-            _f("reason", STR, "", "why unavailable, e.g. missing_baseline", nullable=True),
+            _f(
+                "reason",
+                STR,
+                "",
+                "why unavailable (null when measured)",
+                nullable=True,
+                allowed=("not_blended", "missing_baseline"),
+            ),
             _f("real_accuracy", FLT, "percent", "val accuracy with the seed", nullable=True),
             _f("baseline_accuracy", FLT, "percent", "val accuracy at alpha=0", nullable=True),
             _f("contribution", FLT, "percent", "real minus baseline", nullable=True),
@@ -565,7 +591,13 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
         (
             _f("env_id", INT, "", "environment index"),
             _f("device", STR, "", "torch device of the env"),
-            _f("reason", STR, "", "nan_loss, inf_loss, divergence, or manual (no panic)"),
+            _f(
+                "reason",
+                STR,
+                "",
+                "what made the governor panic (manual: no panic)",
+                allowed=("nan_loss", "inf_loss", "divergence", "manual"),
+            ),
             _f("loss_at_panic", FLT, "", "the loss that triggered it"),
             _f("loss_threshold", FLT, "", "the divergence threshold at the time"),
             _f("consecutive_panics", INT, "", "panics in a row, this one included"),
@@ -577,12 +609,23 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
         None,
         "Gradients exploded, vanished or went non-finite.",
         (
-            _f("scope", STR, "", "policy, host or seed"),
-            _f("kind", STR, "", "exploding, vanishing or nan"),
+            _f("scope", STR, "", "whose gradients", allowed=("policy", "host", "seed")),
+            _f("kind", STR, "", "which rule fired", allowed=("exploding", "vanishing", "nan")),
             _f("env_id", INT, "", "environment index (null for the policy)", nullable=True),
             _f("slot_id", STR, "", "slot (seed scope only)", nullable=True),
-            _f("value", FLT, "", "the gradient norm seen"),
-            _f("threshold", FLT, "", "the threshold it crossed"),
+            _f(
+                "value",
+                FLT,
+                "",
+                "the gradient norm the rule judged (largest, smallest, or the total for nan)",
+            ),
+            _f(
+                "threshold",
+                FLT,
+                "",
+                "the threshold it crossed (null for nan: no limit applies)",
+                nullable=True,
+            ),
         ),
     ),
     PayloadSpec(
@@ -620,7 +663,13 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
         None,
         "The telemetry system reports on itself.",
         (
-            _f("reason", STR, "", "telemetry_disabled, backend_failed, events_dropped, ..."),
+            _f(
+                "reason",
+                STR,
+                "",
+                "what happened to the telemetry",
+                allowed=("telemetry_disabled", "backend_failed", "events_dropped", "events_lost"),
+            ),
             _f("detail", STR, "", "what happened, in words"),
         ),
     ),
@@ -633,6 +682,17 @@ CATALOGUE: dict[tuple[TelemetryEventType, str | None], PayloadSpec] = {
 
 payload_fits = compile_checks(CATALOGUE, DISCRIMINATORS)
 """``payload_fits(event_type, data)``: True only when the payload certainly fits (compiled)."""
+
+
+def allowed_values(
+    event_type: TelemetryEventType, field: str, variant: str | None = None
+) -> tuple[str, ...]:
+    """The closed set of values a field may take, as the catalogue declares it (empty: any).
+    Consumers (metric labels, documentation) read them from here."""
+    for f in CATALOGUE[(event_type, variant)].fields:
+        if f.name == field:
+            return f.allowed
+    raise KeyError(f"{event_type.name}{'' if variant is None else ':' + variant} has no {field}")
 
 
 def spec_for(event_type: TelemetryEventType, data: Mapping[str, Any]) -> PayloadSpec:
@@ -727,7 +787,10 @@ def example_payload(
     example grows it too.
     """
     spec = CATALOGUE[(event_type, variant)]
-    data: dict[str, Any] = {f.name: copy.copy(_EXAMPLE_VALUES[f.type]) for f in spec.fields}
+    data: dict[str, Any] = {
+        f.name: f.allowed[0] if f.allowed else copy.copy(_EXAMPLE_VALUES[f.type])
+        for f in spec.fields
+    }
     if variant is not None:
         data[DISCRIMINATORS[event_type]] = variant
     data.update(overrides)

@@ -9,7 +9,10 @@ from esper.leyline._events import LIFECYCLE_EVENT_TYPES
 def _row(spec: FieldSpec, prefix: str = "") -> str:
     kind = spec.type.value + (" or null" if spec.nullable else "")
     req = "yes" if spec.required else "no"
-    return f"| `{prefix}{spec.name}` | {kind} | {spec.unit} | {req} | {spec.meaning} |"
+    meaning = spec.meaning
+    if spec.allowed:
+        meaning += ": " + ", ".join(f"`{v}`" for v in spec.allowed)
+    return f"| `{prefix}{spec.name}` | {kind} | {spec.unit} | {req} | {meaning} |"
 
 
 def render_events_markdown() -> str:

@@ -28,10 +28,15 @@ _EXACT_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
-def _field_test(var: str, key: str, ftype: str, nullable: bool, names: dict[str, Any]) -> str:
+def _field_test(var: str, key: str, ftype: str, nullable: bool, names: dict[str, Any], *,
+                allowed: tuple[str, ...] = ()) -> str:  # fmt: skip
     types_name = f"T_{ftype}"
     names[types_name] = frozenset(_EXACT_TYPES[ftype])
     test = f"type({var}[{key!r}]) in {types_name}"
+    if allowed:
+        allowed_name = f"V_{len(names)}"
+        names[allowed_name] = frozenset(allowed)
+        test = f"({test} and {var}[{key!r}] in {allowed_name})"
     if nullable:
         test = f"({var}[{key!r}] is None or {test})"
     return test
@@ -54,7 +59,7 @@ def compile_check(fields: tuple[Any, ...]) -> FastCheck:
     allowed = frozenset(f.name for f in fields)
     tests = [_keys_test("d", required, allowed, "top", names)]
     for i, f in enumerate(fields):
-        test = _field_test("d", f.name, f.type.value, f.nullable, names)
+        test = _field_test("d", f.name, f.type.value, f.nullable, names, allowed=f.allowed)
         if f.item_fields:
             names[f"N_{i}"] = compile_check(f.item_fields)
             test = (f"({test} and (d[{f.name!r}] is None or all(type(r) is dict and N_{i}(r) "

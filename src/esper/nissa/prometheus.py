@@ -1,6 +1,6 @@
 """PrometheusOutput: turns events into metrics on its own registry and serves ``/metrics``.
 
-Every family of the metric catalogue (``_metric_catalogue.METRICS``) is registered on a
+Every family of the metric catalogue (``esper.nissa.metric_catalogue.METRICS``) is registered on a
 ``CollectorRegistry`` of the backend's own (never the global one). Labelled children are bound
 once and cached, since ``.labels(...)`` costs about a microsecond a call. Counters whose label
 values are known in advance (anomaly scopes and kinds, heads, stages) start at zero, so
@@ -36,15 +36,16 @@ from esper.leyline import (
     SeedStage,
     TelemetryEvent,
     TelemetryEventType,
+    allowed_values,
 )
 from esper.nissa._backend import OutputBackend
 from esper.nissa._fork import register_fork_resource
 from esper.nissa._hub import HubStats, block_shutdown_signals
-from esper.nissa._metric_catalogue import METRICS, METRICS_BY_NAME, MetricKind
+from esper.nissa.metric_catalogue import METRICS, METRICS_BY_NAME, MetricKind
 
 ET = TelemetryEventType
-_ANOMALY_SCOPES = ("policy", "host", "seed")
-_ANOMALY_KINDS = ("exploding", "vanishing", "nan")
+_ANOMALY_SCOPES = allowed_values(TelemetryEventType.GRADIENT_ANOMALY, "scope")
+_ANOMALY_KINDS = allowed_values(TelemetryEventType.GRADIENT_ANOMALY, "kind")
 _INACTIVE = frozenset({"DORMANT"})
 _READ_AT_SCRAPE = frozenset(
     {"esper_telemetry_events_dropped_total", "esper_telemetry_backend_lost_total"}

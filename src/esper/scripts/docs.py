@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from esper.leyline import render_events_markdown
-from esper.nissa._metric_catalogue import render_metrics_markdown
+from esper.nissa.metric_catalogue import render_metrics_markdown
 
 GENERATED: dict[str, Callable[[], str]] = {
     "EVENTS.md": render_events_markdown,

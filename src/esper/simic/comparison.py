@@ -38,6 +38,7 @@ from esper.simic.features import (
 )
 from esper.simic.iql import IQL
 from esper.simic.observation import action_masks
+from esper.simic.rewards import compute_reward
 from esper.tamiyo.heuristic import HeuristicTamiyo
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.data import load_task
@@ -170,8 +171,6 @@ def run_episode(
     telemetry features when ``use_telemetry`` (``telemetry_type`` "full" is the legacy 54).
     ``on_step(obs, action, reward, next_obs, done)`` sees each decision; ``stats`` counts
     them."""
-    from esper.simic.rewards import compute_reward  # noqa: PLC0415 - avoid an import cycle
-
     kind = telemetry_type or ("seed" if use_telemetry else "none")
     env = MorphogeneticEnv(
         0, load_task(task), seed=seed, telemetry=telemetry or TelemetryConfig(), emit=emit

@@ -11,20 +11,22 @@ import torch
 from esper.leyline import (
     Severity,
     TelemetryConfig,
-    TelemetryEvent,
     TelemetryEventType,
     TelemetryLevel,
     make_event,
+)
+from esper.tolaria.counterfactual import (
+    EmitsEvents,
+    emit_counterfactual_computed,
+    emit_counterfactual_unavailable,
 )
 
 ET = TelemetryEventType
 SNAPSHOT = ET.ANALYTICS_SNAPSHOT
 
-
-class EmitsEvents(Protocol):
-    """Anything with ``emit(event)``: a NissaHub, or a test double."""
-
-    def emit(self, event: TelemetryEvent) -> None: ...
+# The counterfactual events are the training loop's (it measures them); the plans name them here.
+_emit_cf_unavailable = emit_counterfactual_unavailable
+_emit_cf_computed = emit_counterfactual_computed
 
 
 class EnvWithSlots(Protocol):
@@ -116,58 +118,6 @@ def _emit_action_distribution(
                 "success_counts": dict(success_counts),
             },
             message=f"batch {batch_idx} actions {dict(action_counts)}",
-        )
-    )
-
-
-def _emit_cf_unavailable(
-    hub: EmitsEvents, env_id: int, slot_id: str, reason: str, *, epoch: int | None = None
-) -> None:
-    """COUNTERFACTUAL_COMPUTED with available=false and why (at ``epoch`` of the episode)."""
-    hub.emit(
-        make_event(
-            ET.COUNTERFACTUAL_COMPUTED,
-            {
-                "env_id": env_id,
-                "slot_id": slot_id,
-                "available": False,
-                "reason": reason,
-                "real_accuracy": None,
-                "baseline_accuracy": None,
-                "contribution": None,
-            },
-            message=f"counterfactual {slot_id}: unavailable ({reason})",
-            slot_id=slot_id,
-            epoch=epoch,
-        )
-    )
-
-
-def _emit_cf_computed(
-    hub: EmitsEvents,
-    env_id: int,
-    slot_id: str,
-    real: float,
-    baseline: float,
-    *,
-    epoch: int | None = None,
-) -> None:
-    """COUNTERFACTUAL_COMPUTED with the measured alpha=0 baseline (at ``epoch``)."""
-    hub.emit(
-        make_event(
-            ET.COUNTERFACTUAL_COMPUTED,
-            {
-                "env_id": env_id,
-                "slot_id": slot_id,
-                "available": True,
-                "reason": None,
-                "real_accuracy": real,
-                "baseline_accuracy": baseline,
-                "contribution": real - baseline,
-            },
-            message=f"counterfactual {slot_id}: {real - baseline:+.2f} points",
-            slot_id=slot_id,
-            epoch=epoch,
         )
     )
 

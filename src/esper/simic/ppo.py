@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 
 from esper.leyline import ACTION_HEADS
-from esper.simic.gradient_collector import SeedGradientCollector
 from esper.tamiyo.policy import ActionBatch, PolicyNetwork
+from esper.tolaria.gradients import SeedGradientCollector
 
 
 @dataclass(slots=True)
@@ -86,6 +86,8 @@ class PPOTrainer:
         self.collector = SeedGradientCollector(vanishing_threshold=1e-8, exploding_threshold=10.0)
         self.entropy_coef = config.entropy_coef
         self.updates = 0
+        self.last_gradients: dict[str, Any] = self.collector.collect([])
+        """The policy's gradient summary in the last update (its worst minibatch)."""
 
     def entropy_schedule(self) -> dict[str, float | int]:
         """The entropy coefficient's schedule (start, end, episodes); empty when constant."""
@@ -136,6 +138,9 @@ class PPOTrainer:
     def _gradient_health(self, acc: _UpdateStats) -> None:
         """Per-layer and per-head gradient health of the current gradients (before clipping)."""
         acc.nan_grads = acc.dead = acc.exploding = 0
+        acc.policy_stats = self.collector.merge(
+            acc.policy_stats, self.collector.stats(self.policy.parameters())
+        )
         for name, module in self.policy.named_children():
             stats = self.collector.stats(module.parameters())
             if stats is None:
@@ -205,6 +210,8 @@ class PPOTrainer:
             var = b.returns.var()
             explained = float(1 - (b.returns - new_values).var() / var) if var > 1e-8 else 0.0
         self.updates += 1
+        if acc.policy_stats is not None:
+            self.last_gradients = self.collector.summarize(acc.policy_stats.tolist())
         r = torch.cat(acc.ratios).tolist()
         mean_r = sum(r) / len(r)
         entropy = _mean(acc.series["ent"])
@@ -261,6 +268,8 @@ class _UpdateStats:
     head_grad: dict[str, float] = field(default_factory=lambda: dict.fromkeys(ACTION_HEADS, 0.0))
     layer_health: dict[str, float] = field(default_factory=dict)
     ratios: list[torch.Tensor] = field(default_factory=list)
+    policy_stats: torch.Tensor | None = None
+    """The whole policy's gradient stats, worst minibatch of the update."""
     nan_grads: int = 0
     dead: int = 0
     exploding: int = 0

@@ -38,7 +38,6 @@ from esper.leyline import (
 )
 from esper.nissa import get_hub
 from esper.simic.emitters import (
-    EmitsEvents,
     _apply_slot_telemetry,
     _emit_action_distribution,
     _emit_cf_unavailable,
@@ -53,7 +52,9 @@ from esper.simic.rewards import REWARD_MODE, compute_reward
 from esper.tamiyo.policy import ActionBatch, PolicyNetwork
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.config import RunConfig
+from esper.tolaria.counterfactual import EmitsEvents
 from esper.tolaria.environment import EpochResult, MorphogeneticEnv
+from esper.tolaria.gradients import gradient_anomaly
 from esper.tolaria.run_common import (
     Progress,
     RunResult,
@@ -408,7 +409,7 @@ class _VectorizedRun:
         metrics = self.trainer.update(rollout)
         self.trainer.anneal(episodes)
         if tel.lifecycle:
-            self._report_policy_anomalies(metrics)
+            self._report_policy_anomalies()
         if tel.analytics:
             update_ms = metrics.pop("update_time_ms")
             grad_norm = metrics.pop("grad_norm")
@@ -472,31 +473,25 @@ class _VectorizedRun:
                 mask_total=dict.fromkeys(ACTION_HEADS, decisions),
             )
 
-    def _report_policy_anomalies(self, metrics: dict[str, Any]) -> None:
-        """GRADIENT_ANOMALY (scope policy) when the update saw non-finite, exploding or
-        vanishing gradients in a layer of the policy."""
-        threshold = self.trainer.collector
-        for kind, count, limit in (
-            ("nan", metrics["nan_grad_count"], threshold.exploding_threshold),
-            ("exploding", metrics["exploding_layers"], threshold.exploding_threshold),
-            ("vanishing", metrics["dead_layers"], threshold.vanishing_threshold),
-        ):
-            if count:
-                self.hub.emit(
-                    make_event(
-                        ET.GRADIENT_ANOMALY,
-                        {
-                            "scope": "policy",
-                            "kind": kind,
-                            "env_id": None,
-                            "slot_id": None,
-                            "value": float(metrics["grad_norm"]),
-                            "threshold": limit,
-                        },
-                        message=f"policy gradients {kind} in {count} layer(s)",
-                        severity=Severity.WARNING,
-                    )
+    def _report_policy_anomalies(self) -> None:
+        """GRADIENT_ANOMALY (scope policy) when the update's worst minibatch had non-finite,
+        exploding or vanishing policy gradients (the same rule as the host's and seeds')."""
+        collector = self.trainer.collector
+        data = gradient_anomaly(
+            "policy",
+            self.trainer.last_gradients,
+            vanishing_threshold=collector.vanishing_threshold,
+            exploding_threshold=collector.exploding_threshold,
+        )
+        if data is not None:
+            self.hub.emit(
+                make_event(
+                    ET.GRADIENT_ANOMALY,
+                    data,
+                    message=f"policy gradients {data['kind']}: norm {data['value']:.3g}",
+                    severity=Severity.WARNING,
                 )
+            )
 
     # -- the run -------------------------------------------------------------------------------
 

@@ -30,10 +30,13 @@ from esper.leyline import (
     make_event,
 )
 from esper.nissa import emit as hub_emit
-from esper.simic.emitters import _emit_cf_computed, _emit_cf_unavailable
-from esper.simic.gradient_collector import STATS_LEN, SeedGradientCollector
+from esper.tolaria.counterfactual import (
+    emit_counterfactual_computed,
+    emit_counterfactual_unavailable,
+)
 from esper.tolaria.data import TaskData
 from esper.tolaria.governor import TolariaGovernor
+from esper.tolaria.gradients import STATS_LEN, SeedGradientCollector, gradient_anomaly
 
 _log = logging.getLogger("esper.tolaria")
 ET = TelemetryEventType
@@ -427,47 +430,39 @@ class MorphogeneticEnv:
             return
         try:
             if real is None or baseline is None:
-                _emit_cf_unavailable(
+                emit_counterfactual_unavailable(
                     ctx, self.env_id, slot_id, reason or "missing_baseline", epoch=ctx.inner_epoch
                 )
             else:
-                _emit_cf_computed(ctx, self.env_id, slot_id, real, baseline, epoch=ctx.inner_epoch)
+                emit_counterfactual_computed(
+                    ctx, self.env_id, slot_id, real, baseline, epoch=ctx.inner_epoch
+                )
         except Exception:  # noqa: BLE001 - telemetry must never stop training
             _log.warning("COUNTERFACTUAL_COMPUTED telemetry failed", exc_info=True)
 
     def _report_anomalies(self, host: dict[str, Any], seeds: dict[str, dict[str, Any]]) -> None:
-        ctx = self.context
+        ctx, cfg = self.context, self.config
         if ctx.fast_mode or not ctx.telemetry.lifecycle:
             return
         for scope, slot_id, g in [("host", None, host)] + [
             ("seed", k, v) for k, v in seeds.items()
         ]:
-            # The value is the norm the threshold judged: a gradient tensor's (or, for
-            # non-finite gradients, the total).
-            if g["has_nonfinite"]:
-                kind, threshold, value = "nan", self.config.exploding_threshold, g["total_norm"]
-            elif g["has_exploding"]:
-                kind, threshold = "exploding", self.config.exploding_threshold
-                value = g["max_tensor_norm"]
-            elif g["has_vanishing"]:
-                kind, threshold = "vanishing", self.config.vanishing_threshold
-                value = g["min_tensor_norm"]
-            else:
-                continue
-            self._emit(
-                ET.GRADIENT_ANOMALY,
-                {
-                    "scope": scope,
-                    "kind": kind,
-                    "env_id": self.env_id,
-                    "slot_id": slot_id,
-                    "value": value,
-                    "threshold": threshold,
-                },
-                f"{scope} gradients {kind}: norm {value:.3g}",
-                Severity.WARNING,
-                slot_id,
+            data = gradient_anomaly(
+                scope,
+                g,
+                vanishing_threshold=cfg.vanishing_threshold,
+                exploding_threshold=cfg.exploding_threshold,
+                env_id=self.env_id,
+                slot_id=slot_id,
             )
+            if data is not None:
+                self._emit(
+                    ET.GRADIENT_ANOMALY,
+                    data,
+                    f"{scope} gradients {data['kind']}: norm {data['value']:.3g}",
+                    Severity.WARNING,
+                    slot_id,
+                )
 
     def seed_summaries(self) -> dict[str, dict[str, Any]]:
         """slot_id -> the per-seed record of EPOCH_COMPLETED, for slots holding a seed."""

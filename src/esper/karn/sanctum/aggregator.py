@@ -11,9 +11,11 @@ decisions and the event log (all capped).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import re
 import threading
+import typing
 from typing import Any
 
 from esper.karn.sanctum.capture import CAPTURE
@@ -99,6 +101,54 @@ def resolve(root: Any, path: str, data: dict[str, Any], *, create: bool = False)
     raise AssertionError(path)
 
 
+class SchemaError(TypeError):
+    """A capture path names an attribute the snapshot schema does not have."""
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _dataclass_in(tp: Any) -> type | None:
+    """The dataclass a field holds (directly, or as the ``X`` of ``X | None``)."""
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return tp
+    for arg in typing.get_args(tp):
+        if dataclasses.is_dataclass(arg) and isinstance(arg, type):
+            return arg
+    return None
+
+
+def check_capture_paths(root: type = SanctumSnapshot) -> None:
+    """Raise SchemaError unless every capture path walks through real schema attributes.
+
+    Run at import: a payload field whose path names a missing attribute would otherwise be
+    dropped silently on every event. A path may go on below a plain ``dict`` (its keys are
+    data, not schema)."""
+    for (event_type, variant), paths in CAPTURE.items():
+        for field_name, path in paths.items():
+            if path is None:
+                continue
+            cls: type | None = root
+            for name, index in _compile(path):
+                if cls is None:
+                    break  # inside a plain dict
+                hints = _field_types(cls)
+                if name not in hints:
+                    raise SchemaError(
+                        f"{event_type.name}{'' if variant is None else ':' + variant}.{field_name}"
+                        f" -> {path}: {cls.__name__} has no attribute {name!r}"
+                    )
+                tp = hints[name]
+                if index is not None:  # dict[key, value]: step into the value type
+                    args = typing.get_args(tp)
+                    tp = args[1] if len(args) == 2 else Any
+                cls = _dataclass_in(tp)
+
+
+check_capture_paths()
+
+
 def _assign(root: Any, path: str, value: Any, data: dict[str, Any]) -> None:
     if path.endswith("[*]"):
         base = path[: -len("[*]")]
@@ -153,8 +203,11 @@ class SanctumAggregator(OutputBackend):
                     continue
                 try:
                     _assign(snap, path, value, data)
-                except (KeyError, AttributeError, TypeError, ValueError):
-                    continue  # a malformed payload loses that field, never the aggregator
+                except (KeyError, TypeError, ValueError):
+                    # A malformed payload (an env id that is not a number, a missing key)
+                    # loses that field, never the aggregator, and is counted. The schema
+                    # itself is checked against the capture map at import.
+                    snap.fields_dropped += 1
             self._after(snap, event)
 
     # -- bookkeeping around the generic capture ---------------------------------------------

@@ -233,4 +233,6 @@ class SanctumSnapshot:
     completed: dict[str, Any] = field(default_factory=dict)
     """TRAINING_COMPLETED, once the run ends."""
     events_seen: int = 0
+    fields_dropped: int = 0
+    """Payload fields that could not be stored (a malformed event, e.g. from an old file)."""
     last_event_ns: int = 0

@@ -1,0 +1,68 @@
+"""COUNTERFACTUAL_COMPUTED: what a blended seed adds, measured against its alpha=0 baseline
+(the env measures it inside the epoch), or why it could not be measured."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from esper.leyline import TelemetryEvent, TelemetryEventType, make_event
+
+ET = TelemetryEventType
+
+
+class EmitsEvents(Protocol):
+    """Anything with ``emit(event)``: a NissaHub, or a test double."""
+
+    def emit(self, event: TelemetryEvent) -> None: ...
+
+
+def emit_counterfactual_unavailable(
+    hub: EmitsEvents, env_id: int, slot_id: str, reason: str, *, epoch: int | None = None
+) -> None:
+    """COUNTERFACTUAL_COMPUTED with available=false and why (at ``epoch`` of the episode)."""
+    hub.emit(
+        make_event(
+            ET.COUNTERFACTUAL_COMPUTED,
+            {
+                "env_id": env_id,
+                "slot_id": slot_id,
+                "available": False,
+                "reason": reason,
+                "real_accuracy": None,
+                "baseline_accuracy": None,
+                "contribution": None,
+            },
+            message=f"counterfactual {slot_id}: unavailable ({reason})",
+            slot_id=slot_id,
+            epoch=epoch,
+        )
+    )
+
+
+def emit_counterfactual_computed(
+    hub: EmitsEvents,
+    env_id: int,
+    slot_id: str,
+    real: float,
+    baseline: float,
+    *,
+    epoch: int | None = None,
+) -> None:
+    """COUNTERFACTUAL_COMPUTED with the measured alpha=0 baseline (at ``epoch``)."""
+    hub.emit(
+        make_event(
+            ET.COUNTERFACTUAL_COMPUTED,
+            {
+                "env_id": env_id,
+                "slot_id": slot_id,
+                "available": True,
+                "reason": None,
+                "real_accuracy": real,
+                "baseline_accuracy": baseline,
+                "contribution": real - baseline,
+            },
+            message=f"counterfactual {slot_id}: {real - baseline:+.2f} points",
+            slot_id=slot_id,
+            epoch=epoch,
+        )
+    )
