@@ -126,6 +126,7 @@ def test_snapshots_are_copies() -> None:
     assert "mid" in agg.get_snapshot().envs[0].seeds
 
 
+@pytest.mark.slow
 def test_one_thread_feeds_while_another_takes_snapshots() -> None:
     agg = SanctumAggregator()
     make = Sentinels()

@@ -121,6 +121,7 @@ def test_esper_sanctum_names_a_missing_run(
     assert "no such file or directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_live_sanctum_watches_a_training_run_to_its_end(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:

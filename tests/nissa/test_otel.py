@@ -170,6 +170,7 @@ def test_endpoint_gets_the_traces_path() -> None:
     assert traces_endpoint("http://c:4318/v1/traces") == "http://c:4318/v1/traces"
 
 
+@pytest.mark.slow
 def test_a_real_run_exports_one_seed_span_per_germination_to_a_real_receiver(
     tmp_path: Path,
 ) -> None:
@@ -222,6 +223,7 @@ def _dead_run(endpoint: str) -> tuple[float, OTelOutput]:
     return time.monotonic() - t0, otel
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["nothing listening", "never answers"])
 def test_a_dead_collector_holds_the_close_to_its_budget_and_every_span_counts_lost(
     kind: str,

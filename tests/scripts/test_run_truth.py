@@ -233,6 +233,7 @@ def test_a_live_sanctum_run_stops_cleanly_and_says_it_was_interrupted(
 # -- bad input: clear errors before any work, nothing half-written --------------------------------
 
 
+@pytest.mark.slow
 def test_an_unwritable_save_path_fails_before_training_naming_the_flag(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -247,6 +248,7 @@ def test_an_unwritable_save_path_fails_before_training_naming_the_flag(tmp_path:
     assert time.monotonic() - start < 60
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
@@ -275,6 +277,7 @@ def test_offline_commands_name_the_bad_path_without_a_traceback(
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_a_corrupt_cifar_archive_is_named_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")
     proc = subprocess.run([*TRAIN, "heuristic", "--task", "cifar10", "--data-dir", str(tmp_path)],

@@ -125,6 +125,7 @@ def test_telemetry_file_flag_writes_jsonl(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow
 def test_module_and_console_entry_points_share_the_parser() -> None:
     module = subprocess.run(
         [sys.executable, "-m", "esper.scripts.train", "--help"], capture_output=True, text=True,

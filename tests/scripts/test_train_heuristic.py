@@ -45,6 +45,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[TelemetryEvent],
     return events, out, tmp
 
 
+@pytest.mark.slow
 def test_every_event_carries_every_required_catalogue_field(
     run: tuple[list[TelemetryEvent], str, Path],
 ) -> None:
@@ -53,6 +54,7 @@ def test_every_event_carries_every_required_catalogue_field(
         validate_payload(event.event_type, event.data)  # raises naming the field
 
 
+@pytest.mark.slow
 def test_the_run_tells_its_story_from_start_to_end(
     run: tuple[list[TelemetryEvent], str, Path],
 ) -> None:
@@ -84,6 +86,7 @@ def test_the_run_tells_its_story_from_start_to_end(
     assert (tmp / "host.pt").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_seed_events_follow_valid_transitions_and_carry_env_and_device(
     run: tuple[list[TelemetryEvent], str, Path],
 ) -> None:
@@ -109,6 +112,7 @@ def test_seed_events_follow_valid_transitions_and_carry_env_and_device(
     assert all(names[0] == "SEED_GERMINATED" for names in seen.values())
 
 
+@pytest.mark.slow
 def test_nan_loss_fault_makes_the_governor_roll_back_and_the_run_finish(tmp_path: Path) -> None:
     events, _ = _train(tmp_path, "--max-epochs", "8", "--inject-fault", "nan-loss@4")
     rollbacks = [e for e in events if e.event_type is ET.GOVERNOR_ROLLBACK]
@@ -123,6 +127,7 @@ def test_nan_loss_fault_makes_the_governor_roll_back_and_the_run_finish(tmp_path
     assert final.data["train_loss"] == final.data["train_loss"]  # finite again, not NaN
 
 
+@pytest.mark.slow
 def test_exploding_gradients_fault_reports_a_gradient_anomaly(tmp_path: Path) -> None:
     events, _ = _train(tmp_path, "--max-epochs", "6", "--inject-fault", "exploding-gradients@4")
     anomalies = [e for e in events if e.event_type is ET.GRADIENT_ANOMALY]
@@ -133,6 +138,7 @@ def test_exploding_gradients_fault_reports_a_gradient_anomaly(tmp_path: Path) ->
     assert all(a.data["value"] > a.data["threshold"] for a in anomalies)
 
 
+@pytest.mark.slow
 def test_cifar10_trains_from_a_local_archive(tmp_path: Path) -> None:
     from tests.tolaria.test_data import _cifar_dir
 
@@ -146,6 +152,7 @@ def test_cifar10_trains_from_a_local_archive(tmp_path: Path) -> None:
     assert "final validation accuracy" in out
 
 
+@pytest.mark.slow
 def test_a_bad_cifar_directory_is_a_usage_error_naming_it(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "esper.scripts.train", "heuristic", "--task", "cifar10",

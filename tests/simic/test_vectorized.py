@@ -87,6 +87,7 @@ def runs(
     return a, b, first.stdout
 
 
+@pytest.mark.slow
 def test_the_runs_cover_every_event_type_and_snapshot_kind_of_the_catalogue(
     runs: tuple[list[TelemetryEvent], list[TelemetryEvent], str],
 ) -> None:
@@ -98,6 +99,7 @@ def test_the_runs_cover_every_event_type_and_snapshot_kind_of_the_catalogue(
     assert not missing, f"never emitted: {missing}"
 
 
+@pytest.mark.slow
 def test_every_event_carries_every_catalogue_field(
     runs: tuple[list[TelemetryEvent], list[TelemetryEvent], str],
 ) -> None:
@@ -107,6 +109,7 @@ def test_every_event_carries_every_catalogue_field(
         assert set(e.data) == {f.name for f in spec.fields}, spec.title
 
 
+@pytest.mark.slow
 def test_ppo_update_carries_its_vital_signs(
     runs: tuple[list[TelemetryEvent], list[TelemetryEvent], str],
 ) -> None:
@@ -124,6 +127,7 @@ def test_ppo_update_carries_its_vital_signs(
     assert "mean episode reward" in out
 
 
+@pytest.mark.slow
 def test_resume_continues_the_episode_count(
     runs: tuple[list[TelemetryEvent], list[TelemetryEvent], str],
 ) -> None:
@@ -140,6 +144,7 @@ def test_resume_continues_the_episode_count(
     assert batch["batch_idx"] == 2
 
 
+@pytest.mark.slow
 def test_faults_reach_the_telemetry(
     runs: tuple[list[TelemetryEvent], list[TelemetryEvent], str],
 ) -> None:
@@ -153,6 +158,7 @@ def test_faults_reach_the_telemetry(
     assert ("exploding", 8) in kinds
 
 
+@pytest.mark.slow
 def test_mask_hits_never_exceed_decisions(
     runs: tuple[list[TelemetryEvent], list[TelemetryEvent], str],
 ) -> None:
@@ -177,10 +183,12 @@ def _small(level: TelemetryLevel, lifecycle_only: bool = False) -> list[Telemetr
     return hub.events
 
 
+@pytest.mark.slow
 def test_level_off_emits_nothing_from_training() -> None:
     assert _small(TelemetryLevel.OFF) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("level", "lifecycle_only"), [(TelemetryLevel.OFF, True), (TelemetryLevel.MINIMAL, False)]
 )
@@ -193,6 +201,7 @@ def test_minimal_and_lifecycle_only_emit_lifecycle_events_and_anomalies_only(
     assert types <= LIFECYCLE_EVENT_TYPES | {ET.GRADIENT_ANOMALY}
 
 
+@pytest.mark.slow
 def test_normal_adds_analytics_and_debug_adds_per_step_decisions() -> None:
     normal = {_key(e) for e in _small(TelemetryLevel.NORMAL)}
     debug = {_key(e) for e in _small(TelemetryLevel.DEBUG)}
