@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from esper.leyline import UsageError
-from esper.nissa import DirectoryOutput, get_hub
+from esper.nissa import get_hub
+from esper.nissa.backends import BackendSpec, attach_backends
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.simic.comparison import (
@@ -68,10 +69,7 @@ def _compare(args: argparse.Namespace) -> int:
     print(f"{args.model}: {iql.state_dim} features (seed telemetry: {telemetry_type})")
     hub = get_hub()
     hub.run_id = new_run_id("offline-compare")
-    if args.telemetry_dir:
-        out = DirectoryOutput(args.telemetry_dir)
-        hub.add_backend(out)
-        print(f"Telemetry will be saved to: {out.output_dir}")
+    attach_backends(hub, BackendSpec(telemetry_dir=args.telemetry_dir))
     try:
         live_comparison(
             [HeuristicController(), PolicyController(iql.act)], seeds=args.seeds,

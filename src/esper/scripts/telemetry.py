@@ -15,7 +15,8 @@ from esper.leyline import (
     TelemetryEventType,
     UsageError,
 )
-from esper.nissa import DirectoryOutput, FileOutput, NissaHub, iter_events, read_events
+from esper.nissa import NissaHub, iter_events, read_events
+from esper.nissa.backends import BackendSpec, attach_backends
 from esper.nissa.replay import LineProblem, run_status
 from esper.scripts._preflight import check_output_dir, check_output_file
 
@@ -75,12 +76,9 @@ def _replay(args: argparse.Namespace) -> int:
     ends: list[TelemetryEvent] = []
     last: TelemetryEvent | None = None
     try:
-        if args.telemetry_file:
-            hub.add_backend(FileOutput(args.telemetry_file))
-        if args.telemetry_dir:
-            out = DirectoryOutput(args.telemetry_dir)
-            hub.add_backend(out)
-            print(f"Telemetry will be saved to: {out.output_dir}")
+        attach_backends(
+            hub, BackendSpec(telemetry_file=args.telemetry_file, telemetry_dir=args.telemetry_dir)
+        )
         for event, _seq in source:
             hub.emit(event)
             n += 1

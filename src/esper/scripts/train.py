@@ -12,7 +12,6 @@ import sys
 import threading
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -30,15 +29,12 @@ from esper.leyline import (
     UsageError,
 )
 from esper.nissa import (
-    DirectoryOutput,
-    FileOutput,
     NissaHub,
     get_hub,
     install_signal_handlers,
     start_daemon_thread,
 )
-from esper.nissa.otel import OTelOutput, otlp_configured, traces_endpoint
-from esper.nissa.prometheus import PrometheusOutput
+from esper.nissa.backends import BackendSpec, TelemetrySetup, attach_backends
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.scripts._progress import ProgressBar
@@ -254,60 +250,26 @@ def telemetry_config(args: argparse.Namespace) -> TelemetryConfig:
     )
 
 
-@dataclass(slots=True)
-class TelemetrySetup:
-    """Where this run's telemetry goes, for the closing summary."""
-
-    hub: NissaHub
-    destinations: list[str] = field(default_factory=list)
-    prometheus: PrometheusOutput | None = None
-
-
 def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
-    """Attach the backends the flags ask for. Raises BackendConfigError naming the path."""
-    setup = TelemetrySetup(hub)
-    if args.telemetry_file is not None:
-        file_out = FileOutput(args.telemetry_file)
-        hub.add_backend(file_out)
-        setup.destinations.append(f"JSONL file: {file_out.path}")
-    if args.telemetry_dir is not None:
-        dir_out = DirectoryOutput(args.telemetry_dir)
-        hub.add_backend(dir_out)
-        print(f"Telemetry will be saved to: {dir_out.output_dir}", flush=True)
-        setup.destinations.append(f"run directory: {dir_out.output_dir}")
-    if args.metrics_port is not None:
-        prom = PrometheusOutput(hub_stats=hub.stats)
-        port = prom.serve(
-            args.metrics_port,
-            args.metrics_addr,
-            certfile=_opt(args.metrics_tls_cert),
-            keyfile=_opt(args.metrics_tls_key),
-            client_cafile=_opt(args.metrics_tls_client_ca),
-        )
-        scheme = "https" if args.metrics_tls_cert else "http"
-        host = f"[{args.metrics_addr}]" if ":" in args.metrics_addr else args.metrics_addr
-        url = f"{scheme}://{host}:{port}/metrics"
-        setup.prometheus = prom
-        hub.add_backend(prom)
-        print(f"Serving Prometheus metrics at {url}", flush=True)
-        setup.destinations.append(f"Prometheus metrics: {url}")
-        if args.metrics_sd_dir is not None:
-            sd = prom.write_sd_file(
-                args.metrics_sd_dir,
-                host=args.metrics_sd_host or args.metrics_addr,
-                labels={"run_id": hub.run_id or "", "mode": args.mode, "task": args.task},
-            )
-            setup.destinations.append(f"scrape target registered in {sd}")
-    if args.otlp_endpoint is not None or otlp_configured():
-        otel = OTelOutput(endpoint=args.otlp_endpoint, run_id=hub.run_id)
-        hub.add_backend(otel)
-        where = (
-            traces_endpoint(args.otlp_endpoint)
-            if args.otlp_endpoint
-            else "the endpoint in OTEL_EXPORTER_OTLP_*"
-        )
-        print(f"Exporting traces over OTLP/HTTP to {where}", flush=True)
-        setup.destinations.append(f"OpenTelemetry traces: {where}")
+    """Attach the backends the flags ask for (through the one backend factory). Raises
+    BackendConfigError naming the path."""
+    setup = attach_backends(
+        hub,
+        BackendSpec(
+            telemetry_file=args.telemetry_file,
+            telemetry_dir=args.telemetry_dir,
+            metrics_port=args.metrics_port,
+            metrics_addr=args.metrics_addr,
+            metrics_tls_cert=args.metrics_tls_cert,
+            metrics_tls_key=args.metrics_tls_key,
+            metrics_tls_client_ca=args.metrics_tls_client_ca,
+            metrics_sd_dir=args.metrics_sd_dir,
+            metrics_sd_host=args.metrics_sd_host,
+            metrics_sd_labels={"run_id": hub.run_id or "", "mode": args.mode, "task": args.task},
+            otlp_endpoint=args.otlp_endpoint,
+            otlp_from_environment=True,
+        ),
+    )
     config = telemetry_config(args)
     if config.level is TelemetryLevel.OFF:
         detail = "telemetry level is off" + (
@@ -324,10 +286,6 @@ def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
             )
         )
     return setup
-
-
-def _opt(path: Path | None) -> str | None:
-    return None if path is None else str(path)
 
 
 def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> bool:

@@ -1,0 +1,108 @@
+"""One factory for a hub's backends: ``esper train``, ``esper telemetry replay`` and
+``esper offline compare`` all attach theirs here, from a ``BackendSpec``.
+
+A spec names any subset of the backends (a JSONL file, a run directory, Prometheus
+``/metrics`` with an optional scrape-target file, OpenTelemetry traces); ``attach_backends``
+builds them, attaches them, announces where each one writes, and returns the
+``TelemetrySetup`` a closing summary reads. A bad path or port raises ``BackendConfigError``
+naming it, before any training starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from esper.nissa._file import DirectoryOutput, FileOutput
+from esper.nissa._hub import NissaHub
+from esper.nissa.otel import OTelOutput, otlp_configured, traces_endpoint
+from esper.nissa.prometheus import PrometheusOutput
+
+
+@dataclass(frozen=True, slots=True)
+class BackendSpec:
+    """Which backends a hub gets, and how they are set up."""
+
+    telemetry_file: Path | None = None
+    telemetry_dir: Path | None = None
+    metrics_port: int | None = None
+    """Serve ``/metrics`` on this port (0: a free one); None: no Prometheus backend."""
+    metrics_addr: str = "127.0.0.1"
+    metrics_tls_cert: Path | None = None
+    metrics_tls_key: Path | None = None
+    metrics_tls_client_ca: Path | None = None
+    metrics_sd_dir: Path | None = None
+    """Register the endpoint as a Prometheus file_sd target here."""
+    metrics_sd_host: str | None = None
+    metrics_sd_labels: Mapping[str, str] = field(default_factory=dict)
+    otlp_endpoint: str | None = None
+    otlp_from_environment: bool = False
+    """Also export traces when only ``OTEL_EXPORTER_OTLP_*`` names an endpoint."""
+
+
+@dataclass(slots=True)
+class TelemetrySetup:
+    """Where a hub's telemetry goes, for the closing summary."""
+
+    hub: NissaHub
+    destinations: list[str] = field(default_factory=list)
+    prometheus: PrometheusOutput | None = None
+
+
+def _opt(path: Path | None) -> str | None:
+    return None if path is None else str(path)
+
+
+def attach_backends(
+    hub: NissaHub,
+    spec: BackendSpec,
+    *,
+    announce: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> TelemetrySetup:
+    """Build and attach the backends ``spec`` names; ``announce`` each destination as it
+    opens. Raises BackendConfigError naming the path or port that cannot be used."""
+    setup = TelemetrySetup(hub)
+    if spec.telemetry_file is not None:
+        file_out = FileOutput(spec.telemetry_file)
+        hub.add_backend(file_out)
+        setup.destinations.append(f"JSONL file: {file_out.path}")
+    if spec.telemetry_dir is not None:
+        dir_out = DirectoryOutput(spec.telemetry_dir)
+        hub.add_backend(dir_out)
+        announce(f"Telemetry will be saved to: {dir_out.output_dir}")
+        setup.destinations.append(f"run directory: {dir_out.output_dir}")
+    if spec.metrics_port is not None:
+        prom = PrometheusOutput(hub_stats=hub.stats)
+        port = prom.serve(
+            spec.metrics_port,
+            spec.metrics_addr,
+            certfile=_opt(spec.metrics_tls_cert),
+            keyfile=_opt(spec.metrics_tls_key),
+            client_cafile=_opt(spec.metrics_tls_client_ca),
+        )
+        scheme = "https" if spec.metrics_tls_cert else "http"
+        host = f"[{spec.metrics_addr}]" if ":" in spec.metrics_addr else spec.metrics_addr
+        url = f"{scheme}://{host}:{port}/metrics"
+        setup.prometheus = prom
+        hub.add_backend(prom)
+        announce(f"Serving Prometheus metrics at {url}")
+        setup.destinations.append(f"Prometheus metrics: {url}")
+        if spec.metrics_sd_dir is not None:
+            sd = prom.write_sd_file(
+                spec.metrics_sd_dir,
+                host=spec.metrics_sd_host or spec.metrics_addr,
+                labels=dict(spec.metrics_sd_labels),
+            )
+            setup.destinations.append(f"scrape target registered in {sd}")
+    if spec.otlp_endpoint is not None or (spec.otlp_from_environment and otlp_configured()):
+        otel = OTelOutput(endpoint=spec.otlp_endpoint, run_id=hub.run_id)
+        hub.add_backend(otel)
+        where = (
+            traces_endpoint(spec.otlp_endpoint)
+            if spec.otlp_endpoint
+            else "the endpoint in OTEL_EXPORTER_OTLP_*"
+        )
+        announce(f"Exporting traces over OTLP/HTTP to {where}")
+        setup.destinations.append(f"OpenTelemetry traces: {where}")
+    return setup
