@@ -39,8 +39,8 @@ from esper.leyline import (
 )
 from esper.nissa import DirectoryOutput, InMemoryOutput, NissaHub, OutputBackend
 from esper.nissa.prometheus import PrometheusOutput
-from esper.simic.vectorized import run_ppo
-from esper.tolaria.config import RunConfig
+from esper.runs import run_training
+from esper.runs.config import RunConfig
 
 from _report import per_call_ns, quantile, write_section
 
@@ -70,7 +70,7 @@ def real_payloads() -> dict[str, tuple[TelemetryEventType, dict[str, Any]]]:
     hub.add_backend(out)
     config = RunConfig(mode="ppo", n_envs=2, episodes=2, max_epochs=6, seed=3,
                        telemetry=TelemetryConfig(TelemetryLevel.DEBUG))  # fmt: skip
-    run_ppo(config, hub=hub)
+    run_training(config, hub=hub)
     hub.close()
     found: dict[str, tuple[TelemetryEventType, dict[str, Any]]] = {}
     for e in out.events:

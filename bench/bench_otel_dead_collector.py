@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from esper.leyline import TelemetryConfig
 from esper.nissa import NissaHub
 from esper.nissa.otel import OTelOutput
-from esper.simic.vectorized import run_ppo
-from esper.tolaria.config import RunConfig
+from esper.runs import run_training
+from esper.runs.config import RunConfig
 
 from _report import write_section
 
@@ -40,7 +40,7 @@ def _run(otel: bool) -> tuple[float, float, int]:
         hub.add_backend(backend)
     config = RunConfig(mode="ppo", telemetry=TelemetryConfig(), **JOB)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    run_ppo(config, hub=hub)
+    run_training(config, hub=hub)
     elapsed = time.perf_counter() - t0
     t1 = time.perf_counter()
     hub.close()
@@ -64,7 +64,7 @@ def main() -> None:
     body = "\n".join([
         "## OpenTelemetry export to a dead collector",
         "",
-        f"`bench/bench_otel_dead_collector.py`: `run_ppo` with {JOB}, telemetry level normal, "
+        f"`bench/bench_otel_dead_collector.py`: `run_training` with {JOB}, telemetry level normal, "
         f"{ROUNDS} interleaved rounds; OTLP/HTTP to a loopback port where nothing listens.",
         "",
         "| configuration | median wall time (s) | all rounds (s) |",

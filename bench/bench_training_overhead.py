@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from esper.leyline import DEFAULT_BUDGETS, TelemetryConfig, TelemetryLevel
 from esper.nissa import DirectoryOutput, NissaHub
-from esper.simic.vectorized import run_ppo
-from esper.tolaria.config import RunConfig
+from esper.runs import run_training
+from esper.runs.config import RunConfig
 
 from _report import write_section
 
@@ -33,7 +33,7 @@ def _run(level: TelemetryLevel, base: Path) -> tuple[float, int, float]:
         hub.add_backend(DirectoryOutput(base))
     config = RunConfig(mode="ppo", telemetry=TelemetryConfig(level), **JOB)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    run_ppo(config, hub=hub)
+    run_training(config, hub=hub)
     elapsed = time.perf_counter() - t0
     hub.close()
     stats = hub.stats()
@@ -58,7 +58,7 @@ def main() -> None:
     lines = [
         "## Training overhead of telemetry (PPO job)",
         "",
-        f"`bench/bench_training_overhead.py`: `run_ppo` with {JOB}, {ROUNDS} interleaved "
+        f"`bench/bench_training_overhead.py`: `run_training` with {JOB}, {ROUNDS} interleaved "
         "rounds per level, median wall time; telemetry to a JSONL run directory.",
         "",
         "| level | events | median wall time (s) | all rounds (s) | ratio to off "

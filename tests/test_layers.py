@@ -2,9 +2,9 @@
 
 From the bottom: ``leyline`` (contracts), ``nissa`` (the hub), ``kasmina`` (the model),
 ``tolaria`` (training one model), ``tamiyo`` (controllers), ``simic`` (reinforcement learning),
-``karn`` (analytics), ``scripts`` (the command line). The test reads every module's source,
-lazy imports inside functions included, and fails on an import of a higher package, and on a
-private name or private module of another package.
+``karn`` (analytics), ``runs`` (the run lifecycle), ``scripts`` (the command line). The test
+reads every module's source, lazy imports inside functions included, and fails on an import
+of a higher package, and on a private name or private module of another package.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src"
-LAYERS = ("leyline", "nissa", "kasmina", "tolaria", "tamiyo", "simic", "karn", "scripts")
+LAYERS = ("leyline", "nissa", "kasmina", "tolaria", "tamiyo", "simic", "karn", "runs", "scripts")
 RANK = {name: i for i, name in enumerate(LAYERS)}
 
 

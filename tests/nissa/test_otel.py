@@ -16,8 +16,8 @@ from opentelemetry.trace import StatusCode
 from esper.leyline import TelemetryEvent, TelemetryEventType, example_payload, make_event
 from esper.nissa import NissaHub, read_events
 from esper.nissa.otel import OTelOutput, traces_endpoint
-from esper.simic.vectorized import run_ppo
-from esper.tolaria.config import RunConfig
+from esper.runs import run_training
+from esper.runs.config import RunConfig
 from tests._otlp import OTLPReceiver, SilentReceiver
 from tests._stack import free_port
 
@@ -217,7 +217,7 @@ def _dead_run(endpoint: str) -> tuple[float, OTelOutput]:
     hub = NissaHub()
     otel = OTelOutput(endpoint=endpoint, run_id="dead")
     hub.add_backend(otel)
-    run_ppo(RunConfig(mode="ppo", episodes=2, n_envs=2, max_epochs=6, seed=3), hub=hub)
+    run_training(RunConfig(mode="ppo", episodes=2, n_envs=2, max_epochs=6, seed=3), hub=hub)
     t0 = time.monotonic()
     hub.close()
     return time.monotonic() - t0, otel
@@ -228,7 +228,7 @@ def _dead_run(endpoint: str) -> tuple[float, OTelOutput]:
 def test_a_dead_collector_holds_the_close_to_its_budget_and_every_span_counts_lost(
     kind: str,
 ) -> None:
-    """The run completes (run_ppo returns); closing waits at most the 5 s export budget."""
+    """The run completes (run_training returns); closing waits at most the 5 s export budget."""
     silent = SilentReceiver() if kind == "never answers" else None
     endpoint = silent.endpoint if silent else f"http://127.0.0.1:{free_port()}"
     try:

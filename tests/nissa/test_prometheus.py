@@ -22,7 +22,7 @@ from esper.leyline import (
     example_payload,
     make_event,
 )
-from esper.nissa import NissaHub
+from esper.nissa import NissaHub, prometheus
 from esper.nissa.metric_catalogue import (
     CUDA_STATS,
     EVENT_COUNT,
@@ -30,6 +30,9 @@ from esper.nissa.metric_catalogue import (
     HUB_STATS,
     METRICS,
     MetricKind,
+    MetricSpec,
+    Update,
+    derived,
     render_metrics_markdown,
 )
 from esper.nissa.prometheus import (
@@ -359,3 +362,31 @@ def test_wait_for_scrape_returns_once_a_later_scrape_is_answered_in_full() -> No
         assert answered.is_set()
     finally:
         out.close()
+
+
+def test_a_metric_derived_from_one_field_is_one_catalogue_entry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A new metric that reads one payload field needs no exporter code: its MetricSpec (with
+    ``update``) is all, and the exporter registers and updates it."""
+    extra = MetricSpec(
+        "esper_env_train_loss", MetricKind.GAUGE, "Training loss of one env.", ("env_id",), "",
+        "EPOCH_COMPLETED:env.train_loss", update=Update.SET,
+    )  # fmt: skip
+    monkeypatch.setattr(prometheus, "METRICS", (*prometheus.METRICS, extra))
+    out = PrometheusOutput(cuda=False)
+    out.emit(_sample((ET.EPOCH_COMPLETED, "env"), env_id=4, train_loss=0.75, seeds={}))
+    assert _value(out.registry, "esper_env_train_loss", env_id="4") == 0.75
+
+
+def test_every_derived_metric_reads_a_real_field_and_labels_it_by_payload_fields() -> None:
+    for spec in METRICS:
+        if spec.update is None:
+            continue
+        how = derived(spec)
+        variant = how.variant
+        fields = {f.name for f in CATALOGUE[(TelemetryEventType[how.event_type], variant)].fields}
+        assert how.field is None or how.field in fields, spec.name
+        assert set(spec.labels) <= fields, spec.name
+        if spec.kind is MetricKind.COUNTER:
+            assert how.update is Update.COUNT, spec.name

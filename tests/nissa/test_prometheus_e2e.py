@@ -12,8 +12,8 @@ from esper.leyline import TelemetryConfig
 from esper.nissa import NissaHub
 from esper.nissa.metric_catalogue import METRICS, MetricKind
 from esper.nissa.prometheus import PrometheusOutput
-from esper.simic.vectorized import run_ppo
-from esper.tolaria.config import RunConfig
+from esper.runs import run_training
+from esper.runs.config import RunConfig
 from tests._stack import DEPLOY, Stack, metric_names, query, wait_until
 
 pytestmark = pytest.mark.slow
@@ -97,7 +97,7 @@ def test_promtool_check_metrics_passes_on_a_real_runs_scrape() -> None:
     out = PrometheusOutput(hub_stats=hub.stats, cuda=False)
     port = out.serve(0)
     hub.add_backend(out)
-    run_ppo(RunConfig(mode="ppo", episodes=2, n_envs=2, max_epochs=6, seed=2,
+    run_training(RunConfig(mode="ppo", episodes=2, n_envs=2, max_epochs=6, seed=2,
                       telemetry=TelemetryConfig()), hub=hub)  # fmt: skip
     hub.flush()
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as resp:
@@ -126,7 +126,8 @@ def test_every_spec_alert_is_defined_with_summary_description_and_runbook() -> N
 
     doc = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
     rules = {r["alert"]: r for g in doc["groups"] for r in g["rules"]}
-    assert set(rules) == {
+    # The alerts the spec and the issues ask for; another alert needs only its rule and test.
+    assert set(rules) >= {
         "EsperExplodingGradients", "EsperNaNGradients", "EsperVanishingSeedGradients",
         "EsperEntropyCollapse", "EsperGovernorRollbackStorm", "EsperTrainingStalled",
         "EsperTelemetryDropping", "EsperTelemetryLost", "EsperTrainerDown",

@@ -22,14 +22,14 @@ from esper.leyline import (
     validate_payload,
 )
 from esper.nissa import read_events
+from esper.runs import run_training
+from esper.runs.config import RunConfig
 from esper.simic.ppo import gae
 from esper.simic.vectorized import (
     _apply_slot_telemetry,
     _emit_cf_unavailable,
     _emit_ppo_update_event,
-    run_ppo,
 )
-from esper.tolaria.config import RunConfig
 from esper.tolaria.data import load_task
 from esper.tolaria.environment import Fault, MorphogeneticEnv
 
@@ -173,7 +173,7 @@ def test_mask_hits_never_exceed_decisions(
 
 def _small(level: TelemetryLevel, lifecycle_only: bool = False) -> list[TelemetryEvent]:
     hub = ListHub()
-    run_ppo(
+    run_training(
         RunConfig(
             mode="ppo", episodes=1, n_envs=1, max_epochs=6, seed=3,
             telemetry=TelemetryConfig(level, lifecycle_only), faults=(Fault("nan-loss", 2),),
@@ -265,7 +265,7 @@ def test_resume_refuses_a_checkpoint_that_is_not_ours(tmp_path: Path) -> None:
     bad = tmp_path / "bad.pt"
     torch.save({"format": "other"}, bad)
     with pytest.raises(UsageError, match=r"--resume .*bad\.pt: not an esper-ppo-v1 checkpoint"):
-        run_ppo(
+        run_training(
             RunConfig(mode="ppo", episodes=1, n_envs=1, max_epochs=2, resume=bad), hub=ListHub()
         )
 
@@ -278,7 +278,7 @@ def test_resume_loads_with_weights_only(tmp_path: Path) -> None:
     evil = tmp_path / "evil.pt"
     torch.save({"format": "esper-ppo-v1", "x": Payload()}, evil)
     with pytest.raises(UsageError, match="not a loadable checkpoint"):
-        run_ppo(
+        run_training(
             RunConfig(mode="ppo", episodes=1, n_envs=1, max_epochs=2, resume=evil), hub=ListHub()
         )
 

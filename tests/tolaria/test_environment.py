@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from esper.leyline import SeedStage, TelemetryEvent, TelemetryEventType
-from esper.tolaria.config import RunConfig
+from esper.runs.config import RunConfig
 from esper.tolaria.data import load_task
 from esper.tolaria.environment import EnvConfig, MorphogeneticEnv
 

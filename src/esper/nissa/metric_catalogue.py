@@ -12,6 +12,7 @@ exporter divides by 100).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -20,6 +21,45 @@ class MetricKind(StrEnum):
     GAUGE = "gauge"
     COUNTER = "counter"
     HISTOGRAM = "histogram"
+
+
+class Update(StrEnum):
+    """How the exporter updates a metric from its ``source`` event, with no code of its own.
+    Labels take the values of the payload fields of the same names."""
+
+    SET = "set"
+    """gauge = the field's value (a null value leaves the gauge alone)"""
+    PERCENT = "percent"
+    """gauge = the field / 100 (a percentage as a 0..1 ratio)"""
+    FLAG = "flag"
+    """gauge = 1 when the field is true, else 0"""
+    MS = "ms"
+    """histogram observes the field / 1000 (milliseconds as seconds)"""
+    COUNT = "count"
+    """counter + 1 per event"""
+
+
+_SOURCE = re.compile(r"^([A-Z_]+)(?::(\w+))?(?:\.(\w+)| \(counts the events\))$")
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """A metric's update as the exporter applies it: from which event, which field."""
+
+    event_type: str
+    variant: str | None
+    field: str | None
+    """None: the event itself is counted."""
+    update: Update
+
+
+def derived(spec: MetricSpec) -> Derived:
+    """What ``spec.update`` applies to, parsed from its ``source``; ValueError if it cannot
+    be (such a metric needs an update of its own)."""
+    m = _SOURCE.match(spec.source)
+    if spec.update is None or m is None:
+        raise ValueError(f"{spec.name}: source {spec.source!r} does not name one event field")
+    return Derived(m.group(1), m.group(2), m.group(3), spec.update)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +71,9 @@ class MetricSpec:
     unit: str = ""
     source: str = ""
     buckets: tuple[float, ...] = ()
+    update: Update | None = None
+    """How the exporter derives it from ``source`` (see ``Update``); None: by code of its
+    own, for metrics that fold several fields or keep state."""
 
     @property
     def family(self) -> str:
@@ -41,6 +84,7 @@ class MetricSpec:
 
 
 G, C, H = MetricKind.GAUGE, MetricKind.COUNTER, MetricKind.HISTOGRAM
+SET, PERCENT, FLAG, MS, COUNT = Update.SET, Update.PERCENT, Update.FLAG, Update.MS, Update.COUNT
 
 # PPO updates take tens of milliseconds on a CPU and up to seconds for large rollouts.
 UPDATE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -83,35 +127,37 @@ METRICS: tuple[MetricSpec, ...] = (
                "dead OTLP collector never received.", ("backend",), "items",
                f"{HUB_STATS}: BackendStats.lost"),
     MetricSpec("esper_ppo_updates_total", C, "PPO updates done (one per event).", (), "updates",
-               f"{PPO} {EVENT_COUNT}"),
+               f"{PPO} {EVENT_COUNT}", update=COUNT),
     MetricSpec("esper_ppo_update_duration_seconds", H, "Wall time of a PPO update.", (), "s",
-               f"{PPO}.update_time_ms", UPDATE_BUCKETS),
+               f"{PPO}.update_time_ms", UPDATE_BUCKETS, update=MS),
     MetricSpec("esper_ppo_grad_norm", G, "Policy gradient L2 norm before clipping.", (), "",
-               f"{PPO}.grad_norm"),
+               f"{PPO}.grad_norm", update=SET),
     MetricSpec("esper_ppo_policy_loss", G, "PPO clipped surrogate loss.", (), "",
-               f"{PPO}.policy_loss"),
-    MetricSpec("esper_ppo_value_loss", G, "Value function loss.", (), "", f"{PPO}.value_loss"),
+               f"{PPO}.policy_loss", update=SET),
+    MetricSpec("esper_ppo_value_loss", G, "Value function loss.", (), "",
+               f"{PPO}.value_loss", update=SET),
     MetricSpec("esper_ppo_entropy", G, "Mean policy entropy (sum over heads).", (), "nats",
-               f"{PPO}.entropy"),
+               f"{PPO}.entropy", update=SET),
     MetricSpec("esper_ppo_entropy_collapsed", G, "1 when entropy fell below its collapse level.",
-               (), "", f"{PPO}.entropy_collapsed"),
+               (), "", f"{PPO}.entropy_collapsed", update=FLAG),
     MetricSpec("esper_ppo_kl_divergence", G, "Approximate KL of the update.", (), "",
-               f"{PPO}.kl_divergence"),
+               f"{PPO}.kl_divergence", update=SET),
     MetricSpec("esper_ppo_clip_fraction", G, "Fraction of ratios clipped.", (), "ratio",
-               f"{PPO}.clip_fraction"),
+               f"{PPO}.clip_fraction", update=SET),
     MetricSpec("esper_ppo_explained_variance", G, "Explained variance of the value function.",
-               (), "", f"{PPO}.explained_variance"),
-    MetricSpec("esper_ppo_learning_rate", G, "Policy learning rate.", (), "", f"{PPO}.lr"),
+               (), "", f"{PPO}.explained_variance", update=SET),
+    MetricSpec("esper_ppo_learning_rate", G, "Policy learning rate.", (), "",
+               f"{PPO}.lr", update=SET),
     MetricSpec("esper_ppo_head_entropy", G, "Entropy of one action head.", ("head",), "nats",
                f"{PPO}.head_{{head}}_entropy"),
     MetricSpec("esper_ppo_head_grad_norm", G, "Gradient norm of one action head.", ("head",), "",
                f"{PPO}.head_{{head}}_grad_norm"),
     MetricSpec("esper_env_step_duration_seconds", H, "Wall time of one env step (a host epoch).",
-               ("env_id",), "s", f"{THROUGHPUT}.step_time_ms", STEP_BUCKETS),
+               ("env_id",), "s", f"{THROUGHPUT}.step_time_ms", STEP_BUCKETS, update=MS),
     MetricSpec("esper_dataloader_wait_seconds", H, "Time per env step spent waiting for data.",
-               ("env_id",), "s", f"{THROUGHPUT}.dataloader_wait_ms", WAIT_BUCKETS),
+               ("env_id",), "s", f"{THROUGHPUT}.dataloader_wait_ms", WAIT_BUCKETS, update=MS),
     MetricSpec("esper_env_fps", G, "Training samples per second of one env.", ("env_id",),
-               "samples/s", f"{THROUGHPUT}.fps"),
+               "samples/s", f"{THROUGHPUT}.fps", update=SET),
     MetricSpec("esper_action_mask_hit_ratio", G,
                "Share of the last batch's decisions where the mask removed a choice.", ("head",),
                "ratio", f"{MASKS}.mask_hits"),
@@ -125,30 +171,31 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("esper_episodes_completed_total", C, "Episodes finished.", (), "episodes",
                f"{BATCH}.episodes_completed"),
     MetricSpec("esper_batch_avg_accuracy", G, "Mean final validation accuracy of the last batch.",
-               (), "ratio", f"{BATCH}.avg_accuracy"),
+               (), "ratio", f"{BATCH}.avg_accuracy", update=PERCENT),
     MetricSpec("esper_batch_rolling_accuracy", G, "Rolling mean of batch accuracy.", (), "ratio",
-               f"{BATCH}.rolling_accuracy"),
+               f"{BATCH}.rolling_accuracy", update=PERCENT),
     MetricSpec("esper_batch_avg_reward", G, "Mean episode reward of the last batch.", (), "",
-               f"{BATCH}.avg_reward"),
+               f"{BATCH}.avg_reward", update=SET),
     MetricSpec("esper_env_val_accuracy", G, "Validation accuracy of one env.", ("env_id",),
-               "ratio", f"{EPOCH_ENV}.val_accuracy"),
+               "ratio", f"{EPOCH_ENV}.val_accuracy", update=PERCENT),
     MetricSpec("esper_env_val_loss", G, "Validation loss of one env.", ("env_id",), "",
-               f"{EPOCH_ENV}.val_loss"),
+               f"{EPOCH_ENV}.val_loss", update=SET),
     MetricSpec("esper_env_epochs_total", C, "Host epochs completed by one env.", ("env_id",),
-               "epochs", f"{EPOCH_ENV}.inner_epoch"),
+               "epochs", f"{EPOCH_ENV} {EVENT_COUNT}", update=COUNT),
     MetricSpec("esper_last_progress_timestamp_seconds", G,
                "Unix time of the last completed host epoch (any env).", (), "s",
                f"{EPOCH_ENV} {EVENT_TIME}"),
     MetricSpec("esper_host_grad_norm", G, "Host gradient L2 norm (worst step of the epoch).",
-               ("env_id",), "", f"{EPOCH_ENV}.host_grad_norm"),
+               ("env_id",), "", f"{EPOCH_ENV}.host_grad_norm", update=SET),
     MetricSpec("esper_seed_germinated_total", C, "Seeds germinated.", ("slot_id", "blueprint_id"),
-               "seeds", "SEED_GERMINATED.blueprint_id"),
+               "seeds", "SEED_GERMINATED.blueprint_id", update=COUNT),
     MetricSpec("esper_seed_fossilized_total", C, "Seeds fossilized.", ("slot_id", "blueprint_id"),
-               "seeds", "SEED_FOSSILIZED.blueprint_id"),
+               "seeds", "SEED_FOSSILIZED.blueprint_id", update=COUNT),
     MetricSpec("esper_seed_culled_total", C, "Seeds culled, by reason.",
-               ("slot_id", "blueprint_id", "reason"), "seeds", "SEED_CULLED.reason"),
+               ("slot_id", "blueprint_id", "reason"), "seeds", "SEED_CULLED.reason", update=COUNT),
     MetricSpec("esper_seed_stage_transitions_total", C, "Seed stage transitions.",
-               ("from_stage", "to_stage"), "transitions", "SEED_STAGE_CHANGED.to_stage"),
+               ("from_stage", "to_stage"), "transitions",
+               "SEED_STAGE_CHANGED.to_stage", update=COUNT),
     MetricSpec("esper_seeds", G, "Seeds currently in each stage, over all envs and slots.",
                ("stage",), "seeds", f"{EPOCH_ENV}.seeds"),
     MetricSpec("esper_seed_alpha", G, "Blend weight of the seed in a slot.", ("env_id", "slot_id"),
@@ -162,9 +209,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("esper_seed_gradient_health", G, "Gradient health (0..1) of the seed in a slot.",
                ("env_id", "slot_id"), "ratio", f"{EPOCH_ENV}.seeds"),
     MetricSpec("esper_gradient_anomalies_total", C, "Gradient anomalies.", ("scope", "kind"),
-               "anomalies", "GRADIENT_ANOMALY.kind"),
+               "anomalies", "GRADIENT_ANOMALY.kind", update=COUNT),
     MetricSpec("esper_governor_rollbacks_total", C, "Governor rollbacks.", ("env_id", "reason"),
-               "rollbacks", "GOVERNOR_ROLLBACK.reason"),
+               "rollbacks", "GOVERNOR_ROLLBACK.reason", update=COUNT),
     MetricSpec("esper_reward_component", G,
                "Reward component summed over an episode, mean over the batch's envs.",
                ("component",), "", "ANALYTICS_SNAPSHOT:reward_summary.summary"),
@@ -200,11 +247,19 @@ def render_metrics_markdown() -> str:
         "Served on `/metrics` by the training process (`--metrics-port`). Accuracies and other",
         "ratios are 0..1; durations are seconds. Sources are `EVENT_TYPE[:variant].field`.",
         "",
-        "| name | type | labels | unit | source | meaning |",
-        "|---|---|---|---|---|---|",
+        "The update column says how the exporter derives a metric from its source, with no",
+        "code of its own: `set` (the value), `percent` (/ 100), `flag` (1 or 0), `ms` (observed",
+        "/ 1000), `count` (+1 per event); `code` marks those that fold several fields or keep",
+        "state.",
+        "",
+        "| name | type | labels | unit | source | update | meaning |",
+        "|---|---|---|---|---|---|---|",
     ]
     for m in METRICS:
         labels = ", ".join(f"`{label}`" for label in m.labels)
         source = f"`{m.source}`" if m.source else "(read at scrape)"
-        out.append(f"| `{m.name}` | {m.kind.value} | {labels} | {m.unit} | {source} | {m.help} |")
+        how = m.update.value if m.update is not None else "code"
+        out.append(
+            f"| `{m.name}` | {m.kind.value} | {labels} | {m.unit} | {source} | {how} | {m.help} |"
+        )
     return "\n".join(out) + "\n"

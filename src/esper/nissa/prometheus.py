@@ -31,6 +31,7 @@ from prometheus_client.registry import Collector
 
 from esper.leyline import (
     ACTION_HEADS,
+    DISCRIMINATORS,
     BackendConfigError,
     Op,
     SeedStage,
@@ -41,7 +42,15 @@ from esper.leyline import (
 from esper.nissa._backend import OutputBackend
 from esper.nissa._fork import register_fork_resource
 from esper.nissa._hub import HubStats, block_shutdown_signals
-from esper.nissa.metric_catalogue import METRICS, METRICS_BY_NAME, MetricKind
+from esper.nissa.metric_catalogue import (
+    METRICS,
+    METRICS_BY_NAME,
+    Derived,
+    MetricKind,
+    MetricSpec,
+    Update,
+    derived,
+)
 
 ET = TelemetryEventType
 _ANOMALY_SCOPES = allowed_values(TelemetryEventType.GRADIENT_ANOMALY, "scope")
@@ -262,6 +271,13 @@ class PrometheusOutput(OutputBackend):
         elif cuda if cuda is not None else _cuda_available():
             self.registry.register(_CudaCollector())
         self._children: dict[tuple[str, tuple[str, ...]], Any] = {}
+        # Metrics the catalogue derives from one event field (MetricSpec.update): applied by
+        # _apply_derived with no handler code; the handlers below do the rest.
+        self._derived: dict[tuple[str, str | None], list[tuple[MetricSpec, Derived]]] = {}
+        for spec in METRICS:
+            if spec.update is not None and spec.name in self._m:
+                d = derived(spec)
+                self._derived.setdefault((d.event_type, d.variant), []).append((spec, d))
         self._seed_stages: dict[tuple[int, str], str] = {}
         self._seed_series: dict[int, set[str]] = {}
         self._reward_parts: dict[int, dict[str, float]] = {}
@@ -280,10 +296,6 @@ class PrometheusOutput(OutputBackend):
             ET.ANALYTICS_SNAPSHOT: self._on_snapshot,
             ET.SEED_GERMINATED: self._on_germinated,
             ET.SEED_STAGE_CHANGED: self._on_stage_changed,
-            ET.SEED_FOSSILIZED: self._on_fossilized,
-            ET.SEED_CULLED: self._on_culled,
-            ET.GRADIENT_ANOMALY: self._on_anomaly,
-            ET.GOVERNOR_ROLLBACK: self._on_rollback,
             ET.COUNTERFACTUAL_COMPUTED: self._on_counterfactual,
         }
 
@@ -326,6 +338,7 @@ class PrometheusOutput(OutputBackend):
     def emit(self, event: TelemetryEvent) -> None:
         with self._lock:
             self._child("esper_telemetry_events_total", event.event_type.name).inc()
+            self._apply_derived(event)
             handler = self._handlers.get(event.event_type)
             if handler is not None:
                 handler(event)
@@ -430,6 +443,27 @@ class PrometheusOutput(OutputBackend):
 
     # -- handlers --------------------------------------------------------------------------
 
+    def _apply_derived(self, e: TelemetryEvent) -> None:
+        d = e.data
+        disc = DISCRIMINATORS.get(e.event_type)
+        updates = self._derived.get((e.event_type.name, None if disc is None else d.get(disc)))
+        for spec, how in updates or ():
+            labels = tuple(str(d[label]) for label in spec.labels)
+            if how.update is Update.COUNT:
+                self._child(spec.name, *labels).inc()
+                continue
+            value = d[how.field] if how.field is not None else None
+            if value is None:
+                continue  # a nullable field with nothing to report this time
+            if how.update is Update.MS:
+                self._child(spec.name, *labels).observe(value / 1000.0)
+            elif how.update is Update.PERCENT:
+                self._child(spec.name, *labels).set(value / 100.0)
+            elif how.update is Update.FLAG:
+                self._child(spec.name, *labels).set(1.0 if value else 0.0)
+            else:
+                self._child(spec.name, *labels).set(value)
+
     def _set(self, name: str, value: float, *labels: str) -> None:
         self._child(name, *labels).set(value)
 
@@ -450,18 +484,6 @@ class PrometheusOutput(OutputBackend):
 
     def _on_ppo_update(self, e: TelemetryEvent) -> None:
         d = e.data
-        self._child("esper_ppo_updates_total").inc()
-        self._child("esper_ppo_update_duration_seconds").observe(d["update_time_ms"] / 1000.0)
-        for name, key in (
-            ("esper_ppo_grad_norm", "grad_norm"), ("esper_ppo_policy_loss", "policy_loss"),
-            ("esper_ppo_value_loss", "value_loss"), ("esper_ppo_entropy", "entropy"),
-            ("esper_ppo_kl_divergence", "kl_divergence"),
-            ("esper_ppo_clip_fraction", "clip_fraction"),
-            ("esper_ppo_explained_variance", "explained_variance"),
-            ("esper_ppo_learning_rate", "lr"),
-        ):  # fmt: skip
-            self._set(name, d[key])
-        self._set("esper_ppo_entropy_collapsed", 1.0 if d["entropy_collapsed"] else 0.0)
         for head in ACTION_HEADS:
             self._set("esper_ppo_head_entropy", d[f"head_{head}_entropy"], head)
             self._set("esper_ppo_head_grad_norm", d[f"head_{head}_grad_norm"], head)
@@ -471,10 +493,6 @@ class PrometheusOutput(OutputBackend):
         if d["scope"] != "env":
             return
         env = str(d["env_id"])
-        self._set("esper_env_val_accuracy", _ratio(d["val_accuracy"]), env)
-        self._set("esper_env_val_loss", d["val_loss"], env)
-        self._set("esper_host_grad_norm", d["host_grad_norm"], env)
-        self._child("esper_env_epochs_total", env).inc()
         self._set("esper_last_progress_timestamp_seconds", e.timestamp_ns / 1e9)
         # The seeds map is the truth about this env's slots: it also covers hosts that were
         # replaced at an episode boundary without a lifecycle event.
@@ -514,22 +532,11 @@ class PrometheusOutput(OutputBackend):
         if delta > 0:
             self._child("esper_episodes_completed_total").inc(delta)
             self._episodes_seen = d["episodes_completed"]
-        self._set("esper_batch_avg_accuracy", _ratio(d["avg_accuracy"]))
-        self._set("esper_batch_rolling_accuracy", _ratio(d["rolling_accuracy"]))
-        self._set("esper_batch_avg_reward", d["avg_reward"])
 
     def _on_snapshot(self, e: TelemetryEvent) -> None:
         d = e.data
         kind = d["kind"]
-        if kind == "throughput":
-            env = str(d["env_id"])
-            self._child("esper_env_step_duration_seconds", env).observe(d["step_time_ms"] / 1000)
-            self._child("esper_dataloader_wait_seconds", env).observe(
-                d["dataloader_wait_ms"] / 1000
-            )
-            if d["fps"] is not None:
-                self._set("esper_env_fps", d["fps"], env)
-        elif kind == "mask_hit_rates":
+        if kind == "mask_hit_rates":
             for head, hits in d["mask_hits"].items():
                 total = d["mask_total"].get(head, 0)
                 self._child("esper_action_mask_hits_total", head).inc(hits)
@@ -551,31 +558,17 @@ class PrometheusOutput(OutputBackend):
         return str(e.data["slot_id"]), str(e.data["blueprint_id"])
 
     def _on_germinated(self, e: TelemetryEvent) -> None:
-        self._child("esper_seed_germinated_total", *self._seed_labels(e)).inc()
         self._seed_stages[(int(e.data["env_id"]), str(e.data["slot_id"]))] = "GERMINATED"
         self._refresh_stage_counts()
 
     def _on_stage_changed(self, e: TelemetryEvent) -> None:
         d = e.data
-        self._child("esper_seed_stage_transitions_total", d["from_stage"], d["to_stage"]).inc()
         key = (int(d["env_id"]), str(d["slot_id"]))
         if d["to_stage"] in _INACTIVE:
             self._seed_stages.pop(key, None)
         else:
             self._seed_stages[key] = d["to_stage"]
         self._refresh_stage_counts()
-
-    def _on_fossilized(self, e: TelemetryEvent) -> None:
-        self._child("esper_seed_fossilized_total", *self._seed_labels(e)).inc()
-
-    def _on_culled(self, e: TelemetryEvent) -> None:
-        self._child("esper_seed_culled_total", *self._seed_labels(e), str(e.data["reason"])).inc()
-
-    def _on_anomaly(self, e: TelemetryEvent) -> None:
-        self._child("esper_gradient_anomalies_total", e.data["scope"], e.data["kind"]).inc()
-
-    def _on_rollback(self, e: TelemetryEvent) -> None:
-        self._child("esper_governor_rollbacks_total", str(e.data["env_id"]), e.data["reason"]).inc()
 
     def _on_counterfactual(self, e: TelemetryEvent) -> None:
         if not e.data["available"]:

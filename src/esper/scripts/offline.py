@@ -16,6 +16,7 @@ from pathlib import Path
 from esper.leyline import UsageError
 from esper.nissa import get_hub
 from esper.nissa.backends import BackendSpec, attach_backends
+from esper.runs.config import new_run_id
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.simic.comparison import (
@@ -27,7 +28,6 @@ from esper.simic.comparison import (
 )
 from esper.simic.episodes import load_dataset
 from esper.simic.iql import IQL
-from esper.tolaria.config import new_run_id
 
 
 def _record(args: argparse.Namespace) -> int:

@@ -35,14 +35,13 @@ from esper.nissa import (
     start_daemon_thread,
 )
 from esper.nissa.backends import BackendSpec, TelemetrySetup, attach_backends
+from esper.runs import run_host_only, run_training
+from esper.runs.config import RunConfig, StopRequest
+from esper.runs.lifecycle import RunResult, describe_stop, stop_signal
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.scripts._progress import ProgressBar
-from esper.simic.vectorized import run_ppo
-from esper.tamiyo.run_heuristic import run_heuristic, run_host_only
-from esper.tolaria.config import RunConfig, StopRequest
 from esper.tolaria.environment import Fault
-from esper.tolaria.run_common import RunResult, describe_stop, stop_signal
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
@@ -394,9 +393,7 @@ def print_training_summary(result: RunResult, baseline: list[float] | None) -> N
 
 
 def _train(config: RunConfig, hub: NissaHub, progress: ProgressBar | None) -> RunResult:
-    if config.mode == "ppo":
-        return run_ppo(config, hub=hub, progress=progress)
-    return run_heuristic(config, emit=hub.emit, progress=progress)
+    return run_training(config, hub=hub, progress=progress)
 
 
 def _train_under_sanctum(config: RunConfig, hub: NissaHub) -> RunResult:

@@ -15,11 +15,9 @@ epoch for the batched actions and once per batch for the mask counts.
 from __future__ import annotations
 
 import math
-import os
 import statistics
-import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,8 +30,8 @@ from esper.leyline import (
     FactoredAction,
     Op,
     Severity,
+    TelemetryConfig,
     TelemetryEventType,
-    UsageError,
     make_event,
 )
 from esper.nissa import get_hub
@@ -51,21 +49,13 @@ from esper.simic.ppo import PPOConfig, PPOTrainer, Rollout
 from esper.simic.rewards import REWARD_MODE, compute_reward
 from esper.tamiyo.policy import ActionBatch, PolicyNetwork
 from esper.tamiyo.tracker import SignalTracker
-from esper.tolaria.config import RunConfig
 from esper.tolaria.counterfactual import EmitsEvents
-from esper.tolaria.environment import EpochResult, MorphogeneticEnv
+from esper.tolaria.environment import EpochResult, MorphogeneticEnv, emit_aggregate_epoch
 from esper.tolaria.gradients import gradient_anomaly
-from esper.tolaria.run_common import (
-    Progress,
-    RunResult,
-    build_envs,
-    emit_aggregate_epoch,
-    run_completion,
-    save_checkpoint,
-    training_started_payload,
-)
 
 __all__ = [
+    "PPOSettings",
+    "VectorizedPPO",
     "_apply_slot_telemetry",
     "_emit_action_distribution",
     "_emit_cf_unavailable",
@@ -74,8 +64,6 @@ __all__ = [
     "_emit_ppo_update_event",
     "_emit_reward_summary",
     "_emit_throughput",
-    "load_checkpoint",
-    "run_ppo",
 ]
 
 ET = TelemetryEventType
@@ -141,71 +129,52 @@ class _BatchStats:
     reward_parts: list[dict[str, float]] = field(default_factory=list)
 
 
-def load_checkpoint(
-    path: str | os.PathLike[str], policy: PolicyNetwork, trainer: PPOTrainer
-) -> int:
-    """Restore policy and optimizer from a ``--save`` checkpoint; returns episodes completed.
-
-    Loads with ``weights_only=True``: a checkpoint can hold tensors and plain values only.
-    """
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise UsageError(f"--resume {path}: not a loadable checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
-        raise UsageError(f"--resume {path}: not an {CHECKPOINT_FORMAT} checkpoint")
-    if ckpt.get("state_dim") != policy.state_dim:
-        raise UsageError(
-            f"--resume {path}: policy observes {ckpt.get('state_dim')} features, "
-            f"this build {policy.state_dim}"
-        )
-    policy.load_state_dict(ckpt["policy"])
-    trainer.optimizer.load_state_dict(ckpt["optimizer"])
-    trainer.entropy_coef = float(ckpt.get("entropy_coef", trainer.entropy_coef))
-    return int(ckpt["episodes_completed"])
+def _never_stop() -> None:
+    return None
 
 
-def _save_checkpoint(
-    config: RunConfig, policy: PolicyNetwork, trainer: PPOTrainer, episodes: int, hub: EmitsEvents
-) -> str:
-    assert config.save is not None
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "run_id": config.run_id,
-        "episodes_completed": episodes,
-        "state_dim": policy.state_dim,
-        "entropy_coef": trainer.entropy_coef,
-        "policy": policy.state_dict(),
-        "optimizer": trainer.optimizer.state_dict(),
-    }
-    emit = hub.emit if config.telemetry.lifecycle else None
-    return save_checkpoint(payload, config.save, episodes=episodes, emit=emit)
+@dataclass(slots=True)
+class PPOSettings:
+    """What the PPO driver needs of a run (the run lifecycle fills it in)."""
+
+    episodes: int
+    """Episodes requested; the run trains whole batches of ``len(envs)``."""
+    max_epochs: int
+    ppo: PPOConfig = field(default_factory=PPOConfig)
+    param_budget: int = 60_000
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    vectorized: bool = True
+    """One batched policy call per epoch (False: one call per env, for comparison)."""
+    policy_device: str = "cpu"
+    check_stop: Callable[[], None] = _never_stop
+    """Raises to stop the run; called before every epoch."""
 
 
-class _VectorizedRun:
-    """State of one PPO run; ``run()`` drives it."""
+class VectorizedPPO:
+    """The PPO controller's driver: ``units()`` batches (one episode in every env each), one
+    ``run_unit`` per batch, the policy updated after each. The run lifecycle
+    (``esper.runs``) owns what surrounds it: start and end events, checkpoints, stopping."""
 
-    def __init__(self, config: RunConfig, hub: EmitsEvents, progress: Progress | None) -> None:
-        self.config = config
+    mode = "ppo"
+
+    def __init__(
+        self, envs: list[MorphogeneticEnv], hub: EmitsEvents, settings: PPOSettings
+    ) -> None:
+        self.config = settings
         self.hub = hub
-        self.progress = progress
-        self.tel = config.telemetry
-        self.envs = build_envs(config, emit=hub.emit)
+        self.tel = settings.telemetry
+        self.envs = envs
         for env in self.envs:
             _apply_slot_telemetry(env, self.tel.analytics, self.tel.lifecycle)
-        self.policy_device = config.devices[0]
+        self.policy_device = settings.policy_device
         self.policy = PolicyNetwork(state_dim(len(SLOT_IDS)), len(SLOT_IDS), len(BLUEPRINT_IDS))
         self.policy.to(self.policy_device)
-        self.trainer = PPOTrainer(
-            self.policy,
-            PPOConfig(
-                lr=config.lr,
-                clip_ratio=config.clip_ratio,
-                entropy_coef=config.entropy_coef,
-                entropy_anneal_episodes=config.entropy_anneal,
-            ),
-        )
-        self.result = RunResult(config.run_id)
+        self.trainer = PPOTrainer(self.policy, settings.ppo)
+        self.episodes_completed = 0
+        """Episodes this run trained (not counting those of a checkpoint it resumed)."""
+        self.final_accuracies: list[float] = []
+        self.episode_rewards: list[float] = []
+        """Mean episode reward of each batch, in order."""
         self.rolling: deque[float] = deque(maxlen=ROLLING_WINDOW)
         self.start_episode = 0
 
@@ -395,15 +364,15 @@ class _VectorizedRun:
         mask_hits: torch.Tensor,
         decisions: int,
     ) -> None:
-        cfg, tel, hub, res = self.config, self.tel, self.hub, self.result
-        res.episodes_completed += len(self.envs)
-        episodes = self.start_episode + res.episodes_completed
+        cfg, tel, hub = self.config, self.tel, self.hub
+        self.episodes_completed += len(self.envs)
+        episodes = self.start_episode + self.episodes_completed
         accs = [r.val_accuracy for r in results]
-        res.final_accuracies = accs
+        self.final_accuracies = accs
         avg_acc = statistics.fmean(accs)
         episode_rewards = [sum(r) for r in rollout.rewards]
         avg_reward = statistics.fmean(episode_rewards)
-        res.episode_rewards.append(avg_reward)
+        self.episode_rewards.append(avg_reward)
         self.rolling.append(avg_acc)
         rolling = statistics.fmean(self.rolling)
         metrics = self.trainer.update(rollout)
@@ -432,7 +401,7 @@ class _VectorizedRun:
                     {
                         "batch_idx": batch_idx,
                         "episodes_completed": episodes,
-                        "total_episodes": self.start_episode + self.total_episodes,
+                        "total_episodes": self.start_episode + self.units() * len(self.envs),
                         "start_episode": self.start_episode,
                         "requested_episodes": cfg.episodes,
                         "env_accuracies": accs,
@@ -495,73 +464,64 @@ class _VectorizedRun:
 
     # -- the run -------------------------------------------------------------------------------
 
-    def run(self) -> RunResult:
-        cfg, tel, hub = self.config, self.tel, self.hub
-        start = time.perf_counter()
+    def units(self) -> int:
+        """Batches in the run: enough whole batches for the episodes asked for."""
+        return math.ceil(self.config.episodes / len(self.envs))
+
+    def unit_steps(self) -> int:
+        """Progress steps per unit: one (a batch)."""
+        return 1
+
+    def started_fields(self) -> dict[str, object]:
+        """TRAINING_STARTED fields of the controller: the policy and its hyperparameters."""
+        ppo = self.config.ppo
+        return {
+            "policy_device": self.policy_device,
+            "reward_mode": REWARD_MODE,
+            "use_telemetry": True,
+            "state_dim": self.policy.state_dim,
+            "lr": ppo.lr,
+            "clip_ratio": ppo.clip_ratio,
+            "entropy_coef": ppo.entropy_coef,
+            "entropy_anneal": self.trainer.entropy_schedule(),
+        }
+
+    def run_unit(self, unit: int, progress: Callable[[int, str], None] | None = None) -> str:
+        """Train one batch (the ``unit``-th of this run; a resumed run continues the batch
+        and episode numbers of its checkpoint) and update the policy; returns its status."""
         n_envs = len(self.envs)
-        n_batches = math.ceil(cfg.episodes / n_envs)
-        self.total_episodes = n_batches * n_envs
-        if cfg.resume is not None:
-            self.start_episode = load_checkpoint(cfg.resume, self.policy, self.trainer)
-            if tel.lifecycle:
-                hub.emit(
-                    make_event(
-                        ET.CHECKPOINT_LOADED,
-                        {"path": str(cfg.resume), "episodes_completed": self.start_episode},
-                        message=f"resumed from {cfg.resume} after {self.start_episode} episodes",
-                    )
-                )
-        if tel.lifecycle:
-            hub.emit(
-                make_event(
-                    ET.TRAINING_STARTED,
-                    training_started_payload(
-                        cfg,
-                        self.envs[0].model.host_param_count(),
-                        policy_device=self.policy_device,
-                        reward_mode=REWARD_MODE,
-                        use_telemetry=True,
-                        state_dim=self.policy.state_dim,
-                        lr=cfg.lr,
-                        clip_ratio=cfg.clip_ratio,
-                        entropy_coef=cfg.entropy_coef,
-                        entropy_anneal=self.trainer.entropy_schedule(),
-                    ),
-                    message=f"ppo run {cfg.run_id} on {cfg.task} with {n_envs} envs",
-                )
+        batch_idx = self.start_episode // n_envs + unit
+        self._run_batch(batch_idx, self.start_episode + unit * n_envs)
+        accuracy = statistics.fmean(self.final_accuracies) if self.final_accuracies else 0.0
+        status = f"batch {batch_idx} acc {accuracy:.1f}% reward {self.episode_rewards[-1]:+.2f}"
+        if progress is not None:
+            progress(1, status)
+        return status
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """What a checkpoint holds: the policy, its optimizer and the entropy coefficient."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "state_dim": self.policy.state_dim,
+            "entropy_coef": self.trainer.entropy_coef,
+            "policy": self.policy.state_dict(),
+            "optimizer": self.trainer.optimizer.state_dict(),
+        }
+
+    def restore(self, checkpoint: dict[str, Any], source: str) -> int:
+        """Take the policy, optimizer and entropy coefficient from a checkpoint (read with
+        ``weights_only=True``); returns the episodes it had completed. A checkpoint that is
+        not a PPO one, or was made for another observation size, is a ValueError naming
+        ``source``."""
+        if checkpoint.get("format") != CHECKPOINT_FORMAT:
+            raise ValueError(f"{source}: not an {CHECKPOINT_FORMAT} checkpoint")
+        if checkpoint.get("state_dim") != self.policy.state_dim:
+            raise ValueError(
+                f"{source}: policy observes {checkpoint.get('state_dim')} features, "
+                f"this build {self.policy.state_dim}"
             )
-        first_batch = self.start_episode // n_envs
-
-        def finish() -> None:
-            for key in self.result.counts:
-                self.result.counts[key] = sum(e.counts[key] for e in self.envs)
-            self.result.wall_time_seconds = time.perf_counter() - start
-
-        with run_completion(hub.emit if tel.lifecycle else None, self.result, finish):
-            for b in range(n_batches):
-                batch_idx = first_batch + b
-                self._run_batch(batch_idx, self.start_episode + b * n_envs)
-                if self.progress is not None:
-                    self.progress(
-                        b + 1,
-                        n_batches,
-                        f"batch {batch_idx} acc {self.result.final_accuracy or 0:.1f}% "
-                        f"reward {self.result.episode_rewards[-1]:+.2f}",
-                    )
-            if cfg.save is not None:
-                self.result.checkpoint = _save_checkpoint(
-                    cfg,
-                    self.policy,
-                    self.trainer,
-                    self.start_episode + self.result.episodes_completed,
-                    hub,
-                )
-        return self.result
-
-
-def run_ppo(
-    config: RunConfig, *, hub: EmitsEvents | None = None, progress: Progress | None = None
-) -> RunResult:
-    """Train the PPO controller for ``config.episodes`` episodes (rounded up to whole batches
-    of ``config.n_envs``), emitting telemetry into ``hub`` (default: the process-wide hub)."""
-    return _VectorizedRun(config, hub if hub is not None else get_hub(), progress).run()
+        self.policy.load_state_dict(checkpoint["policy"])
+        self.trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+        self.trainer.entropy_coef = float(checkpoint.get("entropy_coef", self.trainer.entropy_coef))
+        self.start_episode = int(checkpoint["episodes_completed"])
+        return self.start_episode

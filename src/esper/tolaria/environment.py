@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -505,3 +506,36 @@ class MorphogeneticEnv:
             },
             f"env {self.env_id} epoch {r.inner_epoch}: val {r.val_accuracy:.2f}%",
         )
+
+
+def emit_aggregate_epoch(
+    emit: Callable[[TelemetryEvent], None],
+    results: list[EpochResult],
+    batch: int,
+    plateau: bool,
+) -> None:
+    """EPOCH_COMPLETED with scope=aggregate: means over the batch's envs."""
+
+    def mean(attr: str) -> float:
+        return statistics.fmean(getattr(r, attr) for r in results)
+
+    emit(
+        make_event(
+            ET.EPOCH_COMPLETED,
+            {
+                "scope": "aggregate",
+                "inner_epoch": results[0].inner_epoch,
+                "batch": batch,
+                "train_loss": mean("train_loss"),
+                "train_accuracy": mean("train_accuracy"),
+                "val_loss": mean("val_loss"),
+                "val_accuracy": mean("val_accuracy"),
+                "n_envs": len(results),
+                "skipped_update": any(r.rollback_reason is not None for r in results),
+                "plateau_detected": plateau,
+            },
+            message=f"batch {batch} epoch {results[0].inner_epoch}: "
+            f"val {mean('val_accuracy'):.2f}%",
+            epoch=results[0].inner_epoch,
+        )
+    )

@@ -1,23 +1,38 @@
-"""What every training run shares: its result record and its start, epoch and end events."""
+"""The run lifecycle: one home for a training run, whichever controller drives it.
+
+``run_training(config)`` owns the run: its envs, TRAINING_STARTED, resuming from a checkpoint
+(read with ``weights_only=True``) and CHECKPOINT_LOADED, stop requests between epochs,
+TRAINING_COMPLETED however the run ends (completed, interrupted or failed, with why), and the
+final checkpoint (written atomically) with CHECKPOINT_SAVED. The controller comes in as a
+driver, built from the registry ``DRIVERS`` with one signature, ``driver(config, envs, hub)``:
+the heuristic's (``esper.tamiyo.driver``) trains an episode per unit, PPO's
+(``esper.simic.vectorized``) a batch per unit.
+"""
 
 from __future__ import annotations
 
 import os
 import signal
 import statistics
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
 from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
-from esper.leyline import Severity, TelemetryEvent, TelemetryEventType, make_event
-from esper.tolaria.config import RunConfig
+from esper.leyline import Severity, TelemetryEvent, TelemetryEventType, UsageError, make_event
+from esper.nissa import get_hub
+from esper.runs.config import RunConfig
+from esper.simic.ppo import PPOConfig
+from esper.simic.vectorized import PPOSettings, VectorizedPPO
+from esper.tamiyo.driver import HeuristicDriver, HeuristicSettings
+from esper.tolaria.counterfactual import EmitsEvents
 from esper.tolaria.data import load_task
-from esper.tolaria.environment import EnvConfig, EpochResult, MorphogeneticEnv
+from esper.tolaria.environment import EnvConfig, MorphogeneticEnv
 
 ET = TelemetryEventType
 
@@ -81,39 +96,6 @@ def training_started_payload(
     }
     data.update(overrides)
     return data
-
-
-def emit_aggregate_epoch(
-    emit: Callable[[TelemetryEvent], None],
-    results: list[EpochResult],
-    batch: int,
-    plateau: bool,
-) -> None:
-    """EPOCH_COMPLETED with scope=aggregate: means over the batch's envs."""
-
-    def mean(attr: str) -> float:
-        return statistics.fmean(getattr(r, attr) for r in results)
-
-    emit(
-        make_event(
-            ET.EPOCH_COMPLETED,
-            {
-                "scope": "aggregate",
-                "inner_epoch": results[0].inner_epoch,
-                "batch": batch,
-                "train_loss": mean("train_loss"),
-                "train_accuracy": mean("train_accuracy"),
-                "val_loss": mean("val_loss"),
-                "val_accuracy": mean("val_accuracy"),
-                "n_envs": len(results),
-                "skipped_update": any(r.rollback_reason is not None for r in results),
-                "plateau_detected": plateau,
-            },
-            message=f"batch {batch} epoch {results[0].inner_epoch}: "
-            f"val {mean('val_accuracy'):.2f}%",
-            epoch=results[0].inner_epoch,
-        )
-    )
 
 
 def stop_signal(exc: BaseException) -> int | None:
@@ -243,3 +225,159 @@ def build_envs(
         )
         for i, device in enumerate(config.env_devices)
     ]
+
+
+class Driver(Protocol):
+    """How a controller goes through a run, unit by unit (see the module docstring)."""
+
+    mode: str
+    episodes_completed: int
+    final_accuracies: list[float]
+    episode_rewards: list[float]
+
+    def units(self) -> int: ...
+
+    def unit_steps(self) -> int: ...
+
+    def started_fields(self) -> dict[str, object]: ...
+
+    def run_unit(self, unit: int, progress: Callable[[int, str], None] | None = None) -> str: ...
+
+    def checkpoint_state(self) -> dict[str, Any]: ...
+
+    def restore(self, checkpoint: dict[str, Any], source: str) -> int: ...
+
+
+def _heuristic(config: RunConfig, envs: list[MorphogeneticEnv], hub: EmitsEvents) -> Driver:
+    settings = HeuristicSettings(
+        episodes=config.episodes,
+        max_epochs=config.max_epochs,
+        param_budget=config.param_budget,
+        telemetry=config.telemetry,
+        check_stop=config.check_stop,
+    )
+    return HeuristicDriver(envs, hub, settings)
+
+
+def _ppo(config: RunConfig, envs: list[MorphogeneticEnv], hub: EmitsEvents) -> Driver:
+    settings = PPOSettings(
+        episodes=config.episodes,
+        max_epochs=config.max_epochs,
+        ppo=PPOConfig(
+            lr=config.lr,
+            clip_ratio=config.clip_ratio,
+            entropy_coef=config.entropy_coef,
+            entropy_anneal_episodes=config.entropy_anneal,
+        ),
+        param_budget=config.param_budget,
+        telemetry=config.telemetry,
+        vectorized=config.vectorized,
+        policy_device=config.devices[0],
+        check_stop=config.check_stop,
+    )
+    return VectorizedPPO(envs, hub, settings)
+
+
+DRIVERS: dict[str, Callable[[RunConfig, list[MorphogeneticEnv], EmitsEvents], Driver]] = {
+    "heuristic": _heuristic,
+    "ppo": _ppo,
+}
+"""mode -> how to build its driver. A new controller is one entry here (and its driver)."""
+
+
+def load_checkpoint_file(path: Path) -> dict[str, Any]:
+    """A checkpoint's contents, loaded with ``weights_only=True`` (tensors and plain values
+    only). An unreadable file is a UsageError naming ``--resume``."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UsageError(f"--resume {path}: not a loadable checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict):
+        raise UsageError(f"--resume {path}: not an Esper checkpoint")
+    return ckpt
+
+
+def run_training(
+    config: RunConfig,
+    *,
+    hub: EmitsEvents | None = None,
+    progress: Progress | None = None,
+) -> RunResult:
+    """Train ``config.episodes`` episodes with ``config.mode``'s controller, emitting telemetry
+    into ``hub`` (default: the process-wide hub); ``progress(done, total, status)`` as it
+    goes. The run is recorded as completed, interrupted or failed however it ends."""
+    hub = hub if hub is not None else get_hub()
+    tel = config.telemetry
+    lifecycle_emit = hub.emit if tel.lifecycle else None
+    start = time.perf_counter()
+    envs = build_envs(config, emit=hub.emit)
+    driver = DRIVERS[config.mode](config, envs, hub)
+    result = RunResult(config.run_id)
+    resumed = 0
+    if config.resume is not None:
+        try:
+            resumed = driver.restore(
+                load_checkpoint_file(config.resume), f"--resume {config.resume}"
+            )
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        if lifecycle_emit is not None:
+            lifecycle_emit(
+                make_event(
+                    ET.CHECKPOINT_LOADED,
+                    {"path": str(config.resume), "episodes_completed": resumed},
+                    message=f"resumed from {config.resume} after {resumed} episodes",
+                )
+            )
+    if lifecycle_emit is not None:
+        lifecycle_emit(
+            make_event(
+                ET.TRAINING_STARTED,
+                training_started_payload(
+                    config, envs[0].model.host_param_count(), **driver.started_fields()
+                ),
+                message=f"{config.mode} run {config.run_id} on {config.task}"
+                + (f" with {len(envs)} envs" if config.mode == "ppo" else ""),
+            )
+        )
+
+    def finish() -> None:
+        result.episodes_completed = driver.episodes_completed
+        result.final_accuracies = list(driver.final_accuracies)
+        result.episode_rewards = list(driver.episode_rewards)
+        for key in result.counts:
+            result.counts[key] = sum(e.counts[key] for e in envs)
+        result.wall_time_seconds = time.perf_counter() - start
+
+    units, steps = driver.units(), driver.unit_steps()
+    with run_completion(lifecycle_emit, result, finish):
+        for unit in range(units):
+
+            def report(done: int, status: str, unit: int = unit) -> None:
+                if progress is not None:
+                    progress(unit * steps + done, units * steps, status)
+
+            driver.run_unit(unit, report)
+        if config.save is not None:
+            episodes = resumed + driver.episodes_completed
+            payload = {
+                **driver.checkpoint_state(),
+                "run_id": config.run_id,
+                "episodes_completed": episodes,
+            }
+            result.checkpoint = save_checkpoint(
+                payload, config.save, episodes=episodes, emit=lifecycle_emit
+            )
+    return result
+
+
+def run_host_only(config: RunConfig) -> list[float]:
+    """The same envs, seeds and data with no controller and no telemetry: the baseline."""
+    envs = build_envs(config, fast_mode=True)
+    finals = []
+    for env in envs:
+        env.reset(config.episodes - 1)
+        for epoch in range(1, config.max_epochs + 1):
+            env.run_epoch(epoch, config.episodes - 1, config.max_epochs)
+        finals.append(env.last_val_accuracy)
+    return finals
