@@ -248,32 +248,33 @@ class Driver(Protocol):
     def restore(self, checkpoint: dict[str, Any], source: str) -> int: ...
 
 
+def _episodes(config: RunConfig) -> dict[str, Any]:
+    """The settings every driver takes from the run's config."""
+    return {
+        "episodes": config.episodes,
+        "max_epochs": config.max_epochs,
+        "param_budget": config.param_budget,
+        "telemetry": config.telemetry,
+        "check_stop": config.check_stop,
+    }
+
+
 def _heuristic(config: RunConfig, envs: list[MorphogeneticEnv], hub: EmitsEvents) -> Driver:
-    settings = HeuristicSettings(
-        episodes=config.episodes,
-        max_epochs=config.max_epochs,
-        param_budget=config.param_budget,
-        telemetry=config.telemetry,
-        check_stop=config.check_stop,
-    )
-    return HeuristicDriver(envs, hub, settings)
+    return HeuristicDriver(envs, hub, HeuristicSettings(**_episodes(config)))
 
 
 def _ppo(config: RunConfig, envs: list[MorphogeneticEnv], hub: EmitsEvents) -> Driver:
+    ppo = PPOConfig(
+        lr=config.lr,
+        clip_ratio=config.clip_ratio,
+        entropy_coef=config.entropy_coef,
+        entropy_anneal_episodes=config.entropy_anneal,
+    )
     settings = PPOSettings(
-        episodes=config.episodes,
-        max_epochs=config.max_epochs,
-        ppo=PPOConfig(
-            lr=config.lr,
-            clip_ratio=config.clip_ratio,
-            entropy_coef=config.entropy_coef,
-            entropy_anneal_episodes=config.entropy_anneal,
-        ),
-        param_budget=config.param_budget,
-        telemetry=config.telemetry,
+        **_episodes(config),
+        ppo=ppo,
         vectorized=config.vectorized,
         policy_device=config.devices[0],
-        check_stop=config.check_stop,
     )
     return VectorizedPPO(envs, hub, settings)
 

@@ -30,7 +30,6 @@ from esper.leyline import (
     FactoredAction,
     Op,
     Severity,
-    TelemetryConfig,
     TelemetryEventType,
     make_event,
 )
@@ -50,7 +49,12 @@ from esper.simic.rewards import REWARD_MODE, compute_reward
 from esper.tamiyo.policy import ActionBatch, PolicyNetwork
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.counterfactual import EmitsEvents
-from esper.tolaria.environment import EpochResult, MorphogeneticEnv, emit_aggregate_epoch
+from esper.tolaria.environment import (
+    EpisodeSettings,
+    EpochResult,
+    MorphogeneticEnv,
+    emit_aggregate_epoch,
+)
 from esper.tolaria.gradients import gradient_anomaly
 
 __all__ = [
@@ -129,25 +133,14 @@ class _BatchStats:
     reward_parts: list[dict[str, float]] = field(default_factory=list)
 
 
-def _never_stop() -> None:
-    return None
-
-
 @dataclass(slots=True)
-class PPOSettings:
-    """What the PPO driver needs of a run (the run lifecycle fills it in)."""
+class PPOSettings(EpisodeSettings):
+    """What the PPO driver needs of a run: every driver's settings, and PPO's own."""
 
-    episodes: int
-    """Episodes requested; the run trains whole batches of ``len(envs)``."""
-    max_epochs: int
     ppo: PPOConfig = field(default_factory=PPOConfig)
-    param_budget: int = 60_000
-    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     vectorized: bool = True
     """One batched policy call per epoch (False: one call per env, for comparison)."""
     policy_device: str = "cpu"
-    check_stop: Callable[[], None] = _never_stop
-    """Raises to stop the run; called before every epoch."""
 
 
 class VectorizedPPO:

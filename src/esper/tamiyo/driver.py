@@ -10,30 +10,15 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
-from esper.leyline import TelemetryConfig
 from esper.tamiyo.heuristic import HeuristicTamiyo
 from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.counterfactual import EmitsEvents
-from esper.tolaria.environment import MorphogeneticEnv, emit_aggregate_epoch
+from esper.tolaria.environment import EpisodeSettings, MorphogeneticEnv, emit_aggregate_epoch
 
-
-def _never_stop() -> None:
-    return None
-
-
-@dataclass(slots=True)
-class HeuristicSettings:
-    """What the heuristic driver needs of a run."""
-
-    episodes: int
-    max_epochs: int
-    param_budget: int = 60_000
-    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
-    check_stop: Callable[[], None] = _never_stop
-    """Raises to stop the run; called before every epoch."""
+HeuristicSettings = EpisodeSettings
+"""The heuristic needs nothing beyond what every driver does."""
 
 
 class HeuristicDriver:

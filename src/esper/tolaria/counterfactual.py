@@ -16,27 +16,44 @@ class EmitsEvents(Protocol):
     def emit(self, event: TelemetryEvent) -> None: ...
 
 
-def emit_counterfactual_unavailable(
-    hub: EmitsEvents, env_id: int, slot_id: str, reason: str, *, epoch: int | None = None
+def _emit(
+    hub: EmitsEvents,
+    env_id: int,
+    slot_id: str,
+    *,
+    measured: tuple[float, float] | None,
+    reason: str | None,
+    epoch: int | None,
 ) -> None:
-    """COUNTERFACTUAL_COMPUTED with available=false and why (at ``epoch`` of the episode)."""
+    real, baseline = measured if measured is not None else (None, None)
+    contribution = None if measured is None else measured[0] - measured[1]
     hub.emit(
         make_event(
             ET.COUNTERFACTUAL_COMPUTED,
             {
                 "env_id": env_id,
                 "slot_id": slot_id,
-                "available": False,
+                "available": measured is not None,
                 "reason": reason,
-                "real_accuracy": None,
-                "baseline_accuracy": None,
-                "contribution": None,
+                "real_accuracy": real,
+                "baseline_accuracy": baseline,
+                "contribution": contribution,
             },
-            message=f"counterfactual {slot_id}: unavailable ({reason})",
+            message=f"counterfactual {slot_id}: "
+            + (
+                f"unavailable ({reason})" if contribution is None else f"{contribution:+.2f} points"
+            ),
             slot_id=slot_id,
             epoch=epoch,
         )
     )
+
+
+def emit_counterfactual_unavailable(
+    hub: EmitsEvents, env_id: int, slot_id: str, reason: str, *, epoch: int | None = None
+) -> None:
+    """COUNTERFACTUAL_COMPUTED with available=false and why (at ``epoch`` of the episode)."""
+    _emit(hub, env_id, slot_id, measured=None, reason=reason, epoch=epoch)
 
 
 def emit_counterfactual_computed(
@@ -49,20 +66,4 @@ def emit_counterfactual_computed(
     epoch: int | None = None,
 ) -> None:
     """COUNTERFACTUAL_COMPUTED with the measured alpha=0 baseline (at ``epoch``)."""
-    hub.emit(
-        make_event(
-            ET.COUNTERFACTUAL_COMPUTED,
-            {
-                "env_id": env_id,
-                "slot_id": slot_id,
-                "available": True,
-                "reason": None,
-                "real_accuracy": real,
-                "baseline_accuracy": baseline,
-                "contribution": real - baseline,
-            },
-            message=f"counterfactual {slot_id}: {real - baseline:+.2f} points",
-            slot_id=slot_id,
-            epoch=epoch,
-        )
-    )
+    _emit(hub, env_id, slot_id, measured=(real, baseline), reason=None, epoch=epoch)

@@ -539,3 +539,20 @@ def emit_aggregate_epoch(
             epoch=results[0].inner_epoch,
         )
     )
+
+
+def never_stop() -> None:
+    """The stop check of a run that nothing stops."""
+
+
+@dataclass(slots=True)
+class EpisodeSettings:
+    """What any controller's driver needs of a run (the run lifecycle fills it in)."""
+
+    episodes: int
+    """Episodes requested."""
+    max_epochs: int
+    param_budget: int = 60_000
+    telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
+    check_stop: Callable[[], None] = never_stop
+    """Raises to stop the run; drivers call it before every epoch."""
