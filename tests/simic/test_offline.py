@@ -21,7 +21,7 @@ from esper.simic.comparison import (
     snapshot_to_features,
 )
 from esper.simic.episodes import N_ACTIONS, TrainingSnapshot, action_of, load_dataset
-from esper.simic.features import obs_to_base_features
+from esper.simic.features import FEATURE_SETS, obs_to_base_features, observe, snapshot_features
 from esper.simic.iql import IQL
 from esper.tolaria.data import load_task
 from esper.tolaria.environment import MorphogeneticEnv
@@ -166,3 +166,19 @@ def test_compare_refuses_a_model_of_no_known_feature_set(
     err = capsys.readouterr().err
     assert f"--model {model}: the model reads 13 features" in err
     assert "Warning" not in err  # said once, as the error
+
+
+def test_every_named_feature_set_is_as_long_as_its_encoder_makes_it() -> None:
+    env = MorphogeneticEnv(0, load_task("digits"), emit=lambda e: None)
+    result = env.run_epoch(1, 0, 4)
+    ppo = observe(env, result, previous_accuracy=0.0, best_accuracy=result.val_accuracy,
+                  plateau=False, param_budget=60_000)  # fmt: skip
+    assert len(ppo) == FEATURE_SETS["ppo"].dim == 58
+    seed = SeedTelemetry(seed_id="s")
+    for name in ("none", "seed", "full"):
+        features = snapshot_features(_snapshot(), name, seed)
+        assert len(features) == FEATURE_SETS[name].dim
+        assert all(math.isfinite(x) for x in features)
+    assert set(FEATURE_SETS) == {"ppo", "none", "seed", "full"}
+    with pytest.raises(ValueError, match="no snapshot feature set 'ppo'"):
+        snapshot_features(_snapshot(), "ppo")

@@ -31,10 +31,10 @@ from esper.simic.episodes import (
 )
 from esper.simic.features import (
     BASE_FEATURE_DIM,
+    FEATURE_SETS,
     LEGACY_FULL_STATE_DIM,
-    SEED_FEATURE_DIM,
     TELEMETRY_STATE_DIM,
-    obs_to_base_features,
+    snapshot_features,
 )
 from esper.simic.iql import IQL
 from esper.simic.observation import action_masks
@@ -44,12 +44,8 @@ from esper.tamiyo.tracker import SignalTracker
 from esper.tolaria.data import load_task
 from esper.tolaria.environment import MorphogeneticEnv
 
-TELEMETRY_TYPES = {
-    BASE_FEATURE_DIM: "none",
-    TELEMETRY_STATE_DIM: "seed",
-    LEGACY_FULL_STATE_DIM: "full",
-}
-"""State dimension -> the feature set a model was trained on."""
+TELEMETRY_TYPES = {FEATURE_SETS[name].dim: name for name in ("none", "seed", "full")}
+"""State dimension -> the snapshot feature set a model was trained on."""
 
 
 def load_iql_model(path: str | os.PathLike[str], device: str = "cpu") -> tuple[IQL, bool, str]:
@@ -85,22 +81,13 @@ def snapshot_to_features(
     use_telemetry: bool = False,
     seed_telemetry: SeedTelemetry | None = None,
 ) -> list[float]:
-    """27 base features, or 37 with the seed-telemetry features appended.
+    """27 base features, or 37 with the seed-telemetry features appended (feature sets
+    ``none`` and ``seed`` of ``esper.simic.features``).
 
     Asking for telemetry without giving any appends zeros and warns: a model trained with
     telemetry then sees "no information" rather than a fabricated seed.
     """
-    base = obs_to_base_features(snapshot)
-    if not use_telemetry:
-        return base
-    if seed_telemetry is None:
-        warnings.warn(
-            "use_telemetry=True but no seed_telemetry given: appending 10 zeros",
-            UserWarning,
-            stacklevel=2,
-        )
-        return base + [0.0] * SEED_FEATURE_DIM
-    return base + seed_telemetry.to_features()
+    return snapshot_features(snapshot, "seed" if use_telemetry else "none", seed_telemetry)
 
 
 def offline_action_mask(env: MorphogeneticEnv) -> torch.Tensor:
@@ -141,16 +128,6 @@ class EpisodeStats:
     seed_telemetry_decisions: int = 0
 
 
-def features_for(
-    snapshot: TrainingSnapshot, telemetry_type: str, seed_telemetry: SeedTelemetry | None
-) -> list[float]:
-    """The observation for a model of ``telemetry_type`` ("none", "seed" or legacy "full")."""
-    if telemetry_type == "full":
-        # The legacy run-wide features were never available live: zeros, as they always were.
-        return obs_to_base_features(snapshot) + [0.0] * (LEGACY_FULL_STATE_DIM - BASE_FEATURE_DIM)
-    return snapshot_to_features(snapshot, telemetry_type == "seed", seed_telemetry)
-
-
 def run_episode(
     controller: Controller,
     *,
@@ -187,7 +164,7 @@ def run_episode(
         live = focus_telemetry(env)
         # No live seed: the telemetry of an empty (dormant) slot, not a missing value.
         seed_telemetry = (live or SeedTelemetry(seed_id="")) if kind == "seed" else None
-        obs = features_for(snap, kind, seed_telemetry)
+        obs = snapshot_features(snap, kind, seed_telemetry)
         done = epoch == max_epochs
         if pending is not None and on_step is not None:
             p_obs, p_action, op, slot_id, success, contribution = pending

@@ -1,22 +1,88 @@
-"""The 27 base features of a TrainingSnapshot (offline controllers' observation), plan 003.
+"""Every observation a controller sees, as named feature sets (``FEATURE_SETS``).
 
-In the snapshot's field order: 11 run scalars, the last 5 validation losses, the last 5
-validation accuracies, then 6 about the focus seed and the free slots. Each is scaled to about
-[0, 1] (deltas to [-1, 1]) by a fixed constant, so a model trained on one run length reads
-another's snapshots the same way.
+- ``ppo``: the PPO policy's, from an env after an epoch (``observe``): 10 run features, then
+  per slot a stage-group one-hot of 6 and the seed's 10 ``SeedTelemetry`` features.
+- ``none``: plan 003's 27 base features of a ``TrainingSnapshot`` (``obs_to_base_features``), in
+  the snapshot's field order: 11 run scalars, the last 5 validation losses, the last 5
+  validation accuracies, then 6 about the focus seed and the free slots.
+- ``seed``: the 27, then the focus seed's 10 telemetry features (37).
+- ``full``: the 27, then 27 run-wide features an earlier build's models read (54; zeros live).
+
+Each feature is scaled to about [0, 1] (deltas to [-1, 1]) by a fixed constant, and is never
+NaN or infinite.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import warnings
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from esper.kasmina import SLOT_IDS
 from esper.leyline import SeedStage, SeedTelemetry
 from esper.simic.episodes import HISTORY_LEN, TrainingSnapshot
-from esper.simic.observation import clip_finite
+from esper.tolaria.environment import EpochResult, MorphogeneticEnv
+
+
+def clip_finite(x: float, lo: float, hi: float) -> float:
+    """``x`` clamped to [lo, hi]; a NaN or infinity becomes ``lo`` (a feature never is one)."""
+    return lo if not math.isfinite(x) else max(lo, min(hi, x))
+
+
+# -- ppo ---------------------------------------------------------------------------------------
+
+BASE_FEATURES = 10
+STAGE_GROUPS: tuple[frozenset[SeedStage], ...] = (
+    frozenset({SeedStage.DORMANT}),
+    frozenset({SeedStage.GERMINATED, SeedStage.TRAINING}),
+    frozenset({SeedStage.BLENDING}),
+    frozenset({SeedStage.PROBATIONARY}),
+    frozenset({SeedStage.FOSSILIZED}),
+    frozenset({SeedStage.CULLED, SeedStage.EMBARGOED, SeedStage.RESETTING}),
+)
+SLOT_FEATURES = len(STAGE_GROUPS) + SeedTelemetry.feature_dim()
+
+
+def state_dim(n_slots: int) -> int:
+    """Observation length: base features plus, per slot, stage one-hot and seed telemetry."""
+    return BASE_FEATURES + n_slots * SLOT_FEATURES
+
+
+def observe(
+    env: MorphogeneticEnv,
+    result: EpochResult,
+    *,
+    previous_accuracy: float,
+    best_accuracy: float,
+    plateau: bool,
+    param_budget: int,
+) -> list[float]:
+    """The env's observation after an epoch (host floats, no device work)."""
+    features = [
+        result.inner_epoch / max(env.context.max_epochs, 1),
+        result.val_accuracy / 100.0,
+        result.train_accuracy / 100.0,
+        clip_finite(result.val_loss, 0.0, 5.0) / 5.0,
+        clip_finite(result.train_loss, 0.0, 5.0) / 5.0,
+        clip_finite((result.val_accuracy - previous_accuracy) / 10.0, -1.0, 1.0),
+        1.0 if plateau else 0.0,
+        best_accuracy / 100.0,
+        clip_finite(math.log1p(result.host_gradients["gradient_norm"]) / 5.0, 0.0, 1.0),
+        clip_finite(env.seed_params() / max(param_budget, 1), 0.0, 2.0),
+    ]
+    for slot in env.slots:
+        features += [1.0 if slot.stage in group else 0.0 for group in STAGE_GROUPS]
+        if slot.state is None:
+            features += [0.0] * SeedTelemetry.feature_dim()
+        else:
+            features += [clip_finite(v, -1.0, 10.0) for v in slot.state.telemetry.to_features()]
+    return features
+
+
+# -- none, seed, full ----------------------------------------------------------------------------
 
 BASE_FEATURE_DIM = 27
 SEED_FEATURE_DIM = SeedTelemetry.feature_dim()
@@ -78,3 +144,48 @@ def obs_to_base_features(obs: Mapping[str, Any] | TrainingSnapshot) -> list[floa
     ]
     assert len(out) == BASE_FEATURE_DIM
     return [float(x) for x in out]
+
+
+def snapshot_features(
+    snapshot: TrainingSnapshot, feature_set: str, seed_telemetry: SeedTelemetry | None = None
+) -> list[float]:
+    """A snapshot as feature set ``none``, ``seed`` or ``full``. ``seed`` without telemetry
+    appends zeros and warns: a model trained with telemetry then sees "no information"
+    rather than a fabricated seed."""
+    base = obs_to_base_features(snapshot)
+    if feature_set == "none":
+        return base
+    if feature_set == "full":
+        # The legacy run-wide features were never available live: zeros, as they always were.
+        return base + [0.0] * (LEGACY_FULL_STATE_DIM - BASE_FEATURE_DIM)
+    if feature_set != "seed":
+        raise ValueError(f"no snapshot feature set {feature_set!r} (none, seed or full)")
+    if seed_telemetry is None:
+        warnings.warn(
+            "use_telemetry=True but no seed_telemetry given: appending 10 zeros",
+            UserWarning,
+            stacklevel=3,
+        )
+        return base + [0.0] * SEED_FEATURE_DIM
+    return base + seed_telemetry.to_features()
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureSet:
+    """A named observation: its size and what it holds."""
+
+    name: str
+    dim: int
+    meaning: str
+
+
+FEATURE_SETS: dict[str, FeatureSet] = {
+    fs.name: fs
+    for fs in (
+        FeatureSet("ppo", state_dim(len(SLOT_IDS)), "the PPO policy's view of an env"),
+        FeatureSet("none", BASE_FEATURE_DIM, "a TrainingSnapshot's 27 base features"),
+        FeatureSet("seed", TELEMETRY_STATE_DIM, "the 27, then the focus seed's telemetry"),
+        FeatureSet("full", LEGACY_FULL_STATE_DIM, "the 27, then 27 zeros (an earlier build)"),
+    )
+}
+"""Every observation a controller can be trained on, by name."""

@@ -1,66 +1,15 @@
-"""What the PPO policy sees of an env, and which actions are physically possible."""
+"""Which actions are physically possible in an env (the policy's action masks).
+
+What the policy *sees* is in ``esper.simic.features``, with every other feature set.
+"""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from esper.kasmina import SeedSlot
-from esper.leyline import Op, SeedStage, SeedTelemetry
-from esper.tolaria.environment import EpochResult, MorphogeneticEnv
-
-BASE_FEATURES = 10
-STAGE_GROUPS: tuple[frozenset[SeedStage], ...] = (
-    frozenset({SeedStage.DORMANT}),
-    frozenset({SeedStage.GERMINATED, SeedStage.TRAINING}),
-    frozenset({SeedStage.BLENDING}),
-    frozenset({SeedStage.PROBATIONARY}),
-    frozenset({SeedStage.FOSSILIZED}),
-    frozenset({SeedStage.CULLED, SeedStage.EMBARGOED, SeedStage.RESETTING}),
-)
-SLOT_FEATURES = len(STAGE_GROUPS) + SeedTelemetry.feature_dim()
-
-
-def state_dim(n_slots: int) -> int:
-    """Observation length: base features plus, per slot, stage one-hot and seed telemetry."""
-    return BASE_FEATURES + n_slots * SLOT_FEATURES
-
-
-def clip_finite(x: float, lo: float, hi: float) -> float:
-    """``x`` clamped to [lo, hi]; a NaN or infinity becomes ``lo`` (a feature never is one)."""
-    return lo if not math.isfinite(x) else max(lo, min(hi, x))
-
-
-def observe(
-    env: MorphogeneticEnv,
-    result: EpochResult,
-    *,
-    previous_accuracy: float,
-    best_accuracy: float,
-    plateau: bool,
-    param_budget: int,
-) -> list[float]:
-    """The env's observation after an epoch (host floats, no device work)."""
-    features = [
-        result.inner_epoch / max(env.context.max_epochs, 1),
-        result.val_accuracy / 100.0,
-        result.train_accuracy / 100.0,
-        clip_finite(result.val_loss, 0.0, 5.0) / 5.0,
-        clip_finite(result.train_loss, 0.0, 5.0) / 5.0,
-        clip_finite((result.val_accuracy - previous_accuracy) / 10.0, -1.0, 1.0),
-        1.0 if plateau else 0.0,
-        best_accuracy / 100.0,
-        clip_finite(math.log1p(result.host_gradients["gradient_norm"]) / 5.0, 0.0, 1.0),
-        clip_finite(env.seed_params() / max(param_budget, 1), 0.0, 2.0),
-    ]
-    for slot in env.slots:
-        features += [1.0 if slot.stage in group else 0.0 for group in STAGE_GROUPS]
-        if slot.state is None:
-            features += [0.0] * SeedTelemetry.feature_dim()
-        else:
-            features += [clip_finite(v, -1.0, 10.0) for v in slot.state.telemetry.to_features()]
-    return features
+from esper.leyline import Op, SeedStage
+from esper.tolaria.environment import MorphogeneticEnv
 
 
 def _can(slot: SeedSlot, op: Op) -> bool:

@@ -43,7 +43,8 @@ from esper.simic.emitters import (
     _emit_reward_summary,
     _emit_throughput,
 )
-from esper.simic.observation import action_masks, observe, state_dim
+from esper.simic.features import observe, state_dim
+from esper.simic.observation import action_masks
 from esper.simic.ppo import PPOConfig, PPOTrainer, Rollout
 from esper.simic.rewards import REWARD_MODE, compute_reward
 from esper.tamiyo.policy import ActionBatch, PolicyNetwork
