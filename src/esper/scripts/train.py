@@ -7,7 +7,6 @@ cannot be opened is reported (naming the path) before any training starts.
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import threading
 import traceback
@@ -30,7 +29,6 @@ from esper.leyline import (
 )
 from esper.nissa import (
     NissaHub,
-    get_hub,
     install_signal_handlers,
     start_daemon_thread,
 )
@@ -38,6 +36,7 @@ from esper.nissa.backends import BackendSpec, TelemetrySetup, attach_backends
 from esper.runs import run_host_only, run_training
 from esper.runs.config import RunConfig, StopRequest
 from esper.runs.lifecycle import RunResult, describe_stop, stop_signal
+from esper.runs.session import RunSession
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.scripts._progress import ProgressBar
@@ -48,7 +47,6 @@ EXIT_USAGE = 2
 EXIT_TELEMETRY_LOST = 3
 """Training finished, but telemetry a user asked for was lost (named in the summary)."""
 EXIT_INTERRUPTED = 130
-CLOSE_TIMEOUT_SECONDS = 30.0
 """How long delivering and closing the telemetry may take at the end of a run."""
 
 TASKS: tuple[str, ...] = ("digits", "cifar10")
@@ -249,26 +247,34 @@ def telemetry_config(args: argparse.Namespace) -> TelemetryConfig:
     )
 
 
-def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
-    """Attach the backends the flags ask for (through the one backend factory). Raises
-    BackendConfigError naming the path."""
-    setup = attach_backends(
-        hub,
-        BackendSpec(
-            telemetry_file=args.telemetry_file,
-            telemetry_dir=args.telemetry_dir,
-            metrics_port=args.metrics_port,
-            metrics_addr=args.metrics_addr,
-            metrics_tls_cert=args.metrics_tls_cert,
-            metrics_tls_key=args.metrics_tls_key,
-            metrics_tls_client_ca=args.metrics_tls_client_ca,
-            metrics_sd_dir=args.metrics_sd_dir,
-            metrics_sd_host=args.metrics_sd_host,
-            metrics_sd_labels={"run_id": hub.run_id or "", "mode": args.mode, "task": args.task},
-            otlp_endpoint=args.otlp_endpoint,
-            otlp_from_environment=True,
-        ),
+def backend_spec(args: argparse.Namespace, run_id: str) -> BackendSpec:
+    """The backends the flags ask for."""
+    return BackendSpec(
+        telemetry_file=args.telemetry_file,
+        telemetry_dir=args.telemetry_dir,
+        metrics_port=args.metrics_port,
+        metrics_addr=args.metrics_addr,
+        metrics_tls_cert=args.metrics_tls_cert,
+        metrics_tls_key=args.metrics_tls_key,
+        metrics_tls_client_ca=args.metrics_tls_client_ca,
+        metrics_sd_dir=args.metrics_sd_dir,
+        metrics_sd_host=args.metrics_sd_host,
+        metrics_sd_labels={"run_id": run_id, "mode": args.mode, "task": args.task},
+        otlp_endpoint=args.otlp_endpoint,
+        otlp_from_environment=True,
     )
+
+
+def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
+    """Attach the backends the flags ask for (through the one backend factory) and say so
+    when telemetry is off. Raises BackendConfigError naming the path."""
+    setup = attach_backends(hub, backend_spec(args, hub.run_id or ""))
+    warn_if_telemetry_is_off(args, hub)
+    return setup
+
+
+def warn_if_telemetry_is_off(args: argparse.Namespace, hub: NissaHub) -> None:
+    """One TELEMETRY_WARNING when the level is off (what is kept, if anything)."""
     config = telemetry_config(args)
     if config.level is TelemetryLevel.OFF:
         detail = "telemetry level is off" + (
@@ -284,7 +290,6 @@ def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
                 severity=Severity.WARNING,
             )
         )
-    return setup
 
 
 def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> bool:
@@ -470,7 +475,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     2 bad usage; 3 training done but telemetry lost events (or events broke the payload
     catalogue); 130 / 143 interrupted (Ctrl-C / SIGTERM)."""
     args = parse_args(argv)
-    install_signal_handlers()
     config = run_config(args)
     try:
         for device in config.devices:
@@ -479,14 +483,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"esper train: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    hub = get_hub()
-    hub.run_id = config.run_id
     try:
-        setup = setup_telemetry(args, hub)
+        session = RunSession(config, backend_spec(args, config.run_id))
     except BackendConfigError as exc:
-        hub.close()
         print(f"esper train: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    hub = session.hub
+    warn_if_telemetry_is_off(args, hub)
     code = EXIT_FAILURE
     try:
         if args.sanctum:
@@ -513,34 +516,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"esper train: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         code = EXIT_FAILURE
     finally:
-        code = _finish(args, setup, hub, code)
+        code = _finish(args, session, code)
     return code
 
 
-def _finish(args: argparse.Namespace, setup: TelemetrySetup, hub: NissaHub, code: int) -> int:
-    """Wait for a final scrape (``--metrics-linger``), then deliver and close the telemetry,
-    print the summary, and choose the exit status.
-
-    The wait is skipped for an interrupted run, and Ctrl-C or SIGTERM ends it (training is
-    over; only the wait is cut short). A failed run waits too, so Prometheus sees how it
-    ended. While the telemetry is closed, further signals are ignored: that is what makes the
-    record whole, and the close is bounded by CLOSE_TIMEOUT_SECONDS.
-    """
-    if setup.prometheus is not None and args.metrics_linger > 0 and code < EXIT_INTERRUPTED:
-        try:
-            hub.flush(CLOSE_TIMEOUT_SECONDS)
-            print(f"Waiting up to {args.metrics_linger:g} s for a final scrape of /metrics "
-                  "(Ctrl-C skips the wait)", flush=True)  # fmt: skip
-            setup.prometheus.wait_for_scrape(args.metrics_linger)
-        except (KeyboardInterrupt, SystemExit):
-            print("esper train: stopped waiting for the final scrape", file=sys.stderr)
-    previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        hub.close(CLOSE_TIMEOUT_SECONDS)
-        complete = print_summary(setup)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+def _finish(args: argparse.Namespace, session: RunSession, code: int) -> int:
+    """Close the run's telemetry (after a final scrape, see ``RunSession.close``), print the
+    summary, and choose the exit status: a run that finished but lost telemetry exits 3."""
+    session.close(linger_seconds=args.metrics_linger, interrupted=code >= EXIT_INTERRUPTED)
+    complete = print_summary(session.setup)
     if code == 0 and not complete:
         return EXIT_TELEMETRY_LOST
     return code
