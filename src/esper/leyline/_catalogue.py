@@ -249,7 +249,12 @@ _HEAD_FIELDS = tuple(
     for head in ACTION_HEADS
     for spec in (
         _f(f"head_{head}_entropy", FLT, "nats", f"mean entropy of the {head} head"),
-        _f(f"head_{head}_grad_norm", FLT, "", f"gradient L2 norm of the {head} head's parameters"),
+        _f(
+            f"head_{head}_grad_norm",
+            FLT,
+            "",
+            f"gradient L2 norm of the {head} head's parameters (worst minibatch)",
+        ),
     )
 )
 
@@ -399,9 +404,9 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
             _f("ratio_std", FLT, "", "standard deviation of the probability ratio"),
             _f("grad_norm", FLT, "", "policy gradient L2 norm before clipping"),
             _f("update_time_ms", FLT, "ms", "wall time of the update"),
-            _f("nan_grad_count", INT, "", "parameters with non-finite gradients"),
-            _f("dead_layers", INT, "", "layers with vanishing gradients"),
-            _f("exploding_layers", INT, "", "layers with exploding gradients"),
+            _f("nan_grad_count", INT, "", "layers with non-finite gradients (worst minibatch)"),
+            _f("dead_layers", INT, "", "layers with vanishing gradients (worst minibatch)"),
+            _f("exploding_layers", INT, "", "layers with exploding gradients (worst minibatch)"),
             _f("layer_gradient_health", FLT, "ratio", "mean gradient health of its layers, 0..1"),
             _f("layer_gradient_health_by_layer", DICT, "", "layer name -> gradient health 0..1"),
             _f("entropy_collapsed", BOOL, "", "entropy fell below the collapse threshold"),

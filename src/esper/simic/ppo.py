@@ -136,24 +136,32 @@ class PPOTrainer:
         )  # fmt: skip
 
     def _gradient_health(self, acc: _UpdateStats) -> None:
-        """Per-layer and per-head gradient health of the current gradients (before clipping)."""
-        acc.nan_grads = acc.dead = acc.exploding = 0
+        """Per-layer and per-head gradient health of the current gradients (before clipping),
+        folded into the update's worst minibatch: the most layers flagged, each layer's lowest
+        health, each head's largest norm (a NaN norm is the largest)."""
         acc.policy_stats = self.collector.merge(
             acc.policy_stats, self.collector.stats(self.policy.parameters())
         )
+        nan = dead = exploding = 0
         for name, module in self.policy.named_children():
             stats = self.collector.stats(module.parameters())
             if stats is None:
                 continue
             summary = self.collector.summarize(stats.tolist())
-            acc.layer_health[name] = summary["gradient_health"]
-            acc.nan_grads += int(summary["has_nonfinite"])
-            acc.dead += int(summary["has_vanishing"])
-            acc.exploding += int(summary["has_exploding"])
+            health = summary["gradient_health"]
+            acc.layer_health[name] = min(acc.layer_health.get(name, 1.0), health)
+            nan += int(summary["has_nonfinite"])
+            dead += int(summary["has_vanishing"])
+            exploding += int(summary["has_exploding"])
+        acc.nan_grads = max(acc.nan_grads, nan)
+        acc.dead = max(acc.dead, dead)
+        acc.exploding = max(acc.exploding, exploding)
         for h in ACTION_HEADS:
             stats = self.collector.stats(self._head_params(h))
             if stats is not None:
-                acc.head_grad[h] = self.collector.summarize(stats.tolist())["total_norm"]
+                norm = self.collector.summarize(stats.tolist())["total_norm"]
+                if math.isnan(norm) or norm > acc.head_grad[h]:
+                    acc.head_grad[h] = norm
 
     def _minibatch(self, b: _Batch, idx: torch.Tensor, acc: _UpdateStats) -> float:
         """One optimizer step on a minibatch; returns its approximate KL."""
