@@ -300,6 +300,15 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
             _f("gpu_preload", BOOL, "", "dataset preloaded onto the env devices"),
             _f("dataloader", STR, "", "how batches are produced"),
             _f("param_budget", INT, "params", "parameter budget for seeds (compute rent)"),
+            _f("threads", INT, "threads", "intra-op CPU threads this process uses"),
+            _f(
+                "threads_source",
+                STR,
+                "",
+                "how they were chosen: auto (cores / local processes) or flag (--threads)",
+                allowed=("auto", "flag"),
+            ),
+            _f("cpu_cores", INT, "cores", "CPU cores this process may run on (its affinity)"),
         ),
     ),
     PayloadSpec(

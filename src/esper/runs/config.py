@@ -51,6 +51,8 @@ class RunConfig:
     faults: tuple[Fault, ...] = ()
     telemetry: TelemetryConfig = field(default_factory=TelemetryConfig)
     run_id: str = ""
+    threads: int | None = None
+    """Intra-op CPU threads for this process; None chooses (``esper.runs.placement``)."""
     counterfactual: str = "every_epoch"
     """every_epoch, or final_epoch: measure seeds' alpha=0 baselines only on the last epoch."""
     stop: StopRequest | None = field(default=None, compare=False, repr=False)

@@ -27,6 +27,8 @@ from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.leyline import Severity, TelemetryEvent, TelemetryEventType, UsageError, make_event
 from esper.nissa import get_hub
 from esper.runs.config import RunConfig
+from esper.runs.placement import Placement, choose_threads
+from esper.runs.placement import apply as apply_placement
 from esper.simic.ppo import PPOConfig
 from esper.simic.vectorized import PPOSettings, VectorizedPPO
 from esper.tamiyo.driver import HeuristicDriver, HeuristicSettings
@@ -60,9 +62,10 @@ class RunResult:
 
 
 def training_started_payload(
-    config: RunConfig, host_params: int, **overrides: object
+    config: RunConfig, host_params: int, placement: Placement, **overrides: object
 ) -> dict[str, object]:
-    """TRAINING_STARTED's payload; PPO passes its policy fields as overrides."""
+    """TRAINING_STARTED's payload: the run's config, its compute placement, then the
+    driver's own fields (PPO's policy) as overrides."""
     devices = config.env_devices
     data: dict[str, object] = {
         "run_id": config.run_id,
@@ -93,6 +96,9 @@ def training_started_payload(
         "gpu_preload": any(d != "cpu" for d in devices),
         "dataloader": "preloaded_tensors",
         "param_budget": config.param_budget,
+        "threads": placement.threads,
+        "threads_source": placement.source,
+        "cpu_cores": placement.cores,
     }
     data.update(overrides)
     return data
@@ -308,6 +314,8 @@ def run_training(
     into ``hub`` (default: the process-wide hub); ``progress(done, total, status)`` as it
     goes. The run is recorded as completed, interrupted or failed however it ends."""
     hub = hub if hub is not None else get_hub()
+    placement = choose_threads(config.threads)
+    apply_placement(placement)
     tel = config.telemetry
     lifecycle_emit = hub.emit if tel.lifecycle else None
     start = time.perf_counter()
@@ -335,7 +343,10 @@ def run_training(
             make_event(
                 ET.TRAINING_STARTED,
                 training_started_payload(
-                    config, envs[0].model.host_param_count(), **driver.started_fields()
+                    config,
+                    envs[0].model.host_param_count(),
+                    placement,
+                    **driver.started_fields(),
                 ),
                 message=f"{config.mode} run {config.run_id} on {config.task}"
                 + (f" with {len(envs)} envs" if config.mode == "ppo" else ""),

@@ -87,6 +87,13 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
         help="parallel environments (default: 4 for ppo, 1 for heuristic)",
     )
     g.add_argument(
+        "--threads",
+        type=at.int_range(1, 1024),
+        default=None,
+        help="intra-op CPU threads for this process (default: the cores it may use divided "
+        "by the processes of this job on this node)",
+    )
+    g.add_argument(
         "--vectorized",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -361,6 +368,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         faults=tuple(Fault(f.kind, f.epoch) for f in args.inject_fault),
         telemetry=telemetry_config(args),
         counterfactual=args.counterfactual.replace("-", "_"),
+        threads=args.threads,
     )
 
 

@@ -52,6 +52,9 @@ class RunConfig:
     gpu_preload: bool = False
     dataloader: str = ""
     param_budget: int = 0
+    threads: int = 0
+    threads_source: str = ""
+    cpu_cores: int = 0
 
 
 @dataclass(slots=True)
