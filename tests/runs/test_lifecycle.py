@@ -14,21 +14,13 @@ from esper.leyline import (
     TelemetryEvent,
     TelemetryEventType,
 )
-from esper.nissa import NissaHub, read_events
+from esper.nissa import InMemoryOutput, NissaHub, read_events
 from esper.nissa.backends import BackendSpec
 from esper.runs import DRIVERS, RunConfig, StopRequest, run_training
 from esper.runs.session import RunSession
 from esper.tolaria.environment import MorphogeneticEnv
 
 ET = TelemetryEventType
-
-
-class ListHub:
-    def __init__(self) -> None:
-        self.events: list[TelemetryEvent] = []
-
-    def emit(self, event: TelemetryEvent) -> None:
-        self.events.append(event)
 
 
 class CountingDriver:
@@ -76,7 +68,7 @@ def counting(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(DRIVERS, "counting", CountingDriver)
 
 
-def _types(hub: ListHub) -> list[str]:
+def _types(hub: InMemoryOutput) -> list[str]:
     return [e.event_type.name for e in hub.events]
 
 
@@ -84,7 +76,7 @@ def _types(hub: ListHub) -> list[str]:
 def test_a_new_controller_is_one_driver_entry_and_the_lifecycle_does_the_rest(
     tmp_path: Path,
 ) -> None:
-    hub, seen = ListHub(), []
+    hub, seen = InMemoryOutput(), []
     config = RunConfig(mode="counting", max_epochs=2, save=tmp_path / "ck.pt")
     result = run_training(config, hub=hub, progress=lambda d, t, s: seen.append((d, t)))
     assert _types(hub) == ["TRAINING_STARTED", "CHECKPOINT_SAVED", "TRAINING_COMPLETED"]
@@ -103,7 +95,7 @@ def test_a_new_controller_is_one_driver_entry_and_the_lifecycle_does_the_rest(
         "counting",
     )
 
-    resumed_hub = ListHub()
+    resumed_hub = InMemoryOutput()
     again = RunConfig(mode="counting", max_epochs=2, resume=tmp_path / "ck.pt")
     run_training(again, hub=resumed_hub)
     assert _types(resumed_hub)[:2] == ["CHECKPOINT_LOADED", "TRAINING_STARTED"]
@@ -112,7 +104,7 @@ def test_a_new_controller_is_one_driver_entry_and_the_lifecycle_does_the_rest(
 
 @pytest.mark.usefixtures("counting")
 def test_a_stop_request_ends_the_run_interrupted_with_why() -> None:
-    hub = ListHub()
+    hub = InMemoryOutput()
     stop = StopRequest()
     stop.request("operator pressed q")
     with pytest.raises(RunInterrupted):
@@ -127,7 +119,7 @@ def test_a_stop_request_ends_the_run_interrupted_with_why() -> None:
 def test_a_checkpoint_of_another_kind_is_a_usage_error_naming_it(tmp_path: Path) -> None:
     torch.save({"kind": "other"}, tmp_path / "x.pt")
     with pytest.raises(Exception, match=rf"--resume {tmp_path / 'x.pt'}: not a counting"):
-        run_training(RunConfig(mode="counting", resume=tmp_path / "x.pt"), hub=ListHub())
+        run_training(RunConfig(mode="counting", resume=tmp_path / "x.pt"), hub=InMemoryOutput())
 
 
 def test_a_session_attaches_the_runs_backends_and_closes_complete(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from collections.abc import Iterator
 import pytest
 import torch
 
-from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.leyline import TelemetryEventType
+from esper.nissa import InMemoryOutput
 from esper.runs import RunConfig, run_training
 from esper.runs.placement import choose_threads, cores_available, local_world_size
 
@@ -39,17 +40,9 @@ def test_the_local_world_comes_from_torchrun_and_the_cores_from_the_affinity() -
     assert cores_available() == len(os.sched_getaffinity(0))
 
 
-class _Events:
-    def __init__(self) -> None:
-        self.events: list[TelemetryEvent] = []
-
-    def emit(self, event: TelemetryEvent) -> None:
-        self.events.append(event)
-
-
 @pytest.mark.parametrize(("threads", "source"), [(1, "flag"), (None, "auto")])
 def test_a_run_uses_and_reports_its_threads(threads: int | None, source: str) -> None:
-    hub = _Events()
+    hub = InMemoryOutput()
     config = RunConfig(mode="heuristic", max_epochs=1, threads=threads)
     run_training(config, hub=hub)
     (started,) = [e for e in hub.events if e.event_type is TelemetryEventType.TRAINING_STARTED]

@@ -21,7 +21,7 @@ from esper.leyline import (
     UsageError,
     validate_payload,
 )
-from esper.nissa import read_events
+from esper.nissa import InMemoryOutput, read_events
 from esper.runs import run_training
 from esper.runs.config import RunConfig
 from esper.simic.ppo import gae
@@ -34,14 +34,6 @@ from esper.tolaria.data import load_task
 from esper.tolaria.environment import Fault, MorphogeneticEnv
 
 ET = TelemetryEventType
-
-
-class ListHub:
-    def __init__(self) -> None:
-        self.events: list[TelemetryEvent] = []
-
-    def emit(self, event: TelemetryEvent) -> None:
-        self.events.append(event)
 
 
 def _key(e: TelemetryEvent) -> tuple[TelemetryEventType, str | None]:
@@ -172,7 +164,7 @@ def test_mask_hits_never_exceed_decisions(
 
 
 def _small(level: TelemetryLevel, lifecycle_only: bool = False) -> list[TelemetryEvent]:
-    hub = ListHub()
+    hub = InMemoryOutput()
     run_training(
         RunConfig(
             mode="ppo", episodes=1, n_envs=1, max_epochs=6, seed=3,
@@ -212,7 +204,7 @@ def test_normal_adds_analytics_and_debug_adds_per_step_decisions() -> None:
 
 
 def test_apply_slot_telemetry_lifecycle_only_keeps_slot_events_on() -> None:
-    hub = ListHub()
+    hub = InMemoryOutput()
     env = MorphogeneticEnv(0, load_task("digits"), emit=hub.emit)
     config = _apply_slot_telemetry(env, telemetry_enabled=False, lifecycle_only=True)
     assert config.lifecycle
@@ -227,7 +219,7 @@ def test_apply_slot_telemetry_lifecycle_only_keeps_slot_events_on() -> None:
 
 
 def test_emit_ppo_update_event_reports_lr_grad_norm_and_update_time() -> None:
-    hub = ListHub()
+    hub = InMemoryOutput()
     policy = torch.nn.Linear(2, 2)
     optimizer = torch.optim.Adam(policy.parameters(), lr=0.0123)
     metrics = {f.name: 0.5 for f in CATALOGUE[(ET.PPO_UPDATE_COMPLETED, None)].fields}
@@ -251,7 +243,7 @@ def test_emit_ppo_update_event_reports_lr_grad_norm_and_update_time() -> None:
 
 
 def test_emit_cf_unavailable() -> None:
-    hub = ListHub()
+    hub = InMemoryOutput()
     _emit_cf_unavailable(hub, env_id=0, slot_id="mid", reason="missing_baseline")
     (event,) = hub.events
     assert event.event_type is ET.COUNTERFACTUAL_COMPUTED
@@ -266,7 +258,8 @@ def test_resume_refuses_a_checkpoint_that_is_not_ours(tmp_path: Path) -> None:
     torch.save({"format": "other"}, bad)
     with pytest.raises(UsageError, match=r"--resume .*bad\.pt: not an esper-ppo-v1 checkpoint"):
         run_training(
-            RunConfig(mode="ppo", episodes=1, n_envs=1, max_epochs=2, resume=bad), hub=ListHub()
+            RunConfig(mode="ppo", episodes=1, n_envs=1, max_epochs=2, resume=bad),
+            hub=InMemoryOutput(),
         )
 
 
@@ -279,7 +272,8 @@ def test_resume_loads_with_weights_only(tmp_path: Path) -> None:
     torch.save({"format": "esper-ppo-v1", "x": Payload()}, evil)
     with pytest.raises(UsageError, match="not a loadable checkpoint"):
         run_training(
-            RunConfig(mode="ppo", episodes=1, n_envs=1, max_epochs=2, resume=evil), hub=ListHub()
+            RunConfig(mode="ppo", episodes=1, n_envs=1, max_epochs=2, resume=evil),
+            hub=InMemoryOutput(),
         )
 
 

@@ -36,6 +36,7 @@ from esper.leyline._errors import (
 )
 from esper.leyline._events import (
     LIFECYCLE_EVENT_TYPES,
+    EmitsEvents,
     Severity,
     TelemetryEvent,
     TelemetryEventType,
@@ -68,6 +69,7 @@ __all__ = [
     "BackendError",
     "BlendMode",
     "CorruptLineError",
+    "EmitsEvents",
     "EsperError",
     "FactoredAction",
     "FieldSpec",

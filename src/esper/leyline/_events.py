@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import Enum, IntEnum, StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 
 class TelemetryEventType(Enum):
@@ -131,3 +131,9 @@ class TelemetryEvent:
     def is_lifecycle(self) -> bool:
         """True for events the hub never drops."""
         return self.event_type in LIFECYCLE_EVENT_TYPES
+
+
+class EmitsEvents(Protocol):
+    """Anything with ``emit(event)``: a NissaHub, a backend, or a test double."""
+
+    def emit(self, event: TelemetryEvent) -> None: ...

@@ -78,10 +78,6 @@ def process_start_ticks(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]
 
 
-def _ratio(percent: float) -> float:
-    return percent / 100.0
-
-
 class _HubCollector(Collector):
     """Drop counts read from the hub at scrape time (they are counted where they happen)."""
 
@@ -553,9 +549,6 @@ class PrometheusOutput(OutputBackend):
             for component in {c for p in parts for c in p}:
                 values = [p[component] for p in parts if component in p]
                 self._set("esper_reward_component", sum(values) / len(values), component)
-
-    def _seed_labels(self, e: TelemetryEvent) -> tuple[str, str]:
-        return str(e.data["slot_id"]), str(e.data["blueprint_id"])
 
     def _on_germinated(self, e: TelemetryEvent) -> None:
         self._seed_stages[(int(e.data["env_id"]), str(e.data["slot_id"]))] = "GERMINATED"

@@ -24,7 +24,14 @@ from typing import Any, Protocol
 import torch
 
 from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
-from esper.leyline import Severity, TelemetryEvent, TelemetryEventType, UsageError, make_event
+from esper.leyline import (
+    EmitsEvents,
+    Severity,
+    TelemetryEvent,
+    TelemetryEventType,
+    UsageError,
+    make_event,
+)
 from esper.nissa import get_hub
 from esper.runs.config import RunConfig
 from esper.runs.placement import Placement, choose_threads
@@ -32,7 +39,6 @@ from esper.runs.placement import apply as apply_placement
 from esper.simic.ppo import PPOConfig
 from esper.simic.vectorized import PPOSettings, VectorizedPPO
 from esper.tamiyo.driver import HeuristicDriver, HeuristicSettings
-from esper.tolaria.counterfactual import EmitsEvents
 from esper.tolaria.data import load_task
 from esper.tolaria.environment import EnvConfig, MorphogeneticEnv
 

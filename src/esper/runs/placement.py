@@ -3,8 +3,7 @@ inherited.
 
 torch's default is one intra-op thread per core the machine has. When several processes share
 the machine (ranks of one job under ``torchrun``, or a job beside another) each takes every core
-and they fight: measured here on a busy 2-core machine, one run took 70 to 76 s with the
-default and 3.0 to 3.2 s with one thread per process. So a run uses the cores it may run on
+and they fight over them. So a run uses the cores it may run on
 (its CPU affinity, which containers and ``taskset`` narrow) divided by the processes on this
 node (``LOCAL_WORLD_SIZE``, set by ``torchrun``; 1 otherwise), at least one; ``--threads``
 overrides it.

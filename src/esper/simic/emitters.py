@@ -9,6 +9,7 @@ from typing import Any, Protocol
 import torch
 
 from esper.leyline import (
+    EmitsEvents,
     Severity,
     TelemetryConfig,
     TelemetryEventType,
@@ -16,7 +17,6 @@ from esper.leyline import (
     make_event,
 )
 from esper.tolaria.counterfactual import (
-    EmitsEvents,
     emit_counterfactual_computed,
     emit_counterfactual_unavailable,
 )

@@ -27,6 +27,7 @@ from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.leyline import (
     ACTION_HEADS,
     BlendMode,
+    EmitsEvents,
     FactoredAction,
     Op,
     Severity,
@@ -49,7 +50,6 @@ from esper.simic.ppo import PPOConfig, PPOTrainer, Rollout
 from esper.simic.rewards import REWARD_MODE, compute_reward
 from esper.tamiyo.policy import ActionBatch, PolicyNetwork
 from esper.tamiyo.tracker import SignalTracker
-from esper.tolaria.counterfactual import EmitsEvents
 from esper.tolaria.environment import (
     EpisodeSettings,
     EpochResult,

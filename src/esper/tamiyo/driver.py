@@ -12,9 +12,9 @@ import statistics
 from collections.abc import Callable
 from typing import Any
 
+from esper.leyline import EmitsEvents
 from esper.tamiyo.heuristic import HeuristicTamiyo
 from esper.tamiyo.tracker import SignalTracker
-from esper.tolaria.counterfactual import EmitsEvents
 from esper.tolaria.environment import EpisodeSettings, MorphogeneticEnv, emit_aggregate_epoch
 
 HeuristicSettings = EpisodeSettings

@@ -3,17 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Protocol
-
-from esper.leyline import TelemetryEvent, TelemetryEventType, make_event
+from esper.leyline import EmitsEvents, TelemetryEventType, make_event
 
 ET = TelemetryEventType
-
-
-class EmitsEvents(Protocol):
-    """Anything with ``emit(event)``: a NissaHub, or a test double."""
-
-    def emit(self, event: TelemetryEvent) -> None: ...
 
 
 def _emit(
