@@ -9,7 +9,14 @@ import time
 import pytest
 import yaml
 
-from esper.karn.grafana import DASHBOARDS, GPU_DASHBOARD, REQUIRES_CUDA, panel_queries, render
+from esper.karn.grafana import (
+    DASHBOARDS,
+    GPU_DASHBOARD,
+    REQUIRES_CUDA,
+    REQUIRES_RANKS,
+    panel_queries,
+    render,
+)
 from esper.nissa.metric_catalogue import METRICS
 from esper.scripts import cli
 from tests._stack import DEPLOY, REPO, Stack, query, query_range, wait_until
@@ -76,6 +83,7 @@ def _substitute(expr: str, stack: Stack) -> str:
         expr.replace("$__rate_interval", "30s")
         .replace('"$instance"', '".*"')
         .replace('"$env"', '".*"')
+        .replace('"$rank"', '".*"')
         .replace('"$run"', f'"{run}"')
     )
 
@@ -88,6 +96,8 @@ def test_every_panel_query_returns_data_from_a_real_run(stack: Stack) -> None:
     for name, title, desc, uid, expr in _all_queries():
         if uid != "esper-prometheus" or REQUIRES_CUDA in desc or name == GPU_DASHBOARD:
             continue  # Tempo needs a trace store; GPU and CUDA panels: test_gpu_dashboard.py
+        if REQUIRES_RANKS in desc:
+            continue  # tests/runs/test_distributed.py, on a 2-rank run
         promql = _substitute(expr, stack)
 
         def has_data(q: str = promql) -> bool:
@@ -101,7 +111,7 @@ def test_every_panel_query_returns_data_from_a_real_run(stack: Stack) -> None:
 def test_template_variables_resolve_against_the_real_run(stack: Stack) -> None:
     doc = json.loads((DASHBOARD_DIR / "esper-overview.json").read_text())
     variables = {v["name"]: v["query"] for v in doc["templating"]["list"]}
-    assert set(variables) == {"run", "instance", "env"}
+    assert set(variables) == {"run", "instance", "rank", "env"}
     runs = query(stack.prometheus, "group by (run_id) (max_over_time(esper_run_info[1h]))")
     assert len(runs) == 1
     envs = query(stack.prometheus, "group by (env_id) (max_over_time(esper_env_val_accuracy[1h]))")

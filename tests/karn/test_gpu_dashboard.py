@@ -141,6 +141,7 @@ def test_every_gpu_and_cuda_panel_returns_data(gpu_prometheus: tuple[str, float]
         promql = (
             expr.replace("$__rate_interval", "5s")
             .replace('"$host"', '".*"').replace('"$gpu"', '".*"').replace('"$instance"', '".*"')
+            .replace('"$rank"', '".*"')
         )  # fmt: skip
 
         def has_data(q: str = promql) -> bool:
@@ -154,7 +155,7 @@ def test_the_trainer_share_of_gpu_memory_joins_on_uuid(gpu_prometheus: tuple[str
     base, started = gpu_prometheus
     promql = next(e for _, t, e in _gpu_queries() if t == "Trainer share of the GPU's memory")
     promql = promql.replace('"$host"', '".*"').replace('"$gpu"', '".*"')
-    promql = promql.replace('"$instance"', '".*"')
+    promql = promql.replace('"$instance"', '".*"').replace('"$rank"', '".*"')
 
     def joined() -> list[dict[str, Any]]:
         return query_range(base, promql, started, time.time())

@@ -28,7 +28,9 @@ class CountingDriver:
 
     mode = "counting"
 
-    def __init__(self, config: RunConfig, envs: list[MorphogeneticEnv], hub: Any) -> None:
+    def __init__(
+        self, config: RunConfig, envs: list[MorphogeneticEnv], hub: Any, comm: Any = None
+    ) -> None:
         self.config, self.envs = config, envs
         self.episodes_completed = 0
         self.final_accuracies: list[float] = []

@@ -6,7 +6,9 @@ real Prometheus that scraped a real run. Panels read the Prometheus datasource p
 with uid ``esper-prometheus``; the trace panel reads Tempo (``esper-tempo``).
 
 Template variables: ``run`` (from ``esper_run_info``), ``instance`` (the scrape targets of the
-chosen runs) and ``env``; every query filters on them.
+chosen runs), ``rank`` (the ranks of a multi-process run, from the target label ``rank``;
+series of a single-process run have none and always match) and ``env``; every query filters
+on them.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ TEMPO_UID = "esper-tempo"
 PROM = DataSourceRef(type_val="prometheus", uid=PROMETHEUS_UID)
 TEMPO = DataSourceRef(type_val="tempo", uid=TEMPO_UID)
 
-I = 'instance=~"$instance"'  # noqa: E741 - the one filter every query carries
+I = 'instance=~"$instance", rank=~"$rank"'  # noqa: E741 - the filter every query carries
 IE = f'{I}, env_id=~"$env"'
 RATE = "$__rate_interval"
 
@@ -79,6 +81,8 @@ def _variables(dashboard: db.Dashboard) -> db.Dashboard:
         dashboard.with_variable(_variable("run", "Run", "label_values(esper_run_info, run_id)"))
         .with_variable(_variable(
             "instance", "Trainer", 'label_values(esper_run_info{run_id=~"$run"}, instance)'))
+        .with_variable(_variable(
+            "rank", "Rank", 'label_values(esper_run_info{instance=~"$instance"}, rank)'))
         .with_variable(_variable(
             "env", "Env", 'label_values(esper_env_val_accuracy{instance=~"$instance"}, env_id)'))
     )  # fmt: skip
@@ -254,6 +258,26 @@ def throughput() -> db.Dashboard:
                         [(f"esper_cuda_memory_allocated_bytes{{{I}}}", "allocated {{device}}"),
                          (f"esper_cuda_memory_reserved_bytes{{{I}}}", "reserved {{device}}")],
                         "CUDA only: empty on a CPU run."))
+        .with_row(db.Row("Ranks (multi-process runs under torchrun)"))
+        .with_panel(_ts("Epoch time by rank", "s",
+                        [(f"esper_rank_epoch_seconds{{{I}}}", "rank {{rank}} ({{node}})")],
+                        "Wall time of each rank's last host epoch over its envs."))
+        .with_panel(_ts("Slowest rank against the median", "s",
+                        [(f"max by (run_id) (esper_rank_epoch_seconds{{{I}}})", "slowest"),
+                         (f"quantile by (run_id) (0.5, esper_rank_epoch_seconds{{{I}}})",
+                          "median")],
+                        "A straggler shows as a slowest line well above the median "
+                        "(alert EsperRankStraggler)."))
+        .with_panel(_ts("Time waiting in collectives by rank", "percentunit",
+                        [(f"sum by (rank) (rate(esper_collective_wait_seconds_sum{{{I}}}[{RATE}]))",
+                          "rank {{rank}}")],
+                        f"{REQUIRES_RANKS}. Share of wall time each rank spends blocked in "
+                        "collectives: the fast ranks wait for the slowest."))
+        .with_panel(_ts("Collective wait (p90) by rank and operation", "s",
+                        [(f"histogram_quantile(0.9, sum by (rank, op, le) "
+                          f"(rate(esper_collective_wait_seconds_bucket{{{I}}}[{RATE}])))",
+                          "rank {{rank}} {{op}}")],
+                        f"{REQUIRES_RANKS}. How long one collective takes on each rank."))
         .with_row(db.Row("Action masks"))
         .with_panel(_ts("Mask hit ratio per head", "percentunit",
                         [(f"esper_action_mask_hit_ratio{{{I}}}", "{{head}}")]))
@@ -365,6 +389,8 @@ DASHBOARDS: dict[str, Callable[[], db.Dashboard]] = {
 """File name under dashboards/ -> the function that builds it."""
 
 REQUIRES_CUDA = "CUDA only"
+REQUIRES_RANKS = "Multi-rank runs only"
+"""Panel descriptions starting so have data only from runs under torchrun."""
 GPU_DASHBOARD = "esper-gpu.json"
 """Its panels need dcgm-exporter and CUDA: tests/karn/test_gpu_dashboard.py answers them from
 DCGM-shaped series and the exporter's CUDA gauges."""

@@ -43,6 +43,7 @@ from esper.leyline._events import (
     TelemetryLevel,
     new_event_id,
 )
+from esper.leyline._ranks import RankInfo
 from esper.leyline._seed_telemetry import SeedTelemetry
 from esper.leyline._stages import (
     VALID_TRANSITIONS,
@@ -78,6 +79,7 @@ __all__ = [
     "PayloadError",
     "PayloadSpec",
     "PerformanceBudgets",
+    "RankInfo",
     "ReplayError",
     "RunInterrupted",
     "SeedStage",

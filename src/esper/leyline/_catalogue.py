@@ -309,6 +309,23 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
                 allowed=("auto", "flag"),
             ),
             _f("cpu_cores", INT, "cores", "CPU cores this process may run on (its affinity)"),
+            _f("world_size", INT, "", "processes (ranks) of the run; 1 without torchrun"),
+            _f("rank", INT, "", "this process's rank (0..world_size-1)"),
+            _f("local_rank", INT, "", "its rank among the processes of its node"),
+            _f("node", STR, "", "host name of its node"),
+            _f("node_rank", INT, "", "its node's index in the job (torchrun's GROUP_RANK)"),
+            _f(
+                "restart_count",
+                INT,
+                "",
+                "times torchrun restarted the job's workers (TORCHELASTIC_RESTART_COUNT)",
+            ),
+            _f(
+                "local_n_envs",
+                INT,
+                "",
+                "envs this rank steps (n_envs is over all ranks); env ids are global",
+            ),
         ),
     ),
     PayloadSpec(
@@ -323,12 +340,18 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
                 "how the run ended",
                 allowed=("completed", "failed", "interrupted"),
             ),
-            _f("episodes_completed", INT, "", "episodes finished"),
-            _f("final_accuracy", FLT, "percent", "mean final val accuracy", nullable=True),
+            _f("episodes_completed", INT, "", "episodes finished (by all ranks)"),
+            _f(
+                "final_accuracy",
+                FLT,
+                "percent",
+                "mean final val accuracy (of all ranks' envs)",
+                nullable=True,
+            ),
             _f("wall_time_seconds", FLT, "s", "wall time of the run"),
-            _f("seeds_germinated", INT, "", "seeds germinated in the run"),
-            _f("seeds_fossilized", INT, "", "seeds fossilized in the run"),
-            _f("seeds_culled", INT, "", "seeds culled in the run"),
+            _f("seeds_germinated", INT, "", "seeds germinated in the run (in this rank's envs)"),
+            _f("seeds_fossilized", INT, "", "seeds fossilized in the run (in this rank's envs)"),
+            _f("seeds_culled", INT, "", "seeds culled in the run (in this rank's envs)"),
             _f(
                 "error",
                 STR,
@@ -336,6 +359,13 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
                 "why a run that did not complete stopped (exception type and message, or "
                 "the signal); null when completed",
                 nullable=True,
+            ),
+            _f(
+                "lost_ranks",
+                LIST,
+                "",
+                "in a multi-rank run, the ranks this rank found gone (dead) when it stopped; "
+                "empty otherwise",
             ),
         ),
     ),
@@ -376,6 +406,13 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
             _f("n_envs", INT, "", "envs in the batch"),
             _f("skipped_update", BOOL, "", "an env skipped its optimizer step (non-finite loss)"),
             _f("plateau_detected", BOOL, "", "the signal tracker sees a plateau"),
+            _f(
+                "epoch_seconds",
+                FLT,
+                "s",
+                "wall time this process took to run the epoch of all its envs (one rank's "
+                "epoch time in a multi-rank run)",
+            ),
         ),
     ),
     PayloadSpec(
@@ -573,6 +610,34 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
                 nullable=True,
             ),
             _f("dataloader_wait_ms", FLT, "ms", "mean time per step waiting for data"),
+        ),
+    ),
+    PayloadSpec(
+        ET.ANALYTICS_SNAPSHOT,
+        "collectives",
+        "One rank's collective calls in a batch of a multi-rank run, and how long each took "
+        "(mostly waiting for the slowest rank).",
+        (
+            _SNAPSHOT_KIND,
+            _f("batch_idx", INT, "", "batch index"),
+            _f("rank", INT, "", "the rank that waited"),
+            _f("calls", INT, "", "collective calls in the batch"),
+            _f("wait_seconds_total", FLT, "s", "time spent in them"),
+            _f("wait_seconds_max", FLT, "s", "the longest one"),
+            _f(
+                "wait_seconds",
+                DICT,
+                "s",
+                "operation (all_reduce_gradients, all_reduce_scalar, all_gather_batch, "
+                "broadcast) -> the seconds of each call, in order",
+            ),
+            _f(
+                "policy_digest",
+                STR,
+                "",
+                "hash of the policy's weights after the batch's update: the same on every "
+                "rank while the replicas agree",
+            ),
         ),
     ),
     PayloadSpec(

@@ -120,6 +120,9 @@ class TelemetryEvent:
     event_id: str = field(default_factory=new_event_id)
     run_id: str | None = None
     """Filled in by the hub from its run id when the emitter leaves it empty."""
+    rank: int | None = None
+    """The rank of the process that emitted it in a multi-process run (filled in by the
+    hub); None in a single-process run."""
 
     @property
     def timestamp(self) -> datetime:

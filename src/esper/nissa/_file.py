@@ -18,6 +18,13 @@ RUN_DIR_PREFIX = "telemetry_"
 RUN_DIR_TIME_FORMAT = "%Y-%m-%d_%H%M%S"
 EVENTS_FILE = "events.jsonl"
 
+
+def rank_file_name(name: str, rank: int) -> str:
+    """The file of one rank of a multi-rank run: ``events.jsonl`` -> ``events.rank1.jsonl``."""
+    path = Path(name)
+    return f"{path.stem}.rank{rank}{path.suffix}"
+
+
 _MAX_UNWRITTEN_BYTES = 64 * 1024 * 1024
 """Bytes kept in memory while writes fail (e.g. a full disk) before new lines are dropped."""
 
@@ -38,14 +45,22 @@ class FileOutput(OutputBackend):
     is unique and strictly increasing within each file.
     """
 
-    def __init__(self, path: str | os.PathLike[str], buffer_size: int = 10) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], buffer_size: int = 10, *, exclusive: bool = False
+    ) -> None:
+        """``exclusive``: the file must not exist yet (a rank's file in a shared run
+        directory: finding one means another run took the name)."""
         if buffer_size < 1:
             raise ValueError(f"buffer_size must be >= 1, got {buffer_size}")
         self.path = Path(path)
         self.buffer_size = buffer_size
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._fd: int | None = self._open(self.path)
+            self._fd: int | None = self._open(self.path, exclusive=exclusive)
+        except FileExistsError:
+            raise BackendConfigError(
+                f"telemetry file {self.path} already exists (another run wrote it)"
+            ) from None
         except OSError as exc:
             raise BackendConfigError(
                 f"cannot open telemetry file {self.path}: {exc.strerror or exc}"
@@ -55,8 +70,9 @@ class FileOutput(OutputBackend):
         register_fork_resource(self)
 
     @staticmethod
-    def _open(path: Path) -> int:
-        return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    def _open(path: Path, *, exclusive: bool = False) -> int:
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC
+        return os.open(path, flags | (os.O_EXCL if exclusive else 0), 0o644)
 
     def _init_state(self) -> None:
         self._lock = threading.Lock()
@@ -189,13 +205,54 @@ def parse_run_dir_time(path: str | os.PathLike[str]) -> datetime:
     return stamp.replace(tzinfo=UTC)
 
 
+def run_dir_name(stamp: datetime) -> str:
+    """``telemetry_YYYY-MM-DD_HHMMSS`` for a UTC time."""
+    return f"{RUN_DIR_PREFIX}{stamp:{RUN_DIR_TIME_FORMAT}}"
+
+
+def free_run_dir_name(base: str | os.PathLike[str]) -> str:
+    """A run directory name (now, UTC) not yet taken under ``base``: what rank 0 of a
+    multi-rank run chooses for every node's run directory."""
+    stamp = datetime.now(UTC).replace(microsecond=0)
+    while (Path(base) / run_dir_name(stamp)).exists():
+        stamp += timedelta(seconds=1)
+    return run_dir_name(stamp)
+
+
 class DirectoryOutput(FileOutput):
     """Creates a run directory ``base_path/telemetry_YYYY-MM-DD_HHMMSS/`` and writes
-    ``events.jsonl`` inside it (UTC time). ``output_dir`` is the directory created."""
+    ``events.jsonl`` inside it (UTC time). ``output_dir`` is the directory created.
 
-    def __init__(self, base_path: str | os.PathLike[str], buffer_size: int = 10) -> None:
-        self.output_dir = _make_run_dir(Path(base_path))
-        super().__init__(self.output_dir / EVENTS_FILE, buffer_size=buffer_size)
+    A rank of a multi-rank run (``rank``) writes ``events.rank<R>.jsonl`` in the directory
+    ``name`` that rank 0 chose (its start time), shared by the ranks of each node and made
+    by whichever comes first; the rank's file must be new."""
+
+    def __init__(
+        self,
+        base_path: str | os.PathLike[str],
+        buffer_size: int = 10,
+        *,
+        rank: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        if rank is None:
+            self.output_dir = _make_run_dir(Path(base_path))
+            super().__init__(self.output_dir / EVENTS_FILE, buffer_size=buffer_size)
+            return
+        if name is None:
+            raise ValueError("a rank's run directory needs the name rank 0 chose")
+        self.output_dir = Path(base_path) / name
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise BackendConfigError(
+                f"cannot create run directory {self.output_dir}: {exc.strerror or exc}"
+            ) from exc
+        super().__init__(
+            self.output_dir / rank_file_name(EVENTS_FILE, rank),
+            buffer_size=buffer_size,
+            exclusive=True,
+        )
 
     @property
     def name(self) -> str:

@@ -353,6 +353,9 @@ class NissaHub:
         """``check_payloads``: the pump checks every event's payload against the catalogue
         (off the training thread) and counts mismatches; events are delivered either way."""
         self.run_id: str | None = None
+        self.rank: int | None = None
+        """This process's rank in a multi-process run: stamped on every event (None: one
+        process)."""
         self.check_payloads = check_payloads
         self._capacity = capacity
         self._backend_capacity = backend_capacity
@@ -492,6 +495,8 @@ class NissaHub:
                 continue
             if item.run_id is None:
                 item.run_id = self.run_id
+            if item.rank is None:
+                item.rank = self.rank
             self._accepted += 1
             name = item.event_type.name
             by_type[name] = by_type.get(name, 0) + 1

@@ -99,6 +99,8 @@ def encode_event(event: TelemetryEvent, seq: int) -> str:
         "message": event.message,
         "data": to_jsonable(event.data),
     }
+    if event.rank is not None:
+        obj["rank"] = event.rank
     return json.dumps(obj, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
 
 
@@ -166,6 +168,7 @@ def decode_line(line: str, *, strict: bool = False) -> tuple[TelemetryEvent, int
             timestamp_ns=parse_timestamp_ns(obj["timestamp"]),
             event_id=obj["event_id"],
             run_id=obj["run_id"],
+            rank=obj.get("rank"),
         )
         seq = obj["seq"]
     except KeyError as exc:
@@ -174,4 +177,6 @@ def decode_line(line: str, *, strict: bool = False) -> tuple[TelemetryEvent, int
         raise ValueError(str(exc)) from None
     if not isinstance(seq, int):
         raise ValueError(f"'seq' must be an integer, got {seq!r}")
+    if event.rank is not None and (not isinstance(event.rank, int) or event.rank < 0):
+        raise ValueError(f"'rank' must be a non-negative integer, got {event.rank!r}")
     return event, seq

@@ -14,10 +14,24 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esper.nissa._file import DirectoryOutput, FileOutput
+from esper.leyline import RankInfo
+from esper.nissa._file import (
+    DirectoryOutput,
+    FileOutput,
+    free_run_dir_name,
+    rank_file_name,
+)
 from esper.nissa._hub import NissaHub
 from esper.nissa.otel import OTelOutput, otlp_configured, traces_endpoint
 from esper.nissa.prometheus import PrometheusOutput
+
+__all__ = [
+    "BackendSpec",
+    "TelemetrySetup",
+    "attach_backends",
+    "free_run_dir_name",
+    "rank_file_name",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +53,12 @@ class BackendSpec:
     otlp_endpoint: str | None = None
     otlp_from_environment: bool = False
     """Also export traces when only ``OTEL_EXPORTER_OTLP_*`` names an endpoint."""
+    rank: RankInfo | None = None
+    """One rank of a multi-rank run: a JSONL file per rank (``<stem>.rank<R><suffix>``, in
+    the shared run directory ``run_dir_name``), /metrics on ``metrics_port + local_rank``
+    (unless 0), scrape-target labels and trace resource naming the rank."""
+    run_dir_name: str | None = None
+    """The run directory rank 0 chose (multi-rank runs)."""
 
 
 @dataclass(slots=True)
@@ -63,19 +83,30 @@ def attach_backends(
     """Build and attach the backends ``spec`` names; ``announce`` each destination as it
     opens. Raises BackendConfigError naming the path or port that cannot be used."""
     setup = TelemetrySetup(hub)
+    rank = spec.rank if spec.rank is not None and spec.rank.distributed else None
     if spec.telemetry_file is not None:
-        file_out = FileOutput(spec.telemetry_file)
+        path = spec.telemetry_file
+        if rank is not None:
+            path = path.with_name(rank_file_name(path.name, rank.rank))
+        file_out = FileOutput(path)
         hub.add_backend(file_out)
         setup.destinations.append(f"JSONL file: {file_out.path}")
     if spec.telemetry_dir is not None:
-        dir_out = DirectoryOutput(spec.telemetry_dir)
+        dir_out = (
+            DirectoryOutput(spec.telemetry_dir)
+            if rank is None
+            else DirectoryOutput(spec.telemetry_dir, rank=rank.rank, name=spec.run_dir_name)
+        )
         hub.add_backend(dir_out)
         announce(f"Telemetry will be saved to: {dir_out.output_dir}")
         setup.destinations.append(f"run directory: {dir_out.output_dir}")
     if spec.metrics_port is not None:
         prom = PrometheusOutput(hub_stats=hub.stats)
+        wanted = spec.metrics_port
+        if rank is not None and wanted:
+            wanted += rank.local_rank  # one port per rank of this node
         port = prom.serve(
-            spec.metrics_port,
+            wanted,
             spec.metrics_addr,
             certfile=_opt(spec.metrics_tls_cert),
             keyfile=_opt(spec.metrics_tls_key),
@@ -92,11 +123,11 @@ def attach_backends(
             sd = prom.write_sd_file(
                 spec.metrics_sd_dir,
                 host=spec.metrics_sd_host or spec.metrics_addr,
-                labels=dict(spec.metrics_sd_labels),
+                labels={**spec.metrics_sd_labels, **({} if rank is None else rank.labels)},
             )
             setup.destinations.append(f"scrape target registered in {sd}")
     if spec.otlp_endpoint is not None or (spec.otlp_from_environment and otlp_configured()):
-        otel = OTelOutput(endpoint=spec.otlp_endpoint, run_id=hub.run_id)
+        otel = OTelOutput(endpoint=spec.otlp_endpoint, run_id=hub.run_id, rank=rank)
         hub.add_backend(otel)
         where = (
             traces_endpoint(spec.otlp_endpoint)

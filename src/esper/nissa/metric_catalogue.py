@@ -93,6 +93,9 @@ STEP_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60
 # Waiting for a batch: microseconds when preloaded, tens of milliseconds from disk.
 WAIT_BUCKETS = (1e-5, 5e-5, 1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0)
 
+# A collective takes microseconds when the ranks arrive together, up to an epoch when one lags.
+COLLECTIVE_BUCKETS = (1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 120.0)
+
 PPO = "PPO_UPDATE_COMPLETED"
 EPOCH_ENV = "EPOCH_COMPLETED:env"
 THROUGHPUT = "ANALYTICS_SNAPSHOT:throughput"
@@ -185,6 +188,14 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("esper_last_progress_timestamp_seconds", G,
                "Unix time of the last completed host epoch (any env).", (), "s",
                f"{EPOCH_ENV} {EVENT_TIME}"),
+    MetricSpec("esper_rank_epoch_seconds", G,
+               "Wall time of this process's last host epoch over all its envs (under torchrun: "
+               "one rank's epoch time, labelled by its scrape target's rank).", (), "s",
+               "EPOCH_COMPLETED:aggregate.epoch_seconds", update=SET),
+    MetricSpec("esper_collective_wait_seconds", H,
+               "Time one collective call took on this rank (mostly waiting for the slowest "
+               "rank), by operation.", ("op",), "s",
+               "ANALYTICS_SNAPSHOT:collectives.wait_seconds", COLLECTIVE_BUCKETS),
     MetricSpec("esper_host_grad_norm", G, "Host gradient L2 norm (worst step of the epoch).",
                ("env_id",), "", f"{EPOCH_ENV}.host_grad_norm", update=SET),
     MetricSpec("esper_seed_germinated_total", C, "Seeds germinated.", ("slot_id", "blueprint_id"),

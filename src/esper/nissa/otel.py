@@ -8,6 +8,12 @@ One trace per run::
      |         +-- esper.seed.stage    one span per stage; gate evaluations are span events
      +-- esper.ppo.update              PPO_UPDATE_COMPLETED (its update_time_ms before it)
 
+The trace id is derived from the run id (``run_trace_ids``), and so is the run span's id, so
+every rank of a multi-rank run joins the one trace: rank 0 exports the run span, and every
+rank hangs its episode spans (and their seeds) under it, by id; the resource names the rank
+(``esper.rank``, ``esper.local_rank``, ``esper.world_size``, ``esper.node_rank``,
+``esper.restart_count``, ``host.name``).
+
 A stage gets its own child span, so a seed that changes stage hundreds of times loses nothing to
 a per-span event limit, and a long-lived seed shows up stage by stage while it lives.
 GOVERNOR_ROLLBACK marks the env's episode span with an error status and an event. Start and
@@ -21,6 +27,7 @@ are counted (``lost``) and reported.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import signal
@@ -41,9 +48,17 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    Status,
+    StatusCode,
+    TraceFlags,
+)
 
-from esper.leyline import BackendConfigError, TelemetryEvent, TelemetryEventType
+from esper.leyline import BackendConfigError, RankInfo, TelemetryEvent, TelemetryEventType
 from esper.nissa._backend import OutputBackend
 from esper.nissa._hub import block_shutdown_signals, start_daemon_thread
 
@@ -121,6 +136,33 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
         raise BackendConfigError(f"cannot set up the OTLP exporter: {exc}") from exc
 
 
+def run_trace_ids(run_id: str) -> tuple[int, int]:
+    """(trace id, run span id) of a run: from its id, the same in every process."""
+    digest = hashlib.sha256(f"esper.run/{run_id}".encode()).digest()
+    trace_id = int.from_bytes(digest[:16], "big") or 1
+    span_id = int.from_bytes(digest[16:24], "big") or 1
+    return trace_id, span_id
+
+
+class _RunIds(RandomIdGenerator):
+    """Every root span gets the run's trace id; the next span asked for with ``claim_run``
+    gets the run span's id. Other span ids are random."""
+
+    def __init__(self, run_id: str) -> None:
+        self.trace_id, self.run_span_id = run_trace_ids(run_id)
+        self._next_span: int | None = None
+
+    def claim_run(self) -> None:
+        self._next_span = self.run_span_id
+
+    def generate_trace_id(self) -> int:
+        return self.trace_id
+
+    def generate_span_id(self) -> int:
+        span_id, self._next_span = self._next_span, None
+        return span_id if span_id is not None else super().generate_span_id()
+
+
 @dataclass(slots=True)
 class _Seed:
     span: Span
@@ -152,9 +194,13 @@ class OTelOutput(OutputBackend):
         exporter: SpanExporter | None = None,
         service_name: str | None = None,
         run_id: str | None = None,
+        rank: RankInfo | None = None,
         batch: bool = True,
         max_queue_size: int = 4096,
     ) -> None:
+        """``run_id`` fixes the trace id (see ``run_trace_ids``); ``rank``, for a rank of a
+        multi-rank run: a rank other than 0 exports no run span of its own, its spans join
+        rank 0's."""
         self._counting = _CountingExporter(exporter or otlp_exporter(endpoint))
         attributes: dict[str, Any] = {
             "service.name": os.environ.get("OTEL_SERVICE_NAME")
@@ -164,8 +210,24 @@ class OTelOutput(OutputBackend):
         }
         if run_id:
             attributes["esper.run.id"] = run_id
+        if rank is not None:
+            attributes.update(
+                {
+                    "esper.rank": rank.rank,
+                    "esper.local_rank": rank.local_rank,
+                    "esper.world_size": rank.world_size,
+                    "esper.node_rank": rank.node_rank,
+                    "esper.restart_count": rank.restart_count,
+                    "host.name": rank.node,
+                }
+            )
         self.resource = Resource.create(attributes)
-        self.provider = TracerProvider(resource=self.resource)
+        self._ids = _RunIds(run_id) if run_id else None
+        self._follower = rank is not None and rank.rank != 0
+        """A rank other than 0: the run span is rank 0's, referred to by id."""
+        self.provider = TracerProvider(
+            resource=self.resource, id_generator=self._ids or RandomIdGenerator()
+        )
         if batch:
             previous = block_shutdown_signals()  # the SDK's worker thread inherits the mask
             try:
@@ -220,8 +282,9 @@ class OTelOutput(OutputBackend):
     # -- span helpers ----------------------------------------------------------------------
 
     def _end(self, span: Span, end_ns: int) -> None:
-        span.end(end_time=end_ns)
-        self.spans_ended += 1
+        if span.is_recording():  # another rank's run span, referred to by id, is not ours
+            span.end(end_time=end_ns)
+            self.spans_ended += 1
 
     def _start(
         self, name: str, start_ns: int, parent: Span | None, attributes: dict[str, Any]
@@ -235,9 +298,21 @@ class OTelOutput(OutputBackend):
         """The run span; opened implicitly if events arrive without TRAINING_STARTED."""
         st = self._state
         if st.run is None:
-            st.run = self._start(
-                "esper.run", e.timestamp_ns, None, {"esper.run.id": e.run_id or ""}
-            )
+            if self._follower and self._ids is not None:
+                st.run = NonRecordingSpan(
+                    SpanContext(
+                        self._ids.trace_id,
+                        self._ids.run_span_id,
+                        is_remote=True,
+                        trace_flags=TraceFlags(TraceFlags.SAMPLED),
+                    )
+                )
+            else:
+                if self._ids is not None:
+                    self._ids.claim_run()
+                st.run = self._start(
+                    "esper.run", e.timestamp_ns, None, {"esper.run.id": e.run_id or ""}
+                )
             st.batch_start_ns = e.timestamp_ns
         return st.run
 

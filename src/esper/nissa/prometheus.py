@@ -403,7 +403,8 @@ class PrometheusOutput(OutputBackend):
         self, directory: str | os.PathLike[str], *, host: str, labels: dict[str, str]
     ) -> Path:
         """Register this endpoint for Prometheus file-based service discovery: writes
-        ``directory/esper-<run_id>.json`` atomically; ``close()`` removes it.
+        ``directory/esper-<run_id>.json`` (``esper-<run_id>-rank<R>.json`` for a rank of a
+        multi-rank run, labelled ``rank``) atomically; ``close()`` removes it.
 
         The target also names its owner (host, pid and the process's start time) in labels
         that begin with ``__``: Prometheus drops those after relabelling, so they never reach a
@@ -417,7 +418,8 @@ class PrometheusOutput(OutputBackend):
         directory = Path(directory)
         try:
             directory.mkdir(parents=True, exist_ok=True)
-            name = f"esper-{labels.get('run_id', os.getpid())}.json"
+            rank = f"-rank{labels['rank']}" if "rank" in labels else ""
+            name = f"esper-{labels.get('run_id', os.getpid())}{rank}.json"
             owner = {
                 OWNER_HOST: socket.gethostname(),
                 OWNER_PID: str(os.getpid()),
@@ -475,7 +477,9 @@ class PrometheusOutput(OutputBackend):
                   str(d["reward_mode"]))  # fmt: skip
 
     def _on_training_completed(self, e: TelemetryEvent) -> None:
-        if e.data["status"] == "completed" and self._episodes_seen is None:
+        # The episodes of a run without BATCH_EPOCH_COMPLETED; of a multi-rank run, counted
+        # by rank 0 alone (every rank reports the run's episodes).
+        if e.data["status"] == "completed" and self._episodes_seen is None and not e.rank:
             self._child("esper_episodes_completed_total").inc(e.data["episodes_completed"])
 
     def _on_ppo_update(self, e: TelemetryEvent) -> None:
@@ -543,6 +547,11 @@ class PrometheusOutput(OutputBackend):
                 ok = d["success_counts"].get(op, 0)
                 self._child("esper_actions_total", op, "true").inc(ok)
                 self._child("esper_actions_total", op, "false").inc(max(n - ok, 0))
+        elif kind == "collectives":
+            for op, seconds in d["wait_seconds"].items():
+                child = self._child("esper_collective_wait_seconds", str(op))
+                for s in seconds:
+                    child.observe(s)
         elif kind == "reward_summary":
             self._reward_parts[int(d["env_id"])] = dict(d["summary"])
             parts = self._reward_parts.values()

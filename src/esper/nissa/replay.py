@@ -1,5 +1,11 @@
 """Read a JSONL telemetry file or run directory back into events.
 
+A multi-rank run writes one file per rank (``events.rank<R>.jsonl``) in one run directory per
+node; the readers take several paths at once (each node's directory) and merge every rank's
+events in timestamp order. ``ranks`` says how many events each rank left and how it ended,
+and ``status`` names a rank that died (its events stop with no TRAINING_COMPLETED while
+others have one) or whose events are missing altogether.
+
 A torn last line (a process killed mid-write) is tolerated and reported; any other line that
 is not a valid event is named by file and line: ``strict=True`` raises CorruptLineError,
 otherwise it is skipped, reported in ``Replay.problems``, and every other event is kept.
@@ -7,8 +13,9 @@ otherwise it is skipped, reported in ``Replay.problems``, and every other event 
 
 from __future__ import annotations
 
+import heapq
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -43,6 +50,7 @@ class Replay:
     """
 
     path: Path
+    """The first path read (of several, for a run spread over nodes)."""
     events: list[TelemetryEvent] = field(default_factory=list)
     seqs: list[int] = field(default_factory=list)
     problems: list[LineProblem] = field(default_factory=list)
@@ -57,8 +65,13 @@ class Replay:
 
     @property
     def status(self) -> RunStatus:
-        """How the recorded run ended, as far as its events say."""
+        """How the recorded run ended, as far as its events say (over all its ranks)."""
         return run_status(self.events)
+
+    @property
+    def ranks(self) -> list[RankReport]:
+        """Each rank's share of a multi-rank run, in rank order (empty for one process)."""
+        return rank_reports(self.events)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +91,68 @@ class RunStatus:
         return f"{self.state}: {self.detail}" if self.detail else self.state
 
 
+@dataclass(slots=True)
+class RankReport:
+    """One rank of a multi-rank run, as its events tell it."""
+
+    rank: int
+    events: int = 0
+    started: TelemetryEvent | None = None
+    completed: TelemetryEvent | None = None
+    last_ns: int = 0
+    last_epoch: int | None = None
+
+    @property
+    def state(self) -> str:
+        """``completed``, ``interrupted`` or ``failed`` (from its TRAINING_COMPLETED),
+        ``unfinished`` (none), or ``missing`` (no events at all)."""
+        if self.completed is not None:
+            return str(self.completed.data.get("status", "completed"))
+        return "unfinished" if self.events else "missing"
+
+    @property
+    def last(self) -> str:
+        """When its last event happened (UTC, to the second)."""
+        return datetime.fromtimestamp(self.last_ns / 1e9, UTC).isoformat(timespec="seconds")
+
+
+def rank_reports(events: Iterable[TelemetryEvent]) -> list[RankReport]:
+    """Per-rank counts and ends of a multi-rank run's events; ranks the run's
+    TRAINING_STARTED events count (``world_size``) but that left no event are ``missing``.
+    Empty when no event carries a rank (a single-process run)."""
+    reports: dict[int, RankReport] = {}
+    world = 0
+    for e in events:
+        if e.rank is None:
+            continue
+        r = reports.get(e.rank)
+        if r is None:
+            r = reports[e.rank] = RankReport(e.rank)
+        r.events += 1
+        r.last_ns = max(r.last_ns, e.timestamp_ns)
+        if e.epoch is not None:
+            r.last_epoch = e.epoch
+        if e.event_type is TelemetryEventType.TRAINING_STARTED:
+            r.started = e
+            world = max(world, int(e.data.get("world_size", 1)))
+        elif e.event_type is TelemetryEventType.TRAINING_COMPLETED:
+            r.completed = e
+    for rank in range(world):
+        reports.setdefault(rank, RankReport(rank))
+    return [reports[k] for k in sorted(reports)]
+
+
 def run_status(events: Iterable[TelemetryEvent]) -> RunStatus:
-    """The RunStatus of a run's events (see RunStatus)."""
+    """The RunStatus of a run's events (see RunStatus); for a multi-rank run, of all its
+    ranks together (see ``_ranks_status``)."""
+    events = list(events)
+    reports = rank_reports(events)
+    if reports:
+        return _ranks_status(reports)
+    return _process_status(events)
+
+
+def _process_status(events: Iterable[TelemetryEvent]) -> RunStatus:
     started = completed = None
     last_ns = 0
     for e in events:
@@ -102,20 +175,80 @@ def run_status(events: Iterable[TelemetryEvent]) -> RunStatus:
     )
 
 
-def resolve_events_files(path: str | os.PathLike[str]) -> list[Path]:
-    """The JSONL files behind ``path``: the file itself; a run directory's ``events.jsonl``
-    and its forked children's ``events.<pid>.jsonl``; or those of the only run directory
-    under ``path``."""
-    p = Path(path)
+def _ranks_status(reports: list[RankReport]) -> RunStatus:
+    """A multi-rank run completed when every rank did. A rank with no TRAINING_COMPLETED
+    while another rank has one died (the run ``failed``); one with no events at all is
+    ``missing`` (its node's directory was not read, or it never started); when no rank has
+    finished, the run is ``unfinished`` (killed, or still running)."""
+    states = {r.rank: r.state for r in reports}
+    finished = [r for r in reports if r.completed is not None]
+    if all(state == "completed" for state in states.values()):
+        lead = reports[0].completed
+        return RunStatus("completed", lead.message if lead is not None else "")
+    notes = []
+    for r in reports:
+        if r.state == "missing":
+            notes.append(f"rank {r.rank}: no events (its node's run directory not given?)")
+        elif r.state == "unfinished":
+            dead = " died" if finished else ""
+            notes.append(
+                f"rank {r.rank}{dead}: its events stop at {r.last}"
+                + (f" (epoch {r.last_epoch})" if r.last_epoch is not None else "")
+                + ", with no TRAINING_COMPLETED"
+            )
+        elif r.state != "completed" and r.completed is not None:
+            error = r.completed.data.get("error")
+            notes.append(f"rank {r.rank} {r.state}" + (f": {error}" if error else ""))
+    if not finished:
+        state = "unfinished"
+    elif any(s in ("failed", "unfinished", "missing") for s in states.values()):
+        state = "failed"
+    else:
+        state = "interrupted"
+    return RunStatus(state, "; ".join(notes))
+
+
+Paths = str | os.PathLike[str] | Sequence[str | os.PathLike[str]]
+"""One path, or several (the run directories of a multi-rank run's nodes)."""
+
+
+def _each(paths: Paths) -> list[Path]:
+    if isinstance(paths, str | os.PathLike):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def resolve_events_files(paths: Paths) -> list[Path]:
+    """The JSONL files behind each of ``paths``: a file itself; a run directory's
+    ``events.jsonl``, its forked children's ``events.<pid>.jsonl`` and the ranks'
+    ``events.rank<R>.jsonl``; or those of the only run directory under the path."""
+    files: list[Path] = []
+    for p in _each(paths):
+        files += [f for f in _resolve(p) if f not in files]
+    return files
+
+
+def _is_run_dir(d: Path) -> bool:
+    return (d / EVENTS_FILE).is_file() or bool(_rank_files(d))
+
+
+def _rank_files(d: Path) -> list[Path]:
+    stem, suffix = Path(EVENTS_FILE).stem, Path(EVENTS_FILE).suffix
+    found = [f for f in d.glob(f"{stem}.rank*{suffix}") if f.name[len(stem) + 5 : -len(suffix)]
+             .isdigit()]  # fmt: skip
+    return sorted(found, key=lambda f: int(f.name[len(stem) + 5 : -len(suffix)]))
+
+
+def _resolve(p: Path) -> list[Path]:
     if p.is_file():
         return [p]
     if not p.exists():
         raise ReplayError(f"{p}: no such file or directory")
     if not p.is_dir():
         raise ReplayError(f"{p}: not a file or directory")
-    if (p / EVENTS_FILE).is_file():
+    if _is_run_dir(p):
         return _run_files(p)
-    runs = sorted(d for d in p.glob(f"{RUN_DIR_PREFIX}*") if (d / EVENTS_FILE).is_file())
+    runs = sorted(d for d in p.glob(f"{RUN_DIR_PREFIX}*") if _is_run_dir(d))
     if len(runs) == 1:
         return _run_files(runs[0])
     if not runs:
@@ -126,25 +259,32 @@ def resolve_events_files(path: str | os.PathLike[str]) -> list[Path]:
 
 def _run_files(run_dir: Path) -> list[Path]:
     stem, suffix = Path(EVENTS_FILE).stem, Path(EVENTS_FILE).suffix
-    children = sorted(run_dir.glob(f"{stem}.*{suffix}"))
-    return [run_dir / EVENTS_FILE, *children]
+    ranks = _rank_files(run_dir)
+    children = sorted(set(run_dir.glob(f"{stem}.*{suffix}")) - set(ranks))
+    main = [run_dir / EVENTS_FILE] if (run_dir / EVENTS_FILE).is_file() else []
+    return [*main, *ranks, *children]
 
 
 def iter_events(
-    path: str | os.PathLike[str],
+    path: Paths,
     *,
     strict: bool = False,
     problems: list[LineProblem] | None = None,
 ) -> Iterator[tuple[TelemetryEvent, int]]:
-    """Yield (event, seq) for every readable line of the files behind ``path``, lazily,
-    file by file.
+    """Yield (event, seq) for every readable line of the files behind ``path``, lazily:
+    one file in its order; several (ranks, forked children) merged by timestamp, each
+    file's own order kept.
 
     Unreadable lines are appended to ``problems`` (when given); with ``strict`` a corrupt
     line that is not the torn last line, or a non-standard JSON token, raises
     CorruptLineError naming file and line.
     """
-    for file in resolve_events_files(path):
-        yield from _iter_file(file, strict=strict, problems=problems)
+    files = resolve_events_files(path)
+    streams = [_iter_file(f, strict=strict, problems=problems) for f in files]
+    if len(streams) == 1:
+        yield from streams[0]
+    else:
+        yield from heapq.merge(*streams, key=lambda pair: pair[0].timestamp_ns)
 
 
 def _iter_file(
@@ -171,8 +311,9 @@ def _iter_file(
                     problems.append(problem)
 
 
-def read_events(path: str | os.PathLike[str], *, strict: bool = False) -> Replay:
-    """Read every event of a JSONL file or run directory (see :func:`iter_events`)."""
+def read_events(path: Paths, *, strict: bool = False) -> Replay:
+    """Read every event of a JSONL file or run directory, or of several (the nodes' run
+    directories of a multi-rank run), merged in timestamp order (see :func:`iter_events`)."""
     files = resolve_events_files(path)
     replay = Replay(files[0], files=files)
     pairs: list[tuple[TelemetryEvent, int]] = []

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from esper.leyline import RunInterrupted, TelemetryConfig
+from esper.leyline import RankInfo, RunInterrupted, TelemetryConfig
 from esper.tolaria.environment import Fault
 
 
@@ -40,6 +40,7 @@ class RunConfig:
     episodes: int = 1
     max_epochs: int = 15
     n_envs: int = 1
+    """Envs of the run, over all its ranks."""
     vectorized: bool = True
     lr: float = 3e-4
     clip_ratio: float = 0.2
@@ -55,6 +56,8 @@ class RunConfig:
     """Intra-op CPU threads for this process; None chooses (``esper.runs.placement``)."""
     counterfactual: str = "every_epoch"
     """every_epoch, or final_epoch: measure seeds' alpha=0 baselines only on the last epoch."""
+    ranks: RankInfo = field(default_factory=RankInfo)
+    """This process's place in the job (rank 0 of 1 without torchrun)."""
     stop: StopRequest | None = field(default=None, compare=False, repr=False)
     """Set it to stop the run at the next epoch boundary (RunInterrupted; status
     ``interrupted``): how a signal or the UI stops training that runs on another thread."""
@@ -74,10 +77,20 @@ class RunConfig:
         return [d.strip() for d in self.device.split(",") if d.strip()]
 
     @property
+    def local_n_envs(self) -> int:
+        """Envs this process steps: its share of ``n_envs``."""
+        return self.n_envs // self.ranks.world_size
+
+    @property
+    def env_offset(self) -> int:
+        """The global id of this process's first env (env ids are unique over ranks)."""
+        return self.ranks.rank * self.local_n_envs
+
+    @property
     def env_devices(self) -> list[str]:
-        """The device of each env: envs are dealt round robin over ``devices``."""
+        """The device of each of this process's envs: dealt round robin over ``devices``."""
         devices = self.devices
-        return [devices[i % len(devices)] for i in range(self.n_envs)]
+        return [devices[i % len(devices)] for i in range(self.local_n_envs)]
 
     @property
     def device_map_strategy(self) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -34,8 +35,10 @@ from esper.leyline import (
 )
 from esper.nissa import get_hub
 from esper.runs.config import RunConfig
+from esper.runs.distributed import Distributed
 from esper.runs.placement import Placement, choose_threads
 from esper.runs.placement import apply as apply_placement
+from esper.simic.collectives import Collectives, LocalCollectives
 from esper.simic.ppo import PPOConfig
 from esper.simic.vectorized import PPOSettings, VectorizedPPO
 from esper.tamiyo.driver import HeuristicDriver, HeuristicSettings
@@ -61,6 +64,11 @@ class RunResult:
     checkpoint: str | None = None
     episode_rewards: list[float] = field(default_factory=list)
     """Mean episode reward of each batch, in order (PPO)."""
+    lost_ranks: list[int] = field(default_factory=list)
+    """Ranks found gone when a multi-rank run stopped."""
+    run_counts: dict[str, int] | None = None
+    """Seed counts over every rank of a multi-rank run that completed (``counts`` are this
+    process's envs' own, as its TRAINING_COMPLETED reports them)."""
 
     @property
     def final_accuracy(self) -> float | None:
@@ -105,6 +113,13 @@ def training_started_payload(
         "threads": placement.threads,
         "threads_source": placement.source,
         "cpu_cores": placement.cores,
+        "world_size": config.ranks.world_size,
+        "rank": config.ranks.rank,
+        "local_rank": config.ranks.local_rank,
+        "node": config.ranks.node or socket.gethostname(),
+        "node_rank": config.ranks.node_rank,
+        "restart_count": config.ranks.restart_count,
+        "local_n_envs": config.local_n_envs,
     }
     data.update(overrides)
     return data
@@ -140,19 +155,30 @@ def run_completion(
     emit: Callable[[TelemetryEvent], None] | None,
     result: RunResult,
     finish: Callable[[], None],
+    ranks: Distributed | None = None,
 ) -> Iterator[None]:
     """Around a run's body: however it ends, call ``finish`` (final counts) and emit
     TRAINING_COMPLETED with status ``completed``, ``interrupted`` or ``failed`` and the
     reason (unless ``emit`` is None, i.e. lifecycle telemetry is off); the exception, if any,
-    goes on."""
-    status, error = "failed", None
+    goes on. In a multi-rank run (``ranks``) a rank that stops because another rank is gone
+    records ``failed`` and names the lost rank, whatever stopped it (a broken collective,
+    or torchrun's SIGTERM)."""
+    status, error, lost = "failed", None, []
     try:
         yield
         status = "completed"
     except BaseException as exc:
         status, error = describe_stop(exc)
+        if ranks is not None:
+            lost = ranks.lost_ranks()
+            if lost:
+                status = "failed"
+                error = f"lost {ranks.describe(lost)}; this rank stopped: {error}"
         raise
     finally:
+        if ranks is not None:
+            ranks.mark_stopped(status)
+        result.lost_ranks = lost
         finish()
         if emit is not None:
             emit_training_completed(emit, result, status, error)
@@ -177,6 +203,7 @@ def emit_training_completed(
                 "seeds_fossilized": result.counts["fossilized"],
                 "seeds_culled": result.counts["culled"],
                 "error": error,
+                "lost_ranks": list(result.lost_ranks),
             },
             message=f"run {result.run_id} {status}" + (f": {error}" if error else ""),
             severity=Severity.INFO if status == "completed" else Severity.WARNING,
@@ -218,14 +245,16 @@ def build_envs(
     emit: Callable[[TelemetryEvent], None] | None = None,
     fast_mode: bool = False,
 ) -> list[MorphogeneticEnv]:
-    """One env per ``config.n_envs`` on its device (the task is copied once per device)."""
+    """This process's envs (all ``config.n_envs`` of a single-process run, its share of a
+    multi-rank one, with global ids), each on its device (the task is copied once per
+    device)."""
     task = load_task(config.task, config.data_dir)
     on_device = {d: task.to(d) for d in config.devices}
     env_config = EnvConfig(counterfactual=config.counterfactual)
     kwargs: dict[str, Any] = {} if emit is None else {"emit": emit}
     return [
         MorphogeneticEnv(
-            i,
+            config.env_offset + i,
             on_device[device],
             device=device,
             seed=config.seed,
@@ -271,11 +300,23 @@ def _episodes(config: RunConfig) -> dict[str, Any]:
     }
 
 
-def _heuristic(config: RunConfig, envs: list[MorphogeneticEnv], hub: EmitsEvents) -> Driver:
+def _heuristic(
+    config: RunConfig,
+    envs: list[MorphogeneticEnv],
+    hub: EmitsEvents,
+    comm: Collectives | None = None,
+) -> Driver:
+    if comm is not None and comm.world_size > 1:
+        raise UsageError("heuristic runs are single-process; run ppo under torchrun")
     return HeuristicDriver(envs, hub, HeuristicSettings(**_episodes(config)))
 
 
-def _ppo(config: RunConfig, envs: list[MorphogeneticEnv], hub: EmitsEvents) -> Driver:
+def _ppo(
+    config: RunConfig,
+    envs: list[MorphogeneticEnv],
+    hub: EmitsEvents,
+    comm: Collectives | None = None,
+) -> Driver:
     ppo = PPOConfig(
         lr=config.lr,
         clip_ratio=config.clip_ratio,
@@ -287,15 +328,22 @@ def _ppo(config: RunConfig, envs: list[MorphogeneticEnv], hub: EmitsEvents) -> D
         ppo=ppo,
         vectorized=config.vectorized,
         policy_device=config.devices[0],
+        comm=comm if comm is not None else LocalCollectives(),
+        total_envs=config.n_envs,
     )
     return VectorizedPPO(envs, hub, settings)
 
 
-DRIVERS: dict[str, Callable[[RunConfig, list[MorphogeneticEnv], EmitsEvents], Driver]] = {
+DriverFactory = Callable[
+    [RunConfig, list[MorphogeneticEnv], EmitsEvents, Collectives | None], Driver
+]
+
+DRIVERS: dict[str, DriverFactory] = {
     "heuristic": _heuristic,
     "ppo": _ppo,
 }
-"""mode -> how to build its driver. A new controller is one entry here (and its driver)."""
+"""mode -> how to build its driver, ``factory(config, envs, hub, comm)`` (``comm``: the other
+ranks, None for one process). A new controller is one entry here (and its driver)."""
 
 
 def load_checkpoint_file(path: Path) -> dict[str, Any]:
@@ -315,10 +363,14 @@ def run_training(
     *,
     hub: EmitsEvents | None = None,
     progress: Progress | None = None,
+    ranks: Distributed | None = None,
 ) -> RunResult:
     """Train ``config.episodes`` episodes with ``config.mode``'s controller, emitting telemetry
     into ``hub`` (default: the process-wide hub); ``progress(done, total, status)`` as it
-    goes. The run is recorded as completed, interrupted or failed however it ends."""
+    goes. The run is recorded as completed, interrupted or failed however it ends.
+
+    In a multi-rank run (``ranks``, from ``esper.runs.distributed.start``) this process
+    trains its share of the envs with the others; rank 0 alone writes the checkpoint."""
     hub = hub if hub is not None else get_hub()
     placement = choose_threads(config.threads)
     apply_placement(placement)
@@ -326,7 +378,7 @@ def run_training(
     lifecycle_emit = hub.emit if tel.lifecycle else None
     start = time.perf_counter()
     envs = build_envs(config, emit=hub.emit)
-    driver = DRIVERS[config.mode](config, envs, hub)
+    driver = DRIVERS[config.mode](config, envs, hub, None if ranks is None else ranks.comm)
     result = RunResult(config.run_id)
     resumed = 0
     if config.resume is not None:
@@ -368,7 +420,7 @@ def run_training(
         result.wall_time_seconds = time.perf_counter() - start
 
     units, steps = driver.units(), driver.unit_steps()
-    with run_completion(lifecycle_emit, result, finish):
+    with run_completion(lifecycle_emit, result, finish, ranks):
         for unit in range(units):
 
             def report(done: int, status: str, unit: int = unit) -> None:
@@ -376,7 +428,11 @@ def run_training(
                     progress(unit * steps + done, units * steps, status)
 
             driver.run_unit(unit, report)
-        if config.save is not None:
+        if ranks is not None:
+            mine = [float(sum(e.counts[k] for e in envs)) for k in result.counts]
+            totals = [int(sum(col)) for col in zip(*ranks.comm.gather(mine), strict=True)]
+            result.run_counts = dict(zip(result.counts, totals, strict=True))
+        if config.save is not None and config.ranks.rank == 0:
             episodes = resumed + driver.episodes_completed
             payload = {
                 **driver.checkpoint_state(),

@@ -29,8 +29,10 @@ class RunSession:
         """Raises BackendConfigError naming a path or port that cannot be used (the hub is
         closed again first)."""
         install_signal_handlers()
+        self.ranks = config.ranks
         self.hub = hub if hub is not None else get_hub()
         self.hub.run_id = config.run_id
+        self.hub.rank = config.ranks.rank if config.ranks.distributed else None
         try:
             self.setup: TelemetrySetup = attach_backends(self.hub, spec)
         except BaseException:

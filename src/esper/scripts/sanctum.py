@@ -14,8 +14,9 @@ from esper.nissa import iter_events
 from esper.nissa.replay import LineProblem
 
 
-def load(path: Path) -> tuple[SanctumAggregator, list[LineProblem]]:
-    """An aggregator holding every readable event of the run at ``path``."""
+def load(path: Path | Sequence[Path]) -> tuple[SanctumAggregator, list[LineProblem]]:
+    """An aggregator holding every readable event of the run at ``path`` (or at several
+    paths: the nodes' run directories of a multi-rank run)."""
     aggregator = SanctumAggregator()
     problems: list[LineProblem] = []
     for event, _seq in iter_events(path, problems=problems):
@@ -25,7 +26,12 @@ def load(path: Path) -> tuple[SanctumAggregator, list[LineProblem]]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="esper sanctum", description=__doc__)
-    p.add_argument("path", type=Path, help="events.jsonl, a run directory, or its parent")
+    p.add_argument(
+        "path",
+        type=Path,
+        nargs="+",
+        help="events.jsonl, a run directory, or its parent; several for a multi-rank run's nodes",
+    )
     args = p.parse_args(argv)
     try:
         aggregator, problems = load(args.path)
@@ -34,9 +40,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     for problem in problems:
         print(f"warning: {problem}", file=sys.stderr)
-    snapshot = aggregator.get_snapshot()
-    if snapshot.run_config.run_id and not snapshot.completed:
-        print(f"warning: {args.path}: the run has no TRAINING_COMPLETED: it was killed, is "
-              "still running, or its record was cut short", file=sys.stderr)  # fmt: skip
+    where = " ".join(str(p) for p in args.path)
+    status = aggregator.status()
+    if status is not None and status.state not in ("completed", "unknown"):
+        print(f"warning: {where}: the run {status}", file=sys.stderr)
     SanctumApp(aggregator.get_snapshot, interval=2.0, live=False).run()
     return 0

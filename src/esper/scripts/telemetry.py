@@ -20,16 +20,25 @@ from esper.nissa.backends import BackendSpec, attach_backends
 from esper.nissa.replay import LineProblem, run_status
 from esper.scripts._preflight import check_output_dir, check_output_file
 
+_PATH_HELP = (
+    "events.jsonl, a run directory, or its parent; several for a multi-rank run's nodes "
+    "(their ranks are merged)"
+)
 _RUN_ENDS = (TelemetryEventType.TRAINING_STARTED, TelemetryEventType.TRAINING_COMPLETED)
 
 
 def _summarize(args: argparse.Namespace) -> int:
     replay = read_events(args.path, strict=args.strict)
     events = replay.events
-    print(f"{replay.path}: {len(events)} events")
+    where = " ".join(str(p) for p in args.path)
+    print(f"{replay.path if len(replay.files) == 1 else where}: {len(events)} events")
     if len(replay.files) > 1:
         for file, n in replay.file_counts.items():
-            print(f"  file {file.name}: {n} events")
+            print(f"  file {file if len(args.path) > 1 else file.name}: {n} events")
+    for r in replay.ranks:
+        node = "" if r.started is None else f" on {r.started.data.get('node')}"
+        end = "" if r.events == 0 else f", last at {r.last}"
+        print(f"  rank {r.rank}{node}: {r.events} events, {r.state}{end}")
     status = replay.status
     marker = "" if status.state in {"completed", "unknown"} else "  <-- "
     print(f"  status: {status}{marker and marker + 'the run did not complete'}")
@@ -51,7 +60,7 @@ def _summarize(args: argparse.Namespace) -> int:
     for problem in replay.problems:
         print(f"  warning: {problem}", file=sys.stderr)
     if not status.finished and status.state != "unknown":
-        print(f"warning: {replay.path}: {status.detail}", file=sys.stderr)
+        print(f"warning: {where}: {status.detail}", file=sys.stderr)
     return 0
 
 
@@ -89,9 +98,10 @@ def _replay(args: argparse.Namespace) -> int:
         hub.close()
     stats = hub.stats()
     status = run_status([*ends, *([last] if last is not None else [])])
+    where = " ".join(str(p) for p in args.path)
     print(f"replayed {n} events; the recorded run's status: {status}")
     if not status.finished and status.state != "unknown":
-        print(f"warning: {args.path}: {status.detail}", file=sys.stderr)
+        print(f"warning: {where}: {status.detail}", file=sys.stderr)
     for problem in problems:
         print(f"  warning: {problem}", file=sys.stderr)
     if not stats.complete:
@@ -106,10 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="esper telemetry", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("summarize", help="count a run's events by type; say how it ended")
-    s.add_argument("path", type=Path, help="events.jsonl, a run directory, or its parent")
+    s.add_argument("path", type=Path, nargs="+", help=_PATH_HELP)
     s.add_argument("--strict", action="store_true", help="fail on the first corrupt line")
     r = sub.add_parser("replay", help="send a recorded run's events into backends")
-    r.add_argument("path", type=Path, help="events.jsonl, a run directory, or its parent")
+    r.add_argument("path", type=Path, nargs="+", help=_PATH_HELP)
     r.add_argument(
         "--strict",
         action="store_true",

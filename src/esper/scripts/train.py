@@ -20,6 +20,7 @@ from esper.karn.sanctum import SanctumAggregator
 from esper.karn.sanctum.app import SanctumApp
 from esper.leyline import (
     BackendConfigError,
+    RankInfo,
     Severity,
     TelemetryConfig,
     TelemetryEvent,
@@ -32,9 +33,15 @@ from esper.nissa import (
     install_signal_handlers,
     start_daemon_thread,
 )
-from esper.nissa.backends import BackendSpec, TelemetrySetup, attach_backends
-from esper.runs import run_host_only, run_training
+from esper.nissa.backends import (
+    BackendSpec,
+    TelemetrySetup,
+    attach_backends,
+    free_run_dir_name,
+)
+from esper.runs import distributed, run_host_only, run_training
 from esper.runs.config import RunConfig, StopRequest
+from esper.runs.distributed import Distributed
 from esper.runs.lifecycle import RunResult, describe_stop, stop_signal
 from esper.runs.session import RunSession
 from esper.scripts import _argtypes as at
@@ -68,9 +75,10 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
     g.add_argument(
         "--device",
         type=at.device,
-        default="cpu",
-        help="torch device of the host models; several (cuda:0,cuda:1) spread the envs round "
-        "robin, and the policy runs on the first",
+        default=None,
+        help="torch device of the host models (default: cpu); several (cuda:0,cuda:1) spread "
+        "the envs round robin, and the policy runs on the first. Under torchrun each rank "
+        "takes cuda:LOCAL_RANK when CUDA is there (or --device cpu)",
     )
     g.add_argument("--seed", type=at.int_range(0), default=42, help="random seed")
     g.add_argument(
@@ -84,7 +92,8 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
         "--n-envs",
         type=at.int_range(1, 256),
         default=None,
-        help="parallel environments (default: 4 for ppo, 1 for heuristic)",
+        help="parallel environments (default: 4 for ppo, 1 for heuristic); under torchrun the "
+        "total over all ranks, which must divide evenly",
     )
     g.add_argument(
         "--threads",
@@ -179,7 +188,8 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
         "--metrics-port",
         type=at.int_range(0, 65535),
         default=None,
-        help="serve Prometheus /metrics on this port (0: pick a free one)",
+        help="serve Prometheus /metrics on this port (0: pick a free one); under torchrun each "
+        "rank serves on this port plus its local rank",
     )
     t.add_argument(
         "--metrics-tls-cert", type=at.existing_file, help="serve /metrics over TLS with this cert"
@@ -212,6 +222,33 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
     return p
 
 
+def _check_ranks(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """What a run under torchrun cannot do, checked before any rank starts."""
+    try:
+        ranks = RankInfo.from_environment()
+    except ValueError as exc:
+        parser.error(str(exc))
+    if not ranks.distributed:
+        return
+    if args.mode != "ppo":
+        parser.error("heuristic runs are single-process; run ppo under torchrun")
+    if args.n_envs % ranks.world_size:
+        parser.error(
+            f"argument --n-envs: {args.n_envs} envs do not divide over "
+            f"{ranks.world_size} ranks (WORLD_SIZE)"
+        )
+    if args.device is not None and "," in args.device:
+        parser.error(
+            "argument --device: under torchrun each rank uses one device "
+            "(cuda:LOCAL_RANK with --device cuda, or --device cpu)"
+        )
+    if args.sanctum:
+        parser.error(
+            "argument --sanctum: not under torchrun (the ranks share one terminal); run "
+            "esper sanctum on the run directory"
+        )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and cross-check flags; exits 2 naming the flag on a bad value."""
     parser = build_parser()
@@ -237,6 +274,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "--metrics-sd-dir, --metrics-sd-host, --metrics-tls-* and --metrics-linger need "
             "--metrics-port"
         )
+    _check_ranks(parser, args)
     if args.mode == "ppo" and args.baseline:
         parser.error("argument --baseline: only for heuristic runs")
     for spec in args.inject_fault:
@@ -254,8 +292,14 @@ def telemetry_config(args: argparse.Namespace) -> TelemetryConfig:
     )
 
 
-def backend_spec(args: argparse.Namespace, run_id: str) -> BackendSpec:
-    """The backends the flags ask for."""
+def backend_spec(
+    args: argparse.Namespace,
+    run_id: str,
+    ranks: RankInfo | None = None,
+    run_dir_name: str | None = None,
+) -> BackendSpec:
+    """The backends the flags ask for (for one rank of a multi-rank run: ``ranks`` and the
+    run directory rank 0 chose)."""
     return BackendSpec(
         telemetry_file=args.telemetry_file,
         telemetry_dir=args.telemetry_dir,
@@ -269,6 +313,8 @@ def backend_spec(args: argparse.Namespace, run_id: str) -> BackendSpec:
         metrics_sd_labels={"run_id": run_id, "mode": args.mode, "task": args.task},
         otlp_endpoint=args.otlp_endpoint,
         otlp_from_environment=True,
+        rank=ranks,
+        run_dir_name=run_dir_name,
     )
 
 
@@ -299,12 +345,17 @@ def warn_if_telemetry_is_off(args: argparse.Namespace, hub: NissaHub) -> None:
         )
 
 
-def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> bool:
+def print_summary(
+    setup: TelemetrySetup, stream: TextIO | None = None, *, rank: RankInfo | None = None
+) -> bool:
     """The closing lines: where telemetry went, events written, dropped and lost, and a
-    plain verdict. Returns True when every event was kept by every backend and matched the
-    payload catalogue."""
+    plain verdict (of one rank's telemetry, in a multi-rank run). Returns True when every
+    event was kept by every backend and matched the payload catalogue."""
     stats = setup.hub.stats()
-    lines = ["", "Telemetry summary"]
+    title = "Telemetry summary"
+    if rank is not None and rank.distributed:
+        title += f" of rank {rank.rank} of {rank.world_size} (node {rank.node})"
+    lines = ["", title]
     lines += [f"  {d}" for d in setup.destinations] or ["  no telemetry destination configured"]
     lines.append(
         f"  events emitted: {stats.emitted}, dropped: {stats.total_dropped}"
@@ -346,13 +397,14 @@ def print_summary(setup: TelemetrySetup, stream: TextIO | None = None) -> bool:
     return complete and not stats.invalid
 
 
-def run_config(args: argparse.Namespace) -> RunConfig:
-    """The training configuration the flags describe."""
+def run_config(args: argparse.Namespace, ranks: Distributed | None = None) -> RunConfig:
+    """The training configuration the flags describe (for one rank of ``ranks``: its device
+    and place in the job)."""
     return RunConfig(
         mode=args.mode,
         task=args.task,
         data_dir=args.data_dir,
-        device=args.device,
+        device=(args.device or "cpu") if ranks is None else ranks.device,
         seed=args.seed,
         episodes=args.episodes,
         max_epochs=args.max_epochs,
@@ -369,6 +421,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         telemetry=telemetry_config(args),
         counterfactual=args.counterfactual.replace("-", "_"),
         threads=args.threads,
+        ranks=RankInfo() if ranks is None else ranks.info,
     )
 
 
@@ -393,7 +446,7 @@ def print_training_summary(result: RunResult, baseline: list[float] | None) -> N
         mean = sum(baseline) / len(baseline)
         delta = "" if result.final_accuracy is None else f" ({result.final_accuracy - mean:+.2f})"
         lines.append(f"  host-only baseline, same seed: {mean:.2f}%{delta}")
-    c = result.counts
+    c = result.run_counts or result.counts
     lines.append(
         f"  seeds: {c['germinated']} germinated, {c['fossilized']} fossilized, {c['culled']} culled"
     )
@@ -403,10 +456,6 @@ def print_training_summary(result: RunResult, baseline: list[float] | None) -> N
     if result.checkpoint:
         lines.append(f"  checkpoint: {result.checkpoint}")
     print("\n".join(lines))
-
-
-def _train(config: RunConfig, hub: NissaHub, progress: ProgressBar | None) -> RunResult:
-    return run_training(config, hub=hub, progress=progress)
 
 
 def _train_under_sanctum(config: RunConfig, hub: NissaHub) -> RunResult:
@@ -424,7 +473,7 @@ def _train_under_sanctum(config: RunConfig, hub: NissaHub) -> RunResult:
 
     def work() -> None:
         try:
-            outcome["result"] = _train(config, hub, None)
+            outcome["result"] = run_training(config, hub=hub)
         except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
             outcome["error"] = exc
         finally:
@@ -481,35 +530,76 @@ def preflight(args: argparse.Namespace) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``esper train``. Exit status: 0 done and every event kept; 1 training failed;
     2 bad usage; 3 training done but telemetry lost events (or events broke the payload
-    catalogue); 130 / 143 interrupted (Ctrl-C / SIGTERM)."""
+    catalogue); 130 / 143 interrupted (Ctrl-C / SIGTERM).
+
+    Under ``torchrun`` every rank runs this: they join one process group, take rank 0's run
+    id and run directory name, and start only when every rank could set up (a rank that
+    cannot says why; the others exit 2 too rather than wait for it)."""
     args = parse_args(argv)
-    config = run_config(args)
     try:
-        for device in config.devices:
-            _check_device(device)
-        preflight(args)
+        ranks = distributed.start(args.device)
     except UsageError as exc:
         print(f"esper train: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        session = RunSession(config, backend_spec(args, config.run_id))
-    except BackendConfigError as exc:
-        print(f"esper train: error: {exc}", file=sys.stderr)
+        return _main(args, ranks)
+    finally:
+        if ranks is not None:
+            ranks.close()
+
+
+def _open_session(
+    args: argparse.Namespace, config: RunConfig, ranks: Distributed | None
+) -> RunSession | None:
+    """Check the flags' paths and devices and open the run's telemetry; None (after saying
+    why) when this rank, or under torchrun any rank, cannot."""
+    run_dir: str | None = None
+    if ranks is not None:
+        lead = ranks.info.rank == 0
+        mine = free_run_dir_name(args.telemetry_dir) if lead and args.telemetry_dir else None
+        config.run_id, run_dir = ranks.agree((config.run_id, mine))
+        ranks.join_run(config.run_id)
+    error: str | None = None
+    session: RunSession | None = None
+    try:
+        for device in config.devices:
+            _check_device(device)
+        preflight(args)
+        session = RunSession(config, backend_spec(args, config.run_id, config.ranks, run_dir))
+    except (UsageError, BackendConfigError) as exc:
+        error = str(exc)
+        print(f"esper train: error: {exc_prefix(config)}{error}", file=sys.stderr)
+    if ranks is not None and not ranks.all_ok(error is None):
+        if session is not None:
+            print(f"esper train: error: {exc_prefix(config)}another rank could not start "
+                  "(its error says why)", file=sys.stderr)  # fmt: skip
+            session.close()
+        return None
+    return session
+
+
+def _main(args: argparse.Namespace, ranks: Distributed | None) -> int:
+    config = run_config(args, ranks)
+    session = _open_session(args, config, ranks)
+    if session is None:
         return EXIT_USAGE
     hub = session.hub
     warn_if_telemetry_is_off(args, hub)
+    lead = config.ranks.rank == 0
     code = EXIT_FAILURE
     try:
         if args.sanctum:
             result = _train_under_sanctum(config, hub)
         else:
-            bar = ProgressBar("training")
+            bar = ProgressBar("training") if lead else None
             try:
-                result = _train(config, hub, bar)
+                result = run_training(config, hub=hub, progress=bar, ranks=ranks)
             finally:
-                bar.close()
+                if bar is not None:
+                    bar.close()
         baseline = run_host_only(config) if args.baseline else None
-        print_training_summary(result, baseline)
+        if lead:
+            print_training_summary(result, baseline)
         code = 0
     except UsageError as exc:
         print(f"esper train: error: {exc}", file=sys.stderr)
@@ -517,22 +607,28 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (KeyboardInterrupt, SystemExit) as exc:
         code = _interrupted_code(exc)
         _status, why = describe_stop(exc)
-        print(f"\nesper train: interrupted ({why}); the run is recorded as interrupted",
-              file=sys.stderr)  # fmt: skip
+        print(f"\nesper train: {exc_prefix(config)}interrupted ({why}); the run is recorded "
+              "as interrupted", file=sys.stderr)  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - reported, recorded as failed, exit 1
         traceback.print_exc()
-        print(f"esper train: training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(f"esper train: {exc_prefix(config)}training failed: {type(exc).__name__}: {exc}",
+              file=sys.stderr)  # fmt: skip
         code = EXIT_FAILURE
     finally:
         code = _finish(args, session, code)
     return code
 
 
+def exc_prefix(config: RunConfig) -> str:
+    """``rank 1: `` in a multi-rank run (every rank writes to the same terminal)."""
+    return f"rank {config.ranks.rank}: " if config.ranks.distributed else ""
+
+
 def _finish(args: argparse.Namespace, session: RunSession, code: int) -> int:
     """Close the run's telemetry (after a final scrape, see ``RunSession.close``), print the
     summary, and choose the exit status: a run that finished but lost telemetry exits 3."""
     session.close(linger_seconds=args.metrics_linger, interrupted=code >= EXIT_INTERRUPTED)
-    complete = print_summary(session.setup)
+    complete = print_summary(session.setup, rank=session.ranks)
     if code == 0 and not complete:
         return EXIT_TELEMETRY_LOST
     return code

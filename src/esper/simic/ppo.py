@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from esper.leyline import ACTION_HEADS
+from esper.simic.collectives import Collectives, LocalCollectives
 from esper.tamiyo.policy import ActionBatch, PolicyNetwork
 from esper.tolaria.gradients import SeedGradientCollector
 
@@ -77,11 +78,19 @@ def gae(rewards: list[float], values: list[float], gamma: float, lam: float) -> 
 
 
 class PPOTrainer:
-    """Updates a PolicyNetwork from rollouts and reports every vital sign."""
+    """Updates a PolicyNetwork from rollouts and reports every vital sign.
 
-    def __init__(self, policy: PolicyNetwork, config: PPOConfig) -> None:
+    With several ranks (``comm``), each rank updates from its own envs' rollout: every
+    minibatch's gradients are averaged over the ranks before clipping, and the early stop on
+    KL is decided on the ranks' mean, so every rank takes the same optimizer steps and the
+    policy stays identical everywhere. Advantages are normalised per rank."""
+
+    def __init__(
+        self, policy: PolicyNetwork, config: PPOConfig, comm: Collectives | None = None
+    ) -> None:
         self.policy = policy
         self.config = config
+        self.comm: Collectives = comm if comm is not None else LocalCollectives()
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=config.lr, eps=1e-5)
         self.collector = SeedGradientCollector(vanishing_threshold=1e-8, exploding_threshold=10.0)
         self.entropy_coef = config.entropy_coef
@@ -177,7 +186,8 @@ class PPOTrainer:
         loss = policy_loss + cfg.value_coef * value_loss - self.entropy_coef * entropy.mean()
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        self._gradient_health(acc)
+        self.comm.average_gradients(self.policy.parameters())
+        self._gradient_health(acc)  # of the gradients applied: the same on every rank
         total = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), cfg.max_grad_norm)
         self.optimizer.step()
         with torch.no_grad():
@@ -210,7 +220,7 @@ class PPOTrainer:
                 self._minibatch(b, perm[start : start + cfg.minibatch_size], acc)
                 for start in range(0, n, cfg.minibatch_size)
             ]
-            if sum(kls) / len(kls) > cfg.target_kl:
+            if self.comm.mean(sum(kls) / len(kls)) > cfg.target_kl:
                 early_stop = epoch
                 break
         with torch.no_grad():

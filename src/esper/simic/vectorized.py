@@ -14,8 +14,10 @@ epoch for the batched actions and once per batch for the mask counts.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import statistics
+import time
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -35,6 +37,7 @@ from esper.leyline import (
     make_event,
 )
 from esper.nissa import get_hub
+from esper.simic.collectives import Collectives, LocalCollectives
 from esper.simic.emitters import (
     _apply_slot_telemetry,
     _emit_action_distribution,
@@ -109,6 +112,98 @@ def _emit_last_action(
     return data
 
 
+def policy_digest(policy: torch.nn.Module) -> str:
+    """A short hash of the policy's parameters and buffers: equal on every rank of a run
+    exactly when their policies are (one device-to-host copy of the policy)."""
+    flat = torch.cat([t.detach().reshape(-1).float() for t in policy.state_dict().values()])
+    return hashlib.sha256(flat.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+def _emit_collectives(
+    hub: EmitsEvents,
+    *,
+    batch_idx: int,
+    rank: int,
+    waits: list[tuple[str, float]],
+    policy_digest: str,
+) -> None:
+    """ANALYTICS_SNAPSHOT kind=collectives: this rank's collective calls in a batch and how
+    long each took (mostly waiting for the slowest rank)."""
+    by_op: dict[str, list[float]] = {}
+    for op, seconds in waits:
+        by_op.setdefault(op, []).append(seconds)
+    total = sum(seconds for _, seconds in waits)
+    hub.emit(
+        make_event(
+            ET.ANALYTICS_SNAPSHOT,
+            {
+                "kind": "collectives",
+                "batch_idx": batch_idx,
+                "rank": rank,
+                "calls": len(waits),
+                "wait_seconds_total": total,
+                "wait_seconds_max": max((seconds for _, seconds in waits), default=0.0),
+                "wait_seconds": by_op,
+                "policy_digest": policy_digest,
+            },
+            message=f"rank {rank} batch {batch_idx}: {len(waits)} collectives, "
+            f"{total:.3f} s waiting",
+        )
+    )
+
+
+_REDUCTIONS: dict[str, str] = {
+    **dict.fromkeys(
+        ("policy_loss", "value_loss", "entropy", "kl_divergence", "clip_fraction",
+         "explained_variance", "ratio_mean", *(f"head_{h}_entropy" for h in ACTION_HEADS)),
+        "mean",
+    ),
+    "ratio_min": "min",
+    "ratio_max": "max",
+    "ratio_std": "pooled_std",
+    "update_time_ms": "max",
+    "entropy_collapsed": "any",
+}  # fmt: skip
+"""How PPO_UPDATE_COMPLETED's per-rank values combine into the run's. The fields not listed
+(gradient norms and health, layer counts, train steps, early stop, the entropy coefficient)
+are the same on every rank: they come from the averaged gradients and the agreed early stop."""
+
+
+def _reduce(key: str, by_key: dict[str, list[float]]) -> float | bool:
+    values = by_key[key]
+    how = _REDUCTIONS[key]
+    if how == "min":
+        return min(values)
+    if how == "max":
+        return max(values)
+    if how == "any":
+        return any(v != 0.0 for v in values)
+    if how == "pooled_std":  # every rank has as many samples: pool the variances
+        means = by_key["ratio_mean"]
+        grand = statistics.fmean(means)
+        return math.sqrt(
+            statistics.fmean(s * s + (m - grand) ** 2 for s, m in zip(values, means, strict=True))
+        )
+    return statistics.fmean(values)
+
+
+def _as_float(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+@dataclass(slots=True)
+class _RunBatch:
+    """A batch's figures over every rank."""
+
+    accuracies: list[float]
+    rewards: list[float]
+    action_counts: dict[str, int]
+    success_counts: dict[str, int]
+    mask_hits: list[int]
+    decisions: int
+    metrics: dict[str, Any]
+
+
 CHECKPOINT_FORMAT = "esper-ppo-v1"
 ROLLING_WINDOW = 10
 
@@ -142,12 +237,25 @@ class PPOSettings(EpisodeSettings):
     vectorized: bool = True
     """One batched policy call per epoch (False: one call per env, for comparison)."""
     policy_device: str = "cpu"
+    comm: Collectives = field(default_factory=LocalCollectives)
+    """The other ranks of a multi-process run (LocalCollectives: this process alone)."""
+    total_envs: int = 0
+    """Envs over all ranks (0: this process's envs are all of them)."""
 
 
 class VectorizedPPO:
     """The PPO controller's driver: ``units()`` batches (one episode in every env each), one
     ``run_unit`` per batch, the policy updated after each. The run lifecycle
-    (``esper.runs``) owns what surrounds it: start and end events, checkpoints, stopping."""
+    (``esper.runs``) owns what surrounds it: start and end events, checkpoints, stopping.
+
+    Across ranks (``settings.comm``), each rank drives its own envs (their ``env_id`` is
+    global) with a replica of the policy: rank 0's initial weights are broadcast, the
+    update averages gradients (see PPOTrainer), and after each batch one packed all-gather
+    brings every rank's accuracies, rewards, action and mask counts and update vitals to
+    every rank. BATCH_EPOCH_COMPLETED, PPO_UPDATE_COMPLETED and the batch snapshots
+    (action_distribution, mask_hit_rates) describe the whole run and are emitted by rank 0
+    alone; per-env events, and each rank's ``collectives`` snapshot of its waits, by every
+    rank."""
 
     mode = "ppo"
 
@@ -163,7 +271,12 @@ class VectorizedPPO:
         self.policy_device = settings.policy_device
         self.policy = PolicyNetwork(state_dim(len(SLOT_IDS)), len(SLOT_IDS), len(BLUEPRINT_IDS))
         self.policy.to(self.policy_device)
-        self.trainer = PPOTrainer(self.policy, settings.ppo)
+        self.comm = settings.comm
+        self.comm.broadcast_parameters(self.policy)
+        self.total_envs = settings.total_envs or len(envs)
+        self.env_offset = self.comm.rank * len(envs)
+        """Where this rank's envs start among all envs (and its episodes within a batch)."""
+        self.trainer = PPOTrainer(self.policy, settings.ppo, self.comm)
         self.episodes_completed = 0
         """Episodes this run trained (not counting those of a checkpoint it resumed)."""
         self.final_accuracies: list[float] = []
@@ -231,10 +344,11 @@ class VectorizedPPO:
         self,
         rollout: Rollout,
         stats: _BatchStats,
+        *,
+        i: int,
         env: MorphogeneticEnv,
         p: _Pending,
         after: EpochResult,
-        *,
         episode: int,
         terminal: bool,
     ) -> None:
@@ -250,8 +364,8 @@ class VectorizedPPO:
             acted_contribution=p.contribution,
         )
         total = sum(parts.values())
-        rollout.rewards[env.env_id].append(total)
-        summary = stats.reward_parts[env.env_id]
+        rollout.rewards[i].append(total)
+        summary = stats.reward_parts[i]
         for k, v in parts.items():
             summary[k] = summary.get(k, 0.0) + v
         if not self.tel.debug:
@@ -304,7 +418,9 @@ class VectorizedPPO:
         results: list[EpochResult] = []
         for epoch in range(1, epochs + 1):
             cfg.check_stop()
+            started = time.perf_counter()
             results = [env.run_epoch(epoch, batch_idx, epochs) for env in envs]
+            epoch_seconds = time.perf_counter() - started
             plateaus = [
                 t.update(r.val_accuracy, epoch) for t, r in zip(trackers, results, strict=True)
             ]
@@ -315,10 +431,19 @@ class VectorizedPPO:
                 p = pending[i]
                 if p is not None:
                     self._reward(
-                        rollout, stats, env, p, r, episode=episode0 + i, terminal=epoch == epochs
+                        rollout,
+                        stats,
+                        i=i,
+                        env=env,
+                        p=p,
+                        after=r,
+                        episode=episode0 + i,
+                        terminal=epoch == epochs,
                     )
             if tel.analytics:
-                emit_aggregate_epoch(hub.emit, results, batch_idx, any(plateaus))
+                emit_aggregate_epoch(
+                    hub.emit, results, batch_idx, any(plateaus), epoch_seconds=epoch_seconds
+                )
             if epoch == epochs:
                 break
             obs = [
@@ -359,26 +484,34 @@ class VectorizedPPO:
         decisions: int,
     ) -> None:
         cfg, tel, hub = self.config, self.tel, self.hub
-        self.episodes_completed += len(self.envs)
+        self.episodes_completed += self.total_envs
         episodes = self.start_episode + self.episodes_completed
-        accs = [r.val_accuracy for r in results]
-        self.final_accuracies = accs
-        avg_acc = statistics.fmean(accs)
-        episode_rewards = [sum(r) for r in rollout.rewards]
-        avg_reward = statistics.fmean(episode_rewards)
+        metrics = self.trainer.update(rollout)
+        self.trainer.anneal(episodes)
+        run = self._gather_batch(
+            [r.val_accuracy for r in results],
+            [sum(r) for r in rollout.rewards],
+            stats,
+            mask_hits=[int(h) for h in mask_hits.tolist()],  # once per batch
+            decisions=decisions,
+            metrics=metrics,
+        )
+        self.final_accuracies = run.accuracies
+        avg_acc = statistics.fmean(run.accuracies)
+        avg_reward = statistics.fmean(run.rewards)
         self.episode_rewards.append(avg_reward)
         self.rolling.append(avg_acc)
         rolling = statistics.fmean(self.rolling)
-        metrics = self.trainer.update(rollout)
-        self.trainer.anneal(episodes)
-        if tel.lifecycle:
+        lead = self.comm.rank == 0  # the run's batch-level events come from rank 0 alone
+        if lead and tel.lifecycle:
             self._report_policy_anomalies()
-        if tel.analytics:
-            update_ms = metrics.pop("update_time_ms")
-            grad_norm = metrics.pop("grad_norm")
+        if lead and tel.analytics:
+            update = dict(run.metrics)
+            update_ms = update.pop("update_time_ms")
+            grad_norm = update.pop("grad_norm")
             _emit_ppo_update_event(
                 hub=hub,
-                metrics=metrics,
+                metrics=update,
                 episodes_completed=episodes,
                 batch_idx=batch_idx,
                 epoch=cfg.max_epochs,
@@ -395,10 +528,10 @@ class VectorizedPPO:
                     {
                         "batch_idx": batch_idx,
                         "episodes_completed": episodes,
-                        "total_episodes": self.start_episode + self.units() * len(self.envs),
+                        "total_episodes": self.start_episode + self.units() * self.total_envs,
                         "start_episode": self.start_episode,
                         "requested_episodes": cfg.episodes,
-                        "env_accuracies": accs,
+                        "env_accuracies": run.accuracies,
                         "avg_accuracy": avg_acc,
                         "rolling_accuracy": rolling,
                         "avg_reward": avg_reward,
@@ -410,9 +543,10 @@ class VectorizedPPO:
                 hub,
                 batch_idx=batch_idx,
                 episodes_completed=episodes,
-                action_counts=stats.action_counts,
-                success_counts=stats.success_counts,
+                action_counts=run.action_counts,
+                success_counts=run.success_counts,
             )
+        if tel.analytics:
             for i, env in enumerate(self.envs):
                 steps = stats.step_seconds[i]
                 _emit_throughput(
@@ -427,14 +561,71 @@ class VectorizedPPO:
                 _emit_reward_summary(
                     hub, env_id=env.env_id, batch_idx=batch_idx, summary=stats.reward_parts[i]
                 )
-            hits = [int(h) for h in mask_hits.tolist()]  # once per batch
+        if lead and tel.analytics:
             _emit_mask_hit_rates(
                 hub,
                 batch_idx=batch_idx,
                 episodes_completed=episodes,
-                mask_hits=dict(zip(ACTION_HEADS, hits, strict=True)),
-                mask_total=dict.fromkeys(ACTION_HEADS, decisions),
+                mask_hits=dict(zip(ACTION_HEADS, run.mask_hits, strict=True)),
+                mask_total=dict.fromkeys(ACTION_HEADS, run.decisions),
             )
+        waits = self.comm.take_waits()
+        if tel.analytics and self.comm.world_size > 1:
+            _emit_collectives(
+                hub,
+                batch_idx=batch_idx,
+                rank=self.comm.rank,
+                waits=waits,
+                policy_digest=policy_digest(self.policy),
+            )
+
+    def _gather_batch(
+        self,
+        accuracies: list[float],
+        rewards: list[float],
+        stats: _BatchStats,
+        *,
+        mask_hits: list[int],
+        decisions: int,
+        metrics: dict[str, Any],
+    ) -> _RunBatch:
+        """The batch over all ranks, from one all-gather of every rank's packed figures
+        (with one rank: this rank's own, unchanged)."""
+        ops = [op.name for op in Op]
+        scalars = [k for k in _REDUCTIONS if k in metrics]
+        packed = [
+            *accuracies,
+            *rewards,
+            *(stats.action_counts[o] for o in ops),
+            *(stats.success_counts[o] for o in ops),
+            *mask_hits,
+            decisions,
+            *(_as_float(metrics[k]) for k in scalars),
+        ]
+        ranks = self.comm.gather([float(v) for v in packed])
+        n, k, h = len(accuracies), len(ops), len(mask_hits)
+
+        def column(start: int, length: int) -> list[list[float]]:
+            return [row[start : start + length] for row in ranks]
+
+        def summed(start: int, length: int) -> list[int]:
+            return [int(sum(col)) for col in zip(*column(start, length), strict=True)]
+
+        run = _RunBatch(
+            accuracies=[a for row in column(0, n) for a in row],
+            rewards=[r for row in column(n, n) for r in row],
+            action_counts=dict(zip(ops, summed(2 * n, k), strict=True)),
+            success_counts=dict(zip(ops, summed(2 * n + k, k), strict=True)),
+            mask_hits=summed(2 * n + 2 * k, h),
+            decisions=summed(2 * n + 2 * k + h, 1)[0],
+            metrics=dict(metrics),
+        )
+        if len(ranks) > 1:
+            start = 2 * n + 2 * k + h + 1
+            by_key = {key: [row[start + j] for row in ranks] for j, key in enumerate(scalars)}
+            for key in scalars:
+                run.metrics[key] = _reduce(key, by_key)
+        return run
 
     def _report_policy_anomalies(self) -> None:
         """GRADIENT_ANOMALY (scope policy) when the update's worst minibatch had non-finite,
@@ -460,7 +651,7 @@ class VectorizedPPO:
 
     def units(self) -> int:
         """Batches in the run: enough whole batches for the episodes asked for."""
-        return math.ceil(self.config.episodes / len(self.envs))
+        return math.ceil(self.config.episodes / self.total_envs)
 
     def unit_steps(self) -> int:
         """Progress steps per unit: one (a batch)."""
@@ -483,9 +674,9 @@ class VectorizedPPO:
     def run_unit(self, unit: int, progress: Callable[[int, str], None] | None = None) -> str:
         """Train one batch (the ``unit``-th of this run; a resumed run continues the batch
         and episode numbers of its checkpoint) and update the policy; returns its status."""
-        n_envs = len(self.envs)
+        n_envs = self.total_envs
         batch_idx = self.start_episode // n_envs + unit
-        self._run_batch(batch_idx, self.start_episode + unit * n_envs)
+        self._run_batch(batch_idx, self.start_episode + unit * n_envs + self.env_offset)
         accuracy = statistics.fmean(self.final_accuracies) if self.final_accuracies else 0.0
         status = f"batch {batch_idx} acc {accuracy:.1f}% reward {self.episode_rewards[-1]:+.2f}"
         if progress is not None:
@@ -518,4 +709,5 @@ class VectorizedPPO:
         self.trainer.optimizer.load_state_dict(checkpoint["optimizer"])
         self.trainer.entropy_coef = float(checkpoint.get("entropy_coef", self.trainer.entropy_coef))
         self.start_episode = int(checkpoint["episodes_completed"])
+        self.comm.broadcast_parameters(self.policy)  # every rank read the same file; make sure
         return self.start_episode

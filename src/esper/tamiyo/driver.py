@@ -9,6 +9,7 @@ of every env.
 from __future__ import annotations
 
 import statistics
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -60,6 +61,7 @@ class HeuristicDriver:
         status = ""
         for epoch in range(1, s.max_epochs + 1):
             s.check_stop()
+            started = time.perf_counter()
             results = []
             for env, ctl, tracker in zip(envs, controllers, trackers, strict=True):
                 r = env.run_epoch(epoch, episode, s.max_epochs)
@@ -74,7 +76,13 @@ class HeuristicDriver:
                 )
                 env.apply(d.op, d.slot_id, d.blueprint_id, d.blend)
             if tel.analytics:
-                emit_aggregate_epoch(emit, results, episode, any(t.plateau for t in trackers))
+                emit_aggregate_epoch(
+                    emit,
+                    results,
+                    episode,
+                    any(t.plateau for t in trackers),
+                    epoch_seconds=time.perf_counter() - started,
+                )
             acc = statistics.fmean(r.val_accuracy for r in results)
             status = f"episode {episode + 1}/{s.episodes} val {acc:.1f}%"
             if progress is not None:

@@ -513,8 +513,12 @@ def emit_aggregate_epoch(
     results: list[EpochResult],
     batch: int,
     plateau: bool,
+    *,
+    epoch_seconds: float,
 ) -> None:
-    """EPOCH_COMPLETED with scope=aggregate: means over the batch's envs."""
+    """EPOCH_COMPLETED with scope=aggregate: means over this process's envs of the batch, and
+    the wall time it took to run their epoch (``epoch_seconds``: in a multi-rank run the
+    rank's epoch time, which shows a straggler)."""
 
     def mean(attr: str) -> float:
         return statistics.fmean(getattr(r, attr) for r in results)
@@ -533,6 +537,7 @@ def emit_aggregate_epoch(
                 "n_envs": len(results),
                 "skipped_update": any(r.rollback_reason is not None for r in results),
                 "plateau_detected": plateau,
+                "epoch_seconds": epoch_seconds,
             },
             message=f"batch {batch} epoch {results[0].inner_epoch}: "
             f"val {mean('val_accuracy'):.2f}%",

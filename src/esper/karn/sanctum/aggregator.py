@@ -28,6 +28,7 @@ from esper.karn.sanctum.schema import (
 )
 from esper.leyline import DISCRIMINATORS, TelemetryEvent, TelemetryEventType
 from esper.nissa import OutputBackend, register_fork_resource
+from esper.nissa.replay import RunStatus, run_status
 
 ET = TelemetryEventType
 _SEGMENT = re.compile(r"^(\w+)(?:\[(.+)\])?$")
@@ -163,6 +164,11 @@ def _assign(root: Any, path: str, value: Any, data: dict[str, Any]) -> None:
         setattr(parent, name, value)
 
 
+_RUN_WIDE = frozenset({ET.TRAINING_STARTED, ET.TRAINING_COMPLETED})
+"""Events every rank of a multi-rank run sends, describing the run; Sanctum shows rank 0's
+(``esper telemetry summarize`` reports every rank's)."""
+
+
 class SanctumAggregator(OutputBackend):
     """Folds events into a snapshot (see the module docstring)."""
 
@@ -172,6 +178,10 @@ class SanctumAggregator(OutputBackend):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshot = SanctumSnapshot()
+        self._ends: list[TelemetryEvent] = []
+        """Every rank's TRAINING_STARTED and TRAINING_COMPLETED (for ``status``)."""
+        self._last: dict[int | None, TelemetryEvent] = {}
+        """Each rank's latest event."""
         register_fork_resource(self)
 
     def _reinit_after_fork(self) -> None:
@@ -190,12 +200,17 @@ class SanctumAggregator(OutputBackend):
             snap = self._snapshot
             snap.events_seen += 1
             snap.last_event_ns = max(snap.last_event_ns, event.timestamp_ns)
+            self._last[event.rank] = event
+            if event.event_type in _RUN_WIDE:
+                self._ends.append(event)
             data = event.data
             disc = DISCRIMINATORS.get(event.event_type)
             key = (event.event_type, None if disc is None else data.get(disc))
             paths = CAPTURE.get(key)
             if paths is None:
                 return
+            if event.rank and event.event_type in _RUN_WIDE:
+                return  # a multi-rank run's configuration and ending are rank 0's
             self._before(snap, event)
             for name, value in data.items():
                 path = paths.get(name)
@@ -240,6 +255,13 @@ class SanctumAggregator(OutputBackend):
             )  # fmt: skip
 
     # -- reading -----------------------------------------------------------------------------
+
+    def status(self) -> RunStatus | None:
+        """How the run ended so far, over all its ranks (None before any run event)."""
+        with self._lock:
+            if not self._ends:
+                return None
+            return run_status([*self._ends, *self._last.values()])
 
     def get_snapshot(self) -> SanctumSnapshot:
         """A deep copy of the current snapshot: safe to read while events keep arriving."""

@@ -34,6 +34,7 @@ _PREFIX: dict[tuple[TelemetryEventType, str | None], str] = {
     (ET.ANALYTICS_SNAPSHOT, "throughput"): "envs[{env_id}].throughput",
     (ET.ANALYTICS_SNAPSHOT, "reward_summary"): "envs[{env_id}].reward_summary",
     (ET.ANALYTICS_SNAPSHOT, "mask_hit_rates"): "mask_hit_rates",
+    (ET.ANALYTICS_SNAPSHOT, "collectives"): "collectives",
     (ET.GOVERNOR_ROLLBACK, None): "envs[{env_id}].last_rollback",
     (ET.GRADIENT_ANOMALY, None): "last_anomaly",
     (ET.PLATEAU_DETECTED, None): "envs[{env_id}].plateau",

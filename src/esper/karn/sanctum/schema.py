@@ -55,6 +55,13 @@ class RunConfig:
     threads: int = 0
     threads_source: str = ""
     cpu_cores: int = 0
+    world_size: int = 1
+    rank: int = 0
+    local_rank: int = 0
+    node: str = ""
+    node_rank: int = 0
+    restart_count: int = 0
+    local_n_envs: int = 0
 
 
 @dataclass(slots=True)
@@ -221,6 +228,8 @@ class SanctumSnapshot:
     """The last EPOCH_COMPLETED with scope=aggregate."""
     action_distribution: dict[str, Any] = field(default_factory=dict)
     mask_hit_rates: dict[str, Any] = field(default_factory=dict)
+    collectives: dict[str, Any] = field(default_factory=dict)
+    """The last collectives snapshot (a multi-rank run's waits; of whichever rank sent it)."""
     recent_decisions: deque[DecisionSnapshot] = field(
         default_factory=lambda: deque(maxlen=DECISIONS_CAP)
     )

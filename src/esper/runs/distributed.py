@@ -1,0 +1,181 @@
+"""One run over many processes: the ranks of a ``torchrun`` job.
+
+``start(device)`` joins the job's default process group when torchrun started this process
+(WORLD_SIZE > 1): gloo on CPU, nccl on CUDA, each rank on ``cuda:LOCAL_RANK`` when CUDA is
+there. Without torchrun it returns None and the run is the single process it always was.
+
+What the ranks agree on goes from rank 0 to all (``agree``): the run id and the name of the
+run directory. When a rank stops because another one went away, ``lost_ranks`` names the
+ranks of its node whose process is gone (or a zombie) without having said it stopped, and
+the ranks anywhere that said they failed (through torchrun's store, which outlives the
+workers), so TRAINING_COMPLETED can say which rank was lost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from esper.leyline import RankInfo, UsageError
+from esper.simic.collectives import ProcessGroupCollectives
+
+STORE_PREFIX = "esper"
+STORE_TIMEOUT = timedelta(seconds=5)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where another rank runs."""
+
+    rank: int
+    node: str
+    node_rank: int
+    pid: int
+
+
+class Distributed:
+    """This process's membership of a multi-rank run (see the module docstring)."""
+
+    def __init__(self, info: RankInfo, device: str) -> None:
+        self.info = info
+        self.device = device
+        self.backend = dist.get_backend()
+        self.comm = ProcessGroupCollectives(device)
+        me = (info.node, info.node_rank, os.getpid())
+        everyone: list[Any] = [None] * info.world_size
+        dist.all_gather_object(everyone, me)
+        self.peers = [
+            Peer(rank, str(node), int(node_rank), int(pid))
+            for rank, (node, node_rank, pid) in enumerate(everyone)
+        ]
+        self._store = _agent_store()
+        self._key = ""
+
+    def agree(self, value: Any) -> Any:
+        """Rank 0's ``value``, on every rank."""
+        box = [value]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def all_ok(self, ok: bool) -> bool:
+        """Whether every rank says ``ok`` (each rank must ask)."""
+        flag = torch.tensor([1 if ok else 0], dtype=torch.int32, device=self.device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+        return bool(flag.item())
+
+    def join_run(self, run_id: str) -> None:
+        """Name the run in the store's keys (after the run id is agreed)."""
+        self._key = f"{STORE_PREFIX}/{run_id}"
+
+    def mark_stopped(self, status: str) -> None:
+        """Tell the other ranks this one stopped, and how (best effort)."""
+        if self._store is None or not self._key:
+            return
+        with contextlib.suppress(Exception):
+            self._store.set(f"{self._key}/stopped/{self.info.rank}", status)
+
+    def _said_stopped(self, rank: int) -> str | None:
+        if self._store is None or not self._key:
+            return None
+        key = f"{self._key}/stopped/{rank}"
+        with contextlib.suppress(Exception):
+            if self._store.check([key]):
+                return bytes(self._store.get(key)).decode()
+        return None
+
+    def lost_ranks(self) -> list[int]:
+        """The other ranks that are gone: those that said they failed, and those of this
+        node whose process has ended without saying it stopped."""
+        lost = []
+        for peer in self.peers:
+            if peer.rank == self.info.rank:
+                continue
+            said = self._said_stopped(peer.rank)
+            if said == "failed" or (
+                said is None and peer.node_rank == self.info.node_rank and not _alive(peer.pid)
+            ):
+                lost.append(peer.rank)
+        return lost
+
+    def describe(self, ranks: list[int]) -> str:
+        """``rank 1 (pid 123 on host, node 0)``, for each of ``ranks``."""
+        return ", ".join(
+            f"rank {p.rank} (pid {p.pid} on {p.node}, node {p.node_rank})"
+            for p in self.peers
+            if p.rank in ranks
+        )
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            state = fh.read().rsplit(")", 1)[1].split()[0]
+        return state not in ("Z", "X")
+    except (OSError, IndexError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def _agent_store() -> Any:
+    """A client of torchrun's own store (its agent outlives the workers), if it has one."""
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() != "true":
+        return None
+    try:
+        return dist.TCPStore(  # type: ignore[attr-defined]
+            os.environ["MASTER_ADDR"],
+            int(os.environ["MASTER_PORT"]),
+            is_master=False,
+            timeout=STORE_TIMEOUT,
+        )
+    except Exception:  # noqa: BLE001 - no store only means ranks of other nodes go unnamed
+        return None
+
+
+def rank_device(info: RankInfo, requested: str | None) -> str:
+    """The device a rank steps its envs on: ``cuda:LOCAL_RANK`` when CUDA is there (or asked
+    for with ``--device cuda``), the CPU when asked (``--device cpu``) or without CUDA."""
+    if requested is None:
+        return f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu":
+        return "cpu"
+    if requested == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError("--device cuda: CUDA is not available on this machine")
+        return f"cuda:{info.local_rank}"
+    raise UsageError(
+        f"--device {requested}: under torchrun each rank takes cuda:LOCAL_RANK (--device cuda) "
+        "or the CPU (--device cpu)"
+    )
+
+
+def start(requested_device: str | None) -> Distributed | None:
+    """Join the job's process group when torchrun started this process with more than one
+    rank; None otherwise. A bad torchrun variable or device is a UsageError."""
+    try:
+        info = RankInfo.from_environment()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not info.distributed:
+        return None
+    device = rank_device(info, requested_device)
+    if device.startswith("cuda"):
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.startswith("cuda") else "gloo"
+    dist.init_process_group(backend, device_id=torch.device(device) if backend == "nccl" else None)
+    return Distributed(info, device)

@@ -1,0 +1,400 @@
+"""One run across ranks, with real processes: ``torchrun`` on loopback (gloo), a real
+Prometheus scraping every rank through file_sd, the OTLP receiver, a two-node rendezvous
+with two launchers, and a rank killed mid-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from esper.karn.grafana import DASHBOARDS, panel_queries
+from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.nissa import read_events
+from esper.nissa.otel import run_trace_ids
+from esper.scripts import telemetry, train
+from tests._otlp import OTLPReceiver
+from tests._stack import REPO, free_port, prometheus, query, query_range, wait_until
+
+ET = TelemetryEventType
+pytestmark = pytest.mark.slow
+
+RUN = ["ppo", "--n-envs", "4", "--max-epochs", "5", "--seed", "3"]
+"""A short PPO run of 4 envs: 2 per rank on 2 ranks."""
+
+
+def torchrun(*launcher: str) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", *launcher, "-m", "esper.scripts.train"]
+
+
+def standalone(nproc: int = 2) -> list[str]:
+    return torchrun("--standalone", "--nproc-per-node", str(nproc))
+
+
+def run(cmd: list[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def by_type(events: list[TelemetryEvent], t: TelemetryEventType) -> list[TelemetryEvent]:
+    return [e for e in events if e.event_type is t]
+
+
+@dataclass
+class TwoRanks:
+    """A 2-rank run scraped by a real Prometheus and traced to the OTLP receiver, and a
+    2-rank run resumed from its checkpoint."""
+
+    proc: subprocess.CompletedProcess[str]
+    run_dir: Path
+    events: list[TelemetryEvent]
+    prometheus: str
+    started: float
+    finished: float
+    spans: list[Any]
+    resumed: subprocess.CompletedProcess[str]
+    resumed_events: list[TelemetryEvent]
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoRanks]:
+    tmp = tmp_path_factory.mktemp("ranks")
+    sd = tmp / "targets"
+    receiver = OTLPReceiver()
+    try:
+        with prometheus(tmp / "prom", sd_dir=sd) as base:
+            started = time.time()
+            proc = run([
+                *standalone(), *RUN, "--episodes", "8", "--telemetry-dir", str(tmp / "runs"),
+                "--metrics-port", "0", "--metrics-sd-dir", str(sd), "--metrics-linger", "30",
+                "--otlp-endpoint", receiver.endpoint, "--save", str(tmp / "ckpt.pt"),
+            ])  # fmt: skip
+            finished = time.time()
+            assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+            (run_dir,) = (tmp / "runs").iterdir()
+            resumed = run([
+                *standalone(), *RUN, "--episodes", "4", "--resume", str(tmp / "ckpt.pt"),
+                "--telemetry-dir", str(tmp / "resumed"),
+            ])  # fmt: skip
+            assert resumed.returncode == 0, resumed.stderr[-3000:]
+            yield TwoRanks(
+                proc, run_dir, read_events(run_dir).events, base, started, finished,
+                list(receiver.spans), resumed, read_events(tmp / "resumed").events,
+            )  # fmt: skip
+    finally:
+        receiver.close()
+
+
+def test_both_ranks_write_one_file_each_in_one_run_directory(two_ranks: TwoRanks) -> None:
+    names = sorted(p.name for p in two_ranks.run_dir.iterdir())
+    assert names == ["events.rank0.jsonl", "events.rank1.jsonl"]
+    assert Counter(e.rank for e in two_ranks.events).keys() == {0, 1}
+    assert len({e.run_id for e in two_ranks.events}) == 1
+
+
+def test_training_started_places_each_rank(two_ranks: TwoRanks) -> None:
+    started = {e.rank or 0: e.data for e in by_type(two_ranks.events, ET.TRAINING_STARTED)}
+    assert sorted(started) == [0, 1]
+    for rank, d in started.items():
+        assert (d["world_size"], d["rank"], d["local_rank"], d["node_rank"]) == (2, rank, rank, 0)
+        assert d["restart_count"] == 0
+        assert d["n_envs"] == 4
+        assert d["local_n_envs"] == 2
+        assert d["node"]
+        assert d["threads_source"] == "auto"
+        assert d["threads"] == max(1, d["cpu_cores"] // 2)  # the cores over 2 local ranks
+
+
+def _env_epochs(events: list[TelemetryEvent]) -> dict[tuple[int, int], dict[int, TelemetryEvent]]:
+    """(batch, epoch) -> env id -> its EPOCH_COMPLETED (an env's k-th epoch of 5 per episode
+    is in batch k // 5)."""
+    seen: dict[tuple[int, int], dict[int, TelemetryEvent]] = defaultdict(dict)
+    done: Counter[int] = Counter()
+    for e in by_type(events, ET.EPOCH_COMPLETED):
+        if e.data["scope"] == "env":
+            env = e.data["env_id"]
+            seen[(done[env] // 5, e.data["inner_epoch"])][env] = e
+            done[env] += 1
+    return seen
+
+
+def test_every_global_env_id_reports_every_epoch(two_ranks: TwoRanks) -> None:
+    seen = _env_epochs(two_ranks.events)
+    assert len(seen) == 2 * 5  # 2 batches of 5 epochs
+    for epoch, envs in seen.items():
+        assert {env: e.rank for env, e in envs.items()} == {0: 0, 1: 0, 2: 1, 3: 1}, epoch
+
+
+def test_the_policy_is_identical_on_every_rank_after_every_update(two_ranks: TwoRanks) -> None:
+    digests: dict[int, dict[int, str]] = defaultdict(dict)
+    for e in by_type(two_ranks.events, ET.ANALYTICS_SNAPSHOT):
+        if e.data["kind"] == "collectives":
+            digests[e.data["batch_idx"]][e.rank or 0] = e.data["policy_digest"]
+            assert e.data["calls"] >= 2
+            assert e.data["wait_seconds"]["all_reduce_gradients"]
+    assert sorted(digests) == [0, 1]
+    for batch, per_rank in digests.items():
+        assert sorted(per_rank) == [0, 1], batch
+        assert len(set(per_rank.values())) == 1, per_rank
+    assert digests[0][0] != digests[1][0]  # the update changed the policy
+
+
+def test_batch_events_describe_the_whole_run_once(two_ranks: TwoRanks) -> None:
+    events = two_ranks.events
+    batches = by_type(events, ET.BATCH_EPOCH_COMPLETED)
+    updates = by_type(events, ET.PPO_UPDATE_COMPLETED)
+    assert [b.rank for b in batches] == [0, 0]
+    assert [u.rank for u in updates] == [0, 0]
+    seen = _env_epochs(events)
+    for b in batches:
+        d = b.data
+        finals = seen[(d["batch_idx"], 5)]
+        assert d["episodes_completed"] == 4 * (d["batch_idx"] + 1)
+        assert d["env_accuracies"] == [finals[i].data["val_accuracy"] for i in range(4)]
+        assert d["avg_accuracy"] == pytest.approx(sum(d["env_accuracies"]) / 4)
+    dist = [e for e in by_type(events, ET.ANALYTICS_SNAPSHOT) if e.data["kind"] == "mask_hit_rates"]
+    assert [e.data["mask_total"]["op"] for e in dist] == [4 * 4, 4 * 4]  # 4 envs x 4 decisions
+    ended = {e.rank: e.data for e in by_type(events, ET.TRAINING_COMPLETED)}
+    assert {r: d["status"] for r, d in ended.items()} == {0: "completed", 1: "completed"}
+    assert {d["episodes_completed"] for d in ended.values()} == {8}
+    germinated = sum(d["seeds_germinated"] for d in ended.values())
+    assert germinated == len(by_type(events, ET.SEED_GERMINATED))
+    assert f"seeds: {germinated} germinated" in two_ranks.proc.stdout
+
+
+def test_the_merged_summary_counts_each_rank(
+    two_ranks: TwoRanks, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert telemetry.main(["summarize", str(two_ranks.run_dir)]) == 0
+    out = capsys.readouterr().out
+    per_rank = Counter(e.rank for e in two_ranks.events)
+    for rank in (0, 1):
+        assert f"rank {rank} on " in out
+        assert f": {per_rank[rank]} events, completed" in out
+    assert f": {len(two_ranks.events)} events" in out.splitlines()[0]
+    assert "status: completed" in out
+
+
+def test_prometheus_scrapes_every_rank_and_the_rank_panels_show_both(
+    two_ranks: TwoRanks,
+) -> None:
+    base, start = two_ranks.prometheus, two_ranks.started
+    info = query_range(base, "esper_run_info", start, time.time())
+    assert {s["metric"]["rank"] for s in info} == {"0", "1"}
+    assert {s["metric"]["local_rank"] for s in info} == {"0", "1"}
+    assert len({s["metric"]["instance"] for s in info}) == 2
+    assert len({s["metric"]["node"] for s in info}) == 1
+    # No series collides: each rank's env gauges are its own envs.
+    envs = query_range(base, "esper_env_val_accuracy", start, time.time())
+    assert {(s["metric"]["rank"], s["metric"]["env_id"]) for s in envs} == {
+        ("0", "0"), ("0", "1"), ("1", "2"), ("1", "3")
+    }  # fmt: skip
+    # Episodes are counted once for the run, not once per rank.
+    episodes = query(base, "sum(max_over_time(esper_episodes_completed_total[1h]))")
+    assert float(episodes[0]["value"][1]) == 8
+    text = (REPO / "dashboards" / "esper-throughput.json").read_text()
+    rank_panels = [
+        (title, expr)
+        for title, _desc, _uid, expr in panel_queries(text)
+        if "rank" in expr.replace('rank=~"$rank"', "")
+    ]
+    assert len(rank_panels) >= 4
+    for title, expr in rank_panels:
+        promql = (
+            expr.replace("$__rate_interval", "30s").replace('"$instance"', '".*"')
+            .replace('"$rank"', '".*"').replace('"$env"', '".*"')
+        )  # fmt: skip
+
+        def answered(q: str = promql) -> list[dict[str, Any]]:
+            return query_range(base, q, start, time.time())
+
+        def has_data(q: str = promql) -> bool:
+            return bool(answered(q))
+
+        wait_until(has_data, 30, f"data for {title}: {promql}")
+        ranks = {s["metric"].get("rank") for s in answered()}
+        assert ranks in ({"0", "1"}, {None}), (title, ranks)  # per rank, or over the ranks
+    variable = json.loads(text)["templating"]["list"]
+    (rank_var,) = [v for v in variable if v["name"] == "rank"]
+    assert "esper_run_info" in rank_var["query"]
+
+
+def test_every_dashboard_filters_on_the_rank() -> None:
+    for name in DASHBOARDS:
+        for title, _desc, uid, expr in panel_queries((REPO / "dashboards" / name).read_text()):
+            if uid == "esper-prometheus" and "instance=~" in expr:
+                assert 'rank=~"$rank"' in expr, (name, title)
+
+
+def test_all_ranks_spans_join_one_trace(two_ranks: TwoRanks) -> None:
+    spans = two_ranks.spans
+    run_id = two_ranks.events[0].run_id
+    assert run_id is not None
+    trace_id, run_span_id = run_trace_ids(run_id)
+    assert {s.trace_id for s in spans} == {f"{trace_id:032x}"}
+    runs = [s for s in spans if s.name == "esper.run"]
+    assert len(runs) == 1
+    assert runs[0].span_id == f"{run_span_id:016x}"
+    assert runs[0].resource["esper.rank"] == 0
+    episodes = [s for s in spans if s.name == "esper.episode"]
+    assert {s.resource["esper.rank"] for s in episodes} == {0, 1}
+    assert {s.parent_span_id for s in episodes} == {runs[0].span_id}
+    assert {s.attributes["esper.env.id"] for s in episodes} == {0, 1, 2, 3}
+    for s in spans:
+        assert s.resource["esper.world_size"] == 2
+        assert s.resource["esper.restart_count"] == 0
+
+
+def test_resume_restores_every_rank(two_ranks: TwoRanks) -> None:
+    events = two_ranks.resumed_events
+    loaded = {e.rank or 0: e.data for e in by_type(events, ET.CHECKPOINT_LOADED)}
+    assert sorted(loaded) == [0, 1]
+    assert {d["episodes_completed"] for d in loaded.values()} == {8}
+    (batch,) = by_type(events, ET.BATCH_EPOCH_COMPLETED)
+    assert batch.data["batch_idx"] == 2
+    assert batch.data["episodes_completed"] == 12
+    digests = {
+        e.rank: e.data["policy_digest"]
+        for e in by_type(events, ET.ANALYTICS_SNAPSHOT)
+        if e.data["kind"] == "collectives"
+    }
+    assert len(set(digests.values())) == 1
+    assert len(digests) == 2
+    saved = by_type(two_ranks.events, ET.CHECKPOINT_SAVED)
+    assert [e.rank for e in saved] == [0]  # rank 0 alone writes the checkpoint
+
+
+def test_two_launchers_rendezvous_into_one_run_the_readers_merge(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two nodes on loopback: two launchers meet at one c10d endpoint; each node writes its
+    own run directory (named by rank 0's start time), and the readers merge them."""
+    port = free_port()
+    node = torchrun(
+        "--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+        "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"esper-test-{port}",
+    )  # fmt: skip
+    args = [*RUN, "--n-envs", "2", "--episodes", "2"]
+    launchers = [
+        subprocess.Popen(
+            [*node, *args, "--telemetry-dir", str(tmp_path / f"node{i}")],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in (0, 1)
+    ]
+    outputs = [p.communicate(timeout=300) for p in launchers]
+    assert [p.returncode for p in launchers] == [0, 0], outputs
+    dirs = [next((tmp_path / f"node{i}").iterdir()) for i in (0, 1)]
+    assert dirs[0].name == dirs[1].name  # rank 0's timestamp names every node's directory
+    replay = read_events(dirs)
+    started = {e.rank or 0: e.data for e in by_type(replay.events, ET.TRAINING_STARTED)}
+    assert sorted(started) == [0, 1]
+    assert sorted(d["node_rank"] for d in started.values()) == [0, 1]
+    assert [r.state for r in replay.ranks] == ["completed", "completed"]
+    assert replay.status.state == "completed"
+    assert len({e.run_id for e in replay.events}) == 1
+    # One node's directory alone: the other node's rank is reported missing.
+    alone = read_events(dirs[0])
+    assert [r.state for r in alone.ranks].count("missing") == 1
+    assert alone.status.state == "failed"
+    assert telemetry.main(["summarize", str(dirs[0]), str(dirs[1])]) == 0
+    out = capsys.readouterr().out
+    assert "rank 0 on " in out
+    assert "rank 1 on " in out
+    assert "status: completed" in out
+
+
+def _rank_pid(launcher_pid: int, rank: int) -> int | None:
+    """The pid of the worker of ``rank`` under a torchrun launcher (from its environment)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if int(stat[1]) == launcher_pid and f"RANK={rank}".encode() in environ:
+            return int(entry.name)
+    return None
+
+
+def test_killing_a_rank_ends_the_run_and_names_the_dead_rank(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = tmp_path / "runs"
+    launcher = subprocess.Popen(
+        [*standalone(), *RUN, "--n-envs", "2", "--episodes", "40", "--telemetry-dir", str(runs)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def rank1_trained_an_epoch() -> bool:
+            files = list(runs.glob("*/events.rank1.jsonl"))
+            return bool(files) and '"EPOCH_COMPLETED"' in files[0].read_text()
+
+        wait_until(rank1_trained_an_epoch, 120, "rank 1's first epoch")
+        pid = _rank_pid(launcher.pid, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        killed = time.monotonic()
+        out, _err = launcher.communicate(timeout=120)
+        ended_after = time.monotonic() - killed
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    assert launcher.returncode != 0
+    assert ended_after < 60, ended_after  # torchrun's teardown, no hang
+    assert "Telemetry summary of rank 0 of 2" in out
+    assert "telemetry complete: every event was kept by every backend" in out
+    (run_dir,) = runs.iterdir()
+    replay = read_events(run_dir, strict=True)  # rank 1 was killed between flushes or mid-line
+    ended = by_type(replay.events, ET.TRAINING_COMPLETED)
+    assert [e.rank for e in ended] == [0]
+    d = ended[0].data
+    assert d["status"] == "failed"
+    assert d["lost_ranks"] == [1]
+    assert f"rank 1 (pid {pid} " in d["error"]
+    reports = {r.rank: r for r in replay.ranks}
+    assert reports[0].state == "failed"
+    assert reports[1].state == "unfinished"
+    assert reports[1].events > 0
+    assert replay.status.state == "failed"
+    assert "rank 1 died" in replay.status.detail
+    assert telemetry.main(["summarize", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "rank 1 died" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["ppo", "--n-envs", "3"], "argument --n-envs: 3 envs do not divide over 2 ranks"),
+        (["heuristic"], "heuristic runs are single-process"),
+        (["ppo", "--n-envs", "2", "--device", "cuda:0,cuda:1"], "each rank uses one device"),
+        (["ppo", "--n-envs", "2", "--sanctum"], "argument --sanctum: not under torchrun"),
+    ],
+)
+def test_what_a_multi_rank_run_cannot_do_is_a_usage_error_before_it_starts(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    message: str,
+) -> None:
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    with pytest.raises(SystemExit) as exc:
+        train.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
