@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,7 +23,7 @@ from esper.karn.grafana import DASHBOARDS, panel_queries
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import read_events
 from esper.nissa.otel import run_trace_ids
-from esper.scripts import telemetry, train
+from esper.scripts import sanctum, telemetry, train
 from tests._otlp import OTLPReceiver
 from tests._stack import REPO, free_port, prometheus, query, query_range, wait_until
 
@@ -308,6 +309,15 @@ def test_two_launchers_rendezvous_into_one_run_the_readers_merge(
     alone = read_events(dirs[0])
     assert [r.state for r in alone.ranks].count("missing") == 1
     assert alone.status.state == "failed"
+    aggregator, problems = sanctum.load(dirs)
+    assert not problems
+    snapshot = aggregator.get_snapshot()
+    assert sorted(snapshot.envs) == [0, 1]  # one env from each node
+    assert snapshot.run_config.rank == 0
+    assert snapshot.run_config.world_size == 2
+    status = aggregator.status()
+    assert status is not None
+    assert status.state == "completed"
     assert telemetry.main(["summarize", str(dirs[0]), str(dirs[1])]) == 0
     out = capsys.readouterr().out
     assert "rank 0 on " in out
@@ -375,6 +385,23 @@ def test_killing_a_rank_ends_the_run_and_names_the_dead_rank(
     assert telemetry.main(["summarize", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "rank 1 died" in out
+
+
+def test_when_one_rank_cannot_start_every_rank_stops_before_training(tmp_path: Path) -> None:
+    """Rank 1's /metrics port (the base port plus its local rank) is taken: rank 1 names it,
+    rank 0 says another rank could not start, both exit 2 at once, and nothing trains."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        base = taken.getsockname()[1] - 1
+        proc = run([*standalone(), *RUN, "--episodes", "4", "--metrics-port", str(base),
+                    "--telemetry-dir", str(tmp_path)], timeout=120)  # fmt: skip
+    assert proc.returncode != 0
+    assert f"rank 1: cannot serve /metrics on 127.0.0.1:{base + 1}" in proc.stderr
+    assert "rank 0: another rank could not start" in proc.stderr
+    assert "exitcode  : 2" in proc.stderr
+    events = read_events(tmp_path).events
+    assert not by_type(events, ET.TRAINING_STARTED)
 
 
 @pytest.mark.parametrize(

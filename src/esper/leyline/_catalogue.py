@@ -276,8 +276,14 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
             _f("n_episodes", INT, "", "episodes requested"),
             _f("seed", INT, "", "random seed of the run"),
             _f("policy_device", STR, "", "device of the policy network", nullable=True),
-            _f("env_devices", LIST, "", "device of each env, indexed by env_id"),
-            _f("env_device_counts", DICT, "", "device -> number of envs on it"),
+            _f(
+                "env_devices",
+                LIST,
+                "",
+                "device of each env this process steps, in env_id order (all envs in a "
+                "single-process run)",
+            ),
+            _f("env_device_counts", DICT, "", "device -> number of this process's envs on it"),
             _f("env_device_map_strategy", STR, "", "how envs were assigned to devices"),
             _f("host_params", INT, "params", "parameters of one host model before any seed"),
             _f("slot_ids", LIST, "", "the host's slot names"),
@@ -394,7 +400,8 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
     PayloadSpec(
         ET.EPOCH_COMPLETED,
         "aggregate",
-        "All envs of a batch finished a host epoch (means over envs).",
+        "All envs of a batch finished a host epoch (means over this process's envs; a rank's "
+        "own in a multi-rank run).",
         (
             _f("scope", STR, "", "aggregate"),
             _f("inner_epoch", INT, "epochs", "epoch within the episode"),

@@ -56,6 +56,8 @@ class Distributed:
         ]
         self._store = _agent_store()
         self._key = ""
+        self.lost: list[int] = []
+        """The ranks found gone when this rank's run stopped (set by the run lifecycle)."""
 
     def agree(self, value: Any) -> Any:
         """Rank 0's ``value``, on every rank."""

@@ -170,7 +170,7 @@ def run_completion(
     except BaseException as exc:
         status, error = describe_stop(exc)
         if ranks is not None:
-            lost = ranks.lost_ranks()
+            lost = ranks.lost = ranks.lost_ranks()
             if lost:
                 status = "failed"
                 error = f"lost {ranks.describe(lost)}; this rank stopped: {error}"

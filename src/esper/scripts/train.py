@@ -604,19 +604,32 @@ def _main(args: argparse.Namespace, ranks: Distributed | None) -> int:
     except UsageError as exc:
         print(f"esper train: error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
-    except (KeyboardInterrupt, SystemExit) as exc:
-        code = _interrupted_code(exc)
-        _status, why = describe_stop(exc)
-        print(f"\nesper train: {exc_prefix(config)}interrupted ({why}); the run is recorded "
-              "as interrupted", file=sys.stderr)  # fmt: skip
-    except Exception as exc:  # noqa: BLE001 - reported, recorded as failed, exit 1
-        traceback.print_exc()
-        print(f"esper train: {exc_prefix(config)}training failed: {type(exc).__name__}: {exc}",
-              file=sys.stderr)  # fmt: skip
-        code = EXIT_FAILURE
+    except BaseException as exc:
+        code = _stopped(exc, config, ranks)
     finally:
         code = _finish(args, session, code)
     return code
+
+
+def _stopped(exc: BaseException, config: RunConfig, ranks: Distributed | None) -> int:
+    """Say why the run stopped (recorded so by the lifecycle) and choose the exit status:
+    a rank that stopped because another rank was lost failed (1), whatever stopped it."""
+    who = exc_prefix(config)
+    if ranks is not None and ranks.lost:
+        _status, why = describe_stop(exc)
+        print(f"\nesper train: {who}training failed: lost {ranks.describe(ranks.lost)} "
+              f"({why}); the run is recorded as failed", file=sys.stderr)  # fmt: skip
+        return EXIT_FAILURE
+    if isinstance(exc, KeyboardInterrupt | SystemExit):
+        _status, why = describe_stop(exc)
+        print(f"\nesper train: {who}interrupted ({why}); the run is recorded as interrupted",
+              file=sys.stderr)  # fmt: skip
+        return _interrupted_code(exc)
+    if not isinstance(exc, Exception):
+        raise exc
+    traceback.print_exc()
+    print(f"esper train: {who}training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return EXIT_FAILURE
 
 
 def exc_prefix(config: RunConfig) -> str:
