@@ -604,7 +604,7 @@ def _main(args: argparse.Namespace, ranks: Distributed | None) -> int:
     except UsageError as exc:
         print(f"esper train: error: {exc}", file=sys.stderr)
         code = EXIT_USAGE
-    except BaseException as exc:
+    except BaseException as exc:  # noqa: BLE001 - reported and recorded; see _stopped
         code = _stopped(exc, config, ranks)
     finally:
         code = _finish(args, session, code)
