@@ -199,6 +199,13 @@ def test_prometheus_scrapes_every_rank_and_the_rank_panels_show_both(
     assert {(s["metric"]["rank"], s["metric"]["env_id"]) for s in envs} == {
         ("0", "0"), ("0", "1"), ("1", "2"), ("1", "3")
     }  # fmt: skip
+    waits = query_range(base, "esper_collective_wait_seconds_count", start, time.time())
+    assert {(s["metric"]["rank"], s["metric"]["op"]) for s in waits} >= {
+        ("0", "all_reduce_gradients"), ("1", "all_reduce_gradients"),
+        ("0", "all_gather_batch"), ("1", "all_gather_batch"),
+    }  # fmt: skip
+    epoch_times = query_range(base, "esper_rank_epoch_seconds", start, time.time())
+    assert {s["metric"]["rank"] for s in epoch_times} == {"0", "1"}
     # Episodes are counted once for the run, not once per rank.
     episodes = query(base, "sum(max_over_time(esper_episodes_completed_total[1h]))")
     assert float(episodes[0]["value"][1]) == 8
