@@ -394,6 +394,32 @@ def test_killing_a_rank_ends_the_run_and_names_the_dead_rank(
     assert "rank 1 died" in out
 
 
+def test_ctrl_c_on_the_launcher_interrupts_every_rank_and_blames_none(tmp_path: Path) -> None:
+    runs = tmp_path / "runs"
+    launcher = subprocess.Popen(
+        [*standalone(), *RUN, "--n-envs", "2", "--episodes", "40", "--telemetry-dir", str(runs)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def both_ranks_trained_an_epoch() -> bool:
+            files = list(runs.glob("*/events.rank*.jsonl"))
+            return len(files) == 2 and all('"EPOCH_COMPLETED"' in f.read_text() for f in files)
+
+        wait_until(both_ranks_trained_an_epoch, 120, "both ranks' first epoch")
+        launcher.send_signal(signal.SIGINT)  # torchrun passes it on to every rank
+        launcher.communicate(timeout=120)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    (run_dir,) = runs.iterdir()
+    replay = read_events(run_dir, strict=True)
+    ended = {e.rank: e.data for e in by_type(replay.events, ET.TRAINING_COMPLETED)}
+    assert {r: d["status"] for r, d in ended.items()} == {0: "interrupted", 1: "interrupted"}
+    assert [d["lost_ranks"] for d in ended.values()] == [[], []]
+    assert replay.status.state == "interrupted"
+
+
 def test_when_one_rank_cannot_start_every_rank_stops_before_training(tmp_path: Path) -> None:
     """Rank 1's /metrics port (the base port plus its local rank) is taken: rank 1 names it,
     rank 0 says another rank could not start, both exit 2 at once, and nothing trains."""

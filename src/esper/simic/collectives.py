@@ -82,19 +82,21 @@ class ProcessGroupCollectives:
         self._waits.append((op, time.perf_counter() - start))
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
-        tensors = [*module.parameters(), *module.buffers()]
-        if not tensors:
-            return
-        flat = torch.cat([t.detach().reshape(-1).to(self.device, torch.float32) for t in tensors])
-        start = time.perf_counter()
-        dist.broadcast(flat, src=0)
-        self._timed("broadcast", start)
-        offset = 0
-        with torch.no_grad():
-            for t in tensors:
-                n = t.numel()
-                t.copy_(flat[offset : offset + n].view_as(t))
-                offset += n
+        """One broadcast per dtype of the module's tensors (bit for bit, counters too)."""
+        groups: dict[torch.dtype, list[torch.Tensor]] = {}
+        for t in [*module.parameters(), *module.buffers()]:
+            groups.setdefault(t.dtype, []).append(t)
+        for tensors in groups.values():
+            flat = torch.cat([t.detach().reshape(-1).to(self.device) for t in tensors])
+            start = time.perf_counter()
+            dist.broadcast(flat, src=0)
+            self._timed("broadcast", start)
+            offset = 0
+            with torch.no_grad():
+                for t in tensors:
+                    n = t.numel()
+                    t.copy_(flat[offset : offset + n].view_as(t))
+                    offset += n
 
     def average_gradients(self, params: Iterable[torch.nn.Parameter]) -> None:
         params = [p for p in params if p.requires_grad]
