@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from esper.karn.grafana import DASHBOARDS, panel_queries
+from esper.karn.sanctum.app import run_header
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import read_events
 from esper.nissa.otel import run_trace_ids
@@ -322,6 +323,7 @@ def test_two_launchers_rendezvous_into_one_run_the_readers_merge(
     assert sorted(snapshot.envs) == [0, 1]  # one env from each node
     assert snapshot.run_config.rank == 0
     assert snapshot.run_config.world_size == 2
+    assert "ranks 2 (1 envs each)  restarts 0" in run_header(snapshot, live=False)
     status = aggregator.status()
     assert status is not None
     assert status.state == "completed"

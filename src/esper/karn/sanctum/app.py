@@ -70,6 +70,12 @@ def run_header(s: SanctumSnapshot, *, live: bool = True) -> str:
         f"param budget {c.param_budget:,}  reward mode {s.reward_mode or '-'}  "
         f"resume {c.resume_path or '-'}",
     ]
+    if c.world_size > 1:
+        lost = s.completed.get("lost_ranks")
+        lines.append(
+            f"ranks {c.world_size} ({c.local_n_envs} envs each)  restarts {c.restart_count}"
+            + (f"  [red]lost ranks {lost}[/red]" if lost else "")
+        )
     return "\n".join(lines)
 
 
