@@ -393,7 +393,15 @@ def test_killing_a_rank_ends_the_run_and_names_the_dead_rank(
     assert "rank 1 died" in replay.status.detail
     assert telemetry.main(["summarize", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert "rank 1 died" in out
+    assert f"rank 1 died: its events stop at {reports[1].last}" in out
+    # Replayed (streamed, not held in memory), the run says the same, ranks and all.
+    assert telemetry.main(["replay", str(run_dir), "--telemetry-dir", str(tmp_path / "re")]) == 0
+    out = capsys.readouterr().out
+    assert f"rank 1 died: its events stop at {reports[1].last}" in out
+    again = read_events(tmp_path / "re")
+    assert [(r.rank, r.events, r.state) for r in again.ranks] == [
+        (r.rank, r.events, r.state) for r in replay.ranks
+    ]
 
 
 def test_ctrl_c_on_the_launcher_interrupts_every_rank_and_blames_none(tmp_path: Path) -> None:

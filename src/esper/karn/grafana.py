@@ -128,7 +128,8 @@ def training_overview() -> db.Dashboard:
         .with_panel(_ts("Mean episode reward", "none",
                         [(f"esper_batch_avg_reward{{{I}}}", "reward")]))
         .with_panel(_ts("Reward components (mean over envs)", "none",
-                        [(f"esper_reward_component{{{I}}}", "{{component}}")]))
+                        [(f"avg by (component) (esper_reward_component{{{I}}})",
+                          "{{component}}")]))
         .with_panel(_ts("Validation loss per env", "none",
                         [(f"esper_env_val_loss{{{IE}}}", "env {{env_id}}")]))
         .with_panel(_ts("Epochs per minute per env", "none",

@@ -83,7 +83,7 @@ def _replay(args: argparse.Namespace) -> int:
     n = 0
     # Enough to say how the run ended without keeping a streamed run in memory.
     ends: list[TelemetryEvent] = []
-    last: TelemetryEvent | None = None
+    last: dict[int | None, TelemetryEvent] = {}  # each rank's latest event
     try:
         attach_backends(
             hub, BackendSpec(telemetry_file=args.telemetry_file, telemetry_dir=args.telemetry_dir)
@@ -91,13 +91,13 @@ def _replay(args: argparse.Namespace) -> int:
         for event, _seq in source:
             hub.emit(event)
             n += 1
-            last = event
+            last[event.rank] = event
             if event.event_type in _RUN_ENDS:
                 ends.append(event)
     finally:
         hub.close()
     stats = hub.stats()
-    status = run_status([*ends, *([last] if last is not None else [])])
+    status = run_status([*ends, *last.values()])
     where = " ".join(str(p) for p in args.path)
     print(f"replayed {n} events; the recorded run's status: {status}")
     if not status.finished and status.state != "unknown":
