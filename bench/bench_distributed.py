@@ -103,6 +103,10 @@ def main() -> None:
             "threads (above 1: faster).",
             "",
             *rows,
+            "",
+            "One process chooses as many threads as torch's default (one per core), so the "
+            "two one-process rows run the same configuration: their difference is the "
+            "run-to-run noise of this machine.",
         ]
     )
     write_section("distributed", body)
