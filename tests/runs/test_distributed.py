@@ -13,6 +13,7 @@ import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -334,6 +335,28 @@ def test_two_launchers_rendezvous_into_one_run_the_readers_merge(
     assert "status: completed" in out
 
 
+@contextmanager
+def long_run(runs: Path, *, until_trained: tuple[int, ...]) -> Iterator[subprocess.Popen[str]]:
+    """A 2-rank run far longer than any test, once ``until_trained`` ranks have each finished
+    an epoch; killed on the way out if it still runs."""
+    launcher = subprocess.Popen(
+        [*standalone(), *RUN, "--n-envs", "2", "--episodes", "40", "--telemetry-dir", str(runs)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+
+        def trained() -> bool:
+            files = [next(runs.glob(f"*/events.rank{r}.jsonl"), None) for r in until_trained]
+            return all(f is not None and '"EPOCH_COMPLETED"' in f.read_text() for f in files)
+
+        wait_until(trained, 120, f"the first epoch of ranks {until_trained}")
+        yield launcher
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+
+
 def _rank_pid(launcher_pid: int, rank: int) -> int | None:
     """The pid of the worker of ``rank`` under a torchrun launcher (from its environment)."""
     for entry in Path("/proc").iterdir():
@@ -353,26 +376,13 @@ def test_killing_a_rank_ends_the_run_and_names_the_dead_rank(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     runs = tmp_path / "runs"
-    launcher = subprocess.Popen(
-        [*standalone(), *RUN, "--n-envs", "2", "--episodes", "40", "--telemetry-dir", str(runs)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-
-        def rank1_trained_an_epoch() -> bool:
-            files = list(runs.glob("*/events.rank1.jsonl"))
-            return bool(files) and '"EPOCH_COMPLETED"' in files[0].read_text()
-
-        wait_until(rank1_trained_an_epoch, 120, "rank 1's first epoch")
+    with long_run(runs, until_trained=(1,)) as launcher:
         pid = _rank_pid(launcher.pid, 1)
         assert pid is not None
         os.kill(pid, signal.SIGKILL)
         killed = time.monotonic()
         out, _err = launcher.communicate(timeout=120)
         ended_after = time.monotonic() - killed
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
     assert launcher.returncode != 0
     assert ended_after < 60, ended_after  # torchrun's teardown, no hang
     assert "Telemetry summary of rank 0 of 2" in out
@@ -406,22 +416,9 @@ def test_killing_a_rank_ends_the_run_and_names_the_dead_rank(
 
 def test_ctrl_c_on_the_launcher_interrupts_every_rank_and_blames_none(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    launcher = subprocess.Popen(
-        [*standalone(), *RUN, "--n-envs", "2", "--episodes", "40", "--telemetry-dir", str(runs)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-
-        def both_ranks_trained_an_epoch() -> bool:
-            files = list(runs.glob("*/events.rank*.jsonl"))
-            return len(files) == 2 and all('"EPOCH_COMPLETED"' in f.read_text() for f in files)
-
-        wait_until(both_ranks_trained_an_epoch, 120, "both ranks' first epoch")
+    with long_run(runs, until_trained=(0, 1)) as launcher:
         launcher.send_signal(signal.SIGINT)  # torchrun passes it on to every rank
         launcher.communicate(timeout=120)
-    finally:
-        if launcher.poll() is None:
-            launcher.kill()
     (run_dir,) = runs.iterdir()
     replay = read_events(run_dir, strict=True)
     ended = {e.rank: e.data for e in by_type(replay.events, ET.TRAINING_COMPLETED)}

@@ -16,7 +16,6 @@ class RankInfo:
     rank: int = 0
     local_rank: int = 0
     world_size: int = 1
-    local_world_size: int = 1
     node_rank: int = 0
     """The launcher's (node's) index in the job: torchrun's GROUP_RANK."""
     node: str = ""
@@ -35,8 +34,9 @@ class RankInfo:
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str] | None = None) -> RankInfo:
-        """Read torchrun's variables (RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE,
-        GROUP_RANK, TORCHELASTIC_RESTART_COUNT); a value that is not a number is a ValueError
+        """Read torchrun's variables (RANK, LOCAL_RANK, WORLD_SIZE, GROUP_RANK,
+        TORCHELASTIC_RESTART_COUNT; LOCAL_WORLD_SIZE is the placement's,
+        ``esper.runs.placement``); a value that is not a number is a ValueError
         naming the variable."""
         env = os.environ if environ is None else environ
 
@@ -54,7 +54,6 @@ class RankInfo:
             rank=number("RANK", 0),
             local_rank=number("LOCAL_RANK", 0),
             world_size=world,
-            local_world_size=number("LOCAL_WORLD_SIZE", 1),
             node_rank=number("GROUP_RANK", 0),
             node=socket.gethostname(),
             restart_count=number("TORCHELASTIC_RESTART_COUNT", 0),

@@ -182,7 +182,7 @@ def _make_run_dir(base: Path) -> Path:
         ) from exc
     stamp = datetime.now(UTC).replace(microsecond=0)
     for _ in range(10_000):
-        candidate = base / f"{RUN_DIR_PREFIX}{stamp:{RUN_DIR_TIME_FORMAT}}"
+        candidate = base / run_dir_name(stamp)
         try:
             candidate.mkdir()
         except FileExistsError:

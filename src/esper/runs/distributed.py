@@ -45,7 +45,6 @@ class Distributed:
     def __init__(self, info: RankInfo, device: str) -> None:
         self.info = info
         self.device = device
-        self.backend = dist.get_backend()
         self.comm = ProcessGroupCollectives(device)
         me = (info.node, info.node_rank, os.getpid())
         everyone: list[Any] = [None] * info.world_size
@@ -161,8 +160,8 @@ def rank_device(info: RankInfo, requested: str | None) -> str:
             raise UsageError("--device cuda: CUDA is not available on this machine")
         return f"cuda:{info.local_rank}"
     raise UsageError(
-        f"--device {requested}: under torchrun each rank takes cuda:LOCAL_RANK (--device cuda) "
-        "or the CPU (--device cpu)"
+        f"--device {requested}: under torchrun each rank uses one device: cuda:LOCAL_RANK "
+        "(--device cuda) or the CPU (--device cpu)"
     )
 
 

@@ -27,10 +27,15 @@ _PATH_HELP = (
 _RUN_ENDS = (TelemetryEventType.TRAINING_STARTED, TelemetryEventType.TRAINING_COMPLETED)
 
 
+def _where(paths: list[Path]) -> str:
+    """The paths a command was given, for its messages."""
+    return " ".join(str(p) for p in paths)
+
+
 def _summarize(args: argparse.Namespace) -> int:
     replay = read_events(args.path, strict=args.strict)
     events = replay.events
-    where = " ".join(str(p) for p in args.path)
+    where = _where(args.path)
     print(f"{replay.path if len(replay.files) == 1 else where}: {len(events)} events")
     if len(replay.files) > 1:
         for file, n in replay.file_counts.items():
@@ -98,7 +103,7 @@ def _replay(args: argparse.Namespace) -> int:
         hub.close()
     stats = hub.stats()
     status = run_status([*ends, *last.values()])
-    where = " ".join(str(p) for p in args.path)
+    where = _where(args.path)
     print(f"replayed {n} events; the recorded run's status: {status}")
     if not status.finished and status.state != "unknown":
         print(f"warning: {where}: {status.detail}", file=sys.stderr)

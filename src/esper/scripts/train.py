@@ -237,11 +237,10 @@ def _check_ranks(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
             f"argument --n-envs: {args.n_envs} envs do not divide over "
             f"{ranks.world_size} ranks (WORLD_SIZE)"
         )
-    if args.device is not None and "," in args.device:
-        parser.error(
-            "argument --device: under torchrun each rank uses one device "
-            "(cuda:LOCAL_RANK with --device cuda, or --device cpu)"
-        )
+    try:
+        distributed.rank_device(ranks, args.device)
+    except UsageError as exc:
+        parser.error(f"argument {exc}")
     if args.sanctum:
         parser.error(
             "argument --sanctum: not under torchrun (the ranks share one terminal); run "

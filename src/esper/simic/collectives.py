@@ -113,7 +113,7 @@ class ProcessGroupCollectives:
         offset = 0
         for p, g in zip(params, grads, strict=True):
             n = g.numel()
-            p.grad = flat[offset : offset + n].view_as(g).to(p.device).clone()
+            p.grad = flat[offset : offset + n].view_as(g).to(p.device)  # views of one buffer
             offset += n
 
     def mean(self, value: float) -> float:
