@@ -120,8 +120,12 @@ def test_no_rank_finished_is_an_unfinished_run() -> None:
 
 def test_a_rank_with_no_events_is_missing() -> None:
     status = run_status([_started(0), _completed(0)])
-    assert status.state == "failed"
+    assert status.state == "partial"  # the record lacks rank 1; the run may have completed
+    assert not status.finished
     assert "rank 1: no events" in status.detail
+    died = run_status([_started(0), _started(1, world=3), _epoch(1), _completed(0)])
+    assert died.state == "failed"  # a rank that died is known, whatever else is missing
+    assert "rank 2: no events" in died.detail
 
 
 def test_ranks_interrupted_together_are_an_interrupted_run() -> None:

@@ -317,7 +317,7 @@ def test_two_launchers_rendezvous_into_one_run_the_readers_merge(
     # One node's directory alone: the other node's rank is reported missing.
     alone = read_events(dirs[0])
     assert [r.state for r in alone.ranks].count("missing") == 1
-    assert alone.status.state == "failed"
+    assert alone.status.state == "partial"  # not a verdict on a run it cannot see whole
     aggregator, problems = sanctum.load(dirs)
     assert not problems
     snapshot = aggregator.get_snapshot()

@@ -78,7 +78,9 @@ class Replay:
 class RunStatus:
     """How a recorded run ended: ``completed``, ``interrupted`` or ``failed`` (from
     TRAINING_COMPLETED), ``unfinished`` (started, never completed: the process was killed,
-    or is still running), or ``unknown`` (no TRAINING_STARTED either)."""
+    or is still running), ``partial`` (a multi-rank run whose record lacks a rank's events
+    altogether, so how it ended cannot be told), or ``unknown`` (no TRAINING_STARTED
+    either)."""
 
     state: str
     detail: str
@@ -178,8 +180,9 @@ def _process_status(events: Iterable[TelemetryEvent]) -> RunStatus:
 def _ranks_status(reports: list[RankReport]) -> RunStatus:
     """A multi-rank run completed when every rank did. A rank with no TRAINING_COMPLETED
     while another rank has one died (the run ``failed``); one with no events at all is
-    ``missing`` (its node's directory was not read, or it never started); when no rank has
-    finished, the run is ``unfinished`` (killed, or still running)."""
+    ``missing`` (its node's directory was not read, or it never started), and a record
+    missing a rank with nothing else wrong is ``partial``, not a verdict on the run; when no
+    rank has finished, the run is ``unfinished`` (killed, or still running)."""
     states = {r.rank: r.state for r in reports}
     finished = [r for r in reports if r.completed is not None]
     if all(state == "completed" for state in states.values()):
@@ -201,8 +204,10 @@ def _ranks_status(reports: list[RankReport]) -> RunStatus:
             notes.append(f"rank {r.rank} {r.state}" + (f": {error}" if error else ""))
     if not finished:
         state = "unfinished"
-    elif any(s in ("failed", "unfinished", "missing") for s in states.values()):
+    elif any(s in ("failed", "unfinished") for s in states.values()):
         state = "failed"
+    elif "missing" in states.values():
+        state = "partial"
     else:
         state = "interrupted"
     return RunStatus(state, "; ".join(notes))

@@ -43,6 +43,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     where = " ".join(str(p) for p in args.path)
     status = aggregator.status()
     if status is not None and status.state not in ("completed", "unknown"):
-        print(f"warning: {where}: the run {status}", file=sys.stderr)
+        print(f"warning: {where}: the run's record says {status}", file=sys.stderr)
     SanctumApp(aggregator.get_snapshot, interval=2.0, live=False).run()
     return 0

@@ -45,8 +45,13 @@ def _summarize(args: argparse.Namespace) -> int:
         end = "" if r.events == 0 else f", last at {r.last}"
         print(f"  rank {r.rank}{node}: {r.events} events, {r.state}{end}")
     status = replay.status
-    marker = "" if status.state in {"completed", "unknown"} else "  <-- "
-    print(f"  status: {status}{marker and marker + 'the run did not complete'}")
+    if status.state in {"completed", "unknown"}:
+        marker = ""
+    elif status.state == "partial":
+        marker = "  <-- the record lacks a rank: give every node's run directory"
+    else:
+        marker = "  <-- the run did not complete"
+    print(f"  status: {status}{marker}")
     if events:
         first, last = events[0], events[-1]
         span = (last.timestamp_ns - first.timestamp_ns) / 1e9
