@@ -75,7 +75,11 @@ def _constructed(path: Path) -> set[str]:
 def test_no_command_builds_a_backend_itself() -> None:
     """Adding a backend is its module, a BackendSpec field and its branch in the factory:
     the commands (train, telemetry replay, offline compare) only fill in a spec."""
-    users = {p.name for p in (SRC / "scripts").glob("*.py") if "attach_backends" in p.read_text()}
-    assert {"train.py", "telemetry.py", "offline.py"} <= users
+    sessions = {p.name for p in (SRC / "scripts").glob("*.py") if "RunSession" in p.read_text()}
+    assert {"telemetry.py", "offline.py"} <= sessions  # train's is esper.runs.launch's
+    assert "RunSession(" in (SRC / "runs" / "launch.py").read_text()
+    attaching = {p.relative_to(SRC).as_posix() for p in SRC.rglob("*.py")
+                 if "attach_backends(" in p.read_text()}  # fmt: skip
+    assert attaching == {"nissa/backends.py", "runs/session.py"}
     for path in (SRC / "scripts").glob("*.py"):
         assert _constructed(path) == set(), path.name

@@ -7,7 +7,6 @@ import os
 import socket
 import ssl
 import subprocess
-import threading
 import urllib.request
 from pathlib import Path
 
@@ -276,8 +275,7 @@ def test_metrics_are_served_on_loopback_and_pass_promtool(tmp_path: Path) -> Non
                               text=True, check=False)  # fmt: skip
         assert lint.returncode == 0, lint.stdout + lint.stderr
         assert lint.stdout + lint.stderr == ""
-        assert out._server is not None
-        assert out._server.server_address[0] == "127.0.0.1"
+        assert out.address == ("127.0.0.1", port)
     finally:
         out.close()
         out.close()
@@ -336,32 +334,6 @@ def test_registry_is_never_the_global_one() -> None:
     PrometheusOutput(cuda=False)
     assert set(families(REGISTRY)) == before
     assert "esper_seeds" in generate_latest(PrometheusOutput(cuda=False).registry).decode()
-
-
-def test_wait_for_scrape_returns_once_a_later_scrape_is_answered_in_full() -> None:
-    out = PrometheusOutput(cuda=False)
-    port = out.serve(0)
-    try:
-        assert out.wait_for_scrape(0.2) is False  # nobody scraped
-        answered = threading.Event()
-
-        def waiter() -> None:
-            if out.wait_for_scrape(30):
-                answered.set()
-
-        thread = threading.Thread(target=waiter)
-        thread.start()
-        # Scrape until the waiter reports: a scrape that raced ahead of its snapshot does not
-        # count, the next one does.
-        deadline = 30.0
-        while not answered.is_set() and deadline > 0:
-            _get(f"http://127.0.0.1:{port}/metrics")
-            answered.wait(0.5)
-            deadline -= 0.5
-        thread.join(30)
-        assert answered.is_set()
-    finally:
-        out.close()
 
 
 def test_a_metric_derived_from_one_field_is_one_catalogue_entry(

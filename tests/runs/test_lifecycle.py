@@ -126,7 +126,7 @@ def test_a_checkpoint_of_another_kind_is_a_usage_error_naming_it(tmp_path: Path)
 
 def test_a_session_attaches_the_runs_backends_and_closes_complete(tmp_path: Path) -> None:
     config = RunConfig(mode="ppo")
-    session = RunSession(config, BackendSpec(telemetry_dir=tmp_path), hub=NissaHub())
+    session = RunSession(BackendSpec(telemetry_dir=tmp_path), run_id=config.run_id, hub=NissaHub())
     assert session.hub.run_id == config.run_id
     session.hub.emit(TelemetryEvent(ET.TELEMETRY_WARNING,
                                     data={"reason": "events_dropped", "detail": "x"}))  # fmt: skip
@@ -141,6 +141,6 @@ def test_a_session_with_a_bad_path_names_it_and_closes_its_hub(tmp_path: Path) -
     blocker.write_text("")
     hub = NissaHub()
     with pytest.raises(BackendConfigError, match=str(blocker)):
-        RunSession(RunConfig(mode="ppo"), BackendSpec(telemetry_dir=blocker / "x"), hub=hub)
+        RunSession(BackendSpec(telemetry_dir=blocker / "x"), hub=hub)
     hub.emit(TelemetryEvent(ET.TELEMETRY_WARNING, data={"reason": "events_lost", "detail": "x"}))
     assert hub.stats().late == 1  # the hub was closed: nothing is left open behind the error

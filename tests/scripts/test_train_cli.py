@@ -10,8 +10,15 @@ import pytest
 
 from esper.leyline import TelemetryEventType, TelemetryLevel
 from esper.nissa import InMemoryOutput, NissaHub, read_events
+from esper.runs.session import RunSession
 from esper.scripts import cli
-from esper.scripts.train import build_parser, main, parse_args, setup_telemetry, telemetry_config
+from esper.scripts.train import (
+    backend_spec,
+    build_parser,
+    main,
+    parse_args,
+    telemetry_config,
+)
 
 
 def test_parser_accepts_every_contract_flag(tmp_path: Path) -> None:
@@ -83,11 +90,19 @@ def test_bad_values_exit_2_naming_the_flag(
     assert message in capsys.readouterr().err
 
 
+def _open(argv: list[str], hub: NissaHub) -> RunSession:
+    """The session ``esper train`` opens for these flags (its telemetry-off warning too)."""
+    args = parse_args(argv)
+    session = RunSession(backend_spec(args, "run-1"), run_id="run-1", hub=hub)
+    session.warn_if_telemetry_is_off(telemetry_config(args))
+    return session
+
+
 def test_telemetry_dir_prints_where_it_goes_and_receives_events(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     hub = NissaHub()
-    setup = setup_telemetry(parse_args(["heuristic", "--telemetry-dir", str(tmp_path)]), hub)
+    setup = _open(["heuristic", "--telemetry-dir", str(tmp_path)], hub).setup
     (run_dir,) = tmp_path.iterdir()
     assert f"Telemetry will be saved to: {run_dir}" in capsys.readouterr().out
     assert setup.destinations == [f"run directory: {run_dir}"]
@@ -99,7 +114,7 @@ def test_level_off_emits_one_warning_and_nothing_else() -> None:
     hub = NissaHub()
     out = InMemoryOutput()
     hub.add_backend(out)
-    setup_telemetry(parse_args(["ppo", "--telemetry-level", "off"]), hub)
+    _open(["ppo", "--telemetry-level", "off"], hub)
     hub.close()
     assert [(e.event_type, e.data["reason"]) for e in out.events] == [
         (TelemetryEventType.TELEMETRY_WARNING, "telemetry_disabled")
@@ -116,9 +131,7 @@ def test_an_unwritable_telemetry_dir_is_reported_before_training(
 def test_telemetry_file_flag_writes_jsonl(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "e.jsonl"
     hub = NissaHub()
-    setup_telemetry(
-        parse_args(["ppo", "--telemetry-file", str(path), "--telemetry-level", "off"]), hub
-    )
+    _open(["ppo", "--telemetry-file", str(path), "--telemetry-level", "off"], hub)
     hub.close()
     assert [e.data["reason"] for e in read_events(path, strict=True).events] == [
         "telemetry_disabled"

@@ -20,12 +20,11 @@ import signal
 import socket
 import tempfile
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from wsgiref.simple_server import WSGIServer
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -51,6 +50,7 @@ from esper.nissa.metric_catalogue import (
     Update,
     derived,
 )
+from esper.nissa.metrics_server import LingerResult, MetricsServer, TlsFiles
 
 ET = TelemetryEventType
 _ANOMALY_SCOPES = allowed_values(TelemetryEventType.GRADIENT_ANOMALY, "scope")
@@ -97,52 +97,6 @@ class _HubCollector(Collector):
         for b in stats.backends:
             lost.add_metric([b.name], b.lost)
         yield lost
-
-
-class _ScrapeTracker:
-    """Wraps the /metrics WSGI app to know when a scrape's response has been fully written
-    (WSGI calls ``close()`` on the response after writing it), so a finishing run can wait
-    until Prometheus holds its final state before the server goes away."""
-
-    def __init__(self, app: Callable[..., Iterable[bytes]]) -> None:
-        self.app = app
-        self.started = 0
-        self.latest_completed = 0
-        self.condition = threading.Condition()
-
-    def __call__(
-        self, environ: dict[str, Any], start_response: Callable[..., Any]
-    ) -> Iterable[bytes]:
-        with self.condition:
-            self.started += 1
-            seq = self.started
-        return _Response(self.app(environ, start_response), lambda: self._completed(seq))
-
-    def _completed(self, seq: int) -> None:
-        with self.condition:
-            self.latest_completed = max(self.latest_completed, seq)
-            self.condition.notify_all()
-
-    def wait_for_next(self, timeout: float) -> bool:
-        """Wait until a scrape that starts after this call has been answered in full."""
-        with self.condition:
-            after = self.started
-            return self.condition.wait_for(lambda: self.latest_completed > after, timeout)
-
-
-class _Response:
-    def __init__(self, body: Iterable[bytes], done: Callable[[], None]) -> None:
-        self._body = body
-        self._done = done
-
-    def __iter__(self) -> Iterator[bytes]:
-        return iter(self._body)
-
-    def close(self) -> None:
-        close = getattr(self._body, "close", None)
-        if close is not None:
-            close()
-        self._done()
 
 
 class CudaStatsSource:
@@ -261,7 +215,6 @@ class PrometheusOutput(OutputBackend):
             self._m[spec.name] = metric
         if hub_stats is not None:
             self.registry.register(_HubCollector(hub_stats))
-        self._scrapes: _ScrapeTracker | None = None
         if isinstance(cuda, CudaStatsSource):
             self.registry.register(_CudaCollector(cuda))
         elif cuda if cuda is not None else _cuda_available():
@@ -278,8 +231,7 @@ class PrometheusOutput(OutputBackend):
         self._seed_series: dict[int, set[str]] = {}
         self._reward_parts: dict[int, dict[str, float]] = {}
         self._episodes_seen: int | None = None
-        self._server: WSGIServer | None = None
-        self._server_thread: threading.Thread | None = None
+        self._server: MetricsServer | None = None
         self._sd_file: Path | None = None
         self._closed = False
         self._preinitialise()
@@ -347,8 +299,7 @@ class PrometheusOutput(OutputBackend):
         if self._sd_file is not None:
             self._sd_file.unlink(missing_ok=True)
         if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+            self._server.close()
 
     # -- serving ---------------------------------------------------------------------------
 
@@ -361,43 +312,40 @@ class PrometheusOutput(OutputBackend):
         keyfile: str | None = None,
         client_cafile: str | None = None,
     ) -> int:
-        """Serve ``/metrics`` on addr:port (0 picks a free port); returns the port bound."""
+        """Serve ``/metrics`` on addr:port (0 picks a free port); returns the port bound. A
+        port in use or a TLS file that cannot be used is a BackendConfigError naming it."""
         if (certfile is None) != (keyfile is None):
             raise BackendConfigError("TLS for /metrics needs both a certificate and a key")
-        for path in (certfile, keyfile, client_cafile):
-            if path is not None and not Path(path).is_file():
-                raise BackendConfigError(f"TLS file for /metrics not found: {path}")
+        tls = None
+        if certfile is not None and keyfile is not None:
+            ca = Path(client_cafile) if client_cafile is not None else None
+            tls = TlsFiles(Path(certfile), Path(keyfile), ca)
+        server = MetricsServer(self.registry, port, addr, tls)
         # The server's threads inherit this thread's signal mask: keep Ctrl-C for the main one.
         previous_mask = block_shutdown_signals()
         try:
-            self._server, self._server_thread = start_http_server(
-                port, addr, self.registry, certfile=certfile, keyfile=keyfile,
-                client_cafile=client_cafile, client_auth_required=client_cafile is not None,
-            )  # fmt: skip
-        except OSError as exc:
-            raise BackendConfigError(
-                f"cannot serve /metrics on {addr}:{port}: {exc.strerror or exc}"
-            ) from exc
-        except Exception as exc:  # ssl.SSLError and friends from a bad certificate
-            raise BackendConfigError(f"cannot set up TLS for /metrics: {exc}") from exc
+            server.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
-        app = self._server.get_app()
-        assert app is not None  # start_http_server installed the metrics app
-        self._scrapes = _ScrapeTracker(app)
-        self._server.set_app(self._scrapes)
-        return int(self._server.server_port)
+        self._server = server
+        return server.port
 
-    def wait_for_scrape(self, timeout: float) -> bool:
-        """Block until a scrape that starts after this call has been answered in full (so
-        it saw everything delivered so far), or ``timeout`` seconds pass."""
-        if self._scrapes is None:
-            return False
-        return self._scrapes.wait_for_next(timeout)
+    def wait_for_final_scrape(self, timeout: float) -> LingerResult:
+        """Block until every Prometheus that scraped ``/metrics`` (or, when none has yet, the
+        first one) has read a response rendered after this call, so it holds everything
+        delivered so far; at most ``timeout`` seconds. Other clients do not count."""
+        if self._server is None:
+            return LingerResult(scraped=(), missed=())
+        return self._server.tracker.wait_for_final(timeout)
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        """(host, port) the endpoint is bound to, once serving."""
+        return None if self._server is None else self._server.address
 
     @property
     def port(self) -> int | None:
-        return None if self._server is None else int(self._server.server_port)
+        return None if self._server is None else self._server.port
 
     def write_sd_file(
         self, directory: str | os.PathLike[str], *, host: str, labels: dict[str, str]

@@ -245,10 +245,13 @@ def _rank_files(d: Path) -> list[Path]:
 
 
 def _resolve(p: Path) -> list[Path]:
+    try:
+        p.stat()
+    except OSError as exc:  # missing, a symlink loop, a directory we may not enter
+        why = exc.strerror or str(exc)
+        raise ReplayError(f"{p}: {why[:1].lower()}{why[1:]}") from None
     if p.is_file():
         return [p]
-    if not p.exists():
-        raise ReplayError(f"{p}: no such file or directory")
     if not p.is_dir():
         raise ReplayError(f"{p}: not a file or directory")
     if _is_run_dir(p):

@@ -148,6 +148,18 @@ def _agent_store() -> Any:
         return None
 
 
+def check_device(device: str) -> None:
+    """A UsageError naming ``--device`` when ``device`` is not on this machine."""
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine")
+    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
+        raise UsageError(
+            f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
+        )
+    if device == "mps" and not torch.backends.mps.is_available():
+        raise UsageError("--device mps: MPS is not available on this machine")
+
+
 def rank_device(info: RankInfo, requested: str | None) -> str:
     """The device a rank steps its envs on: ``cuda:LOCAL_RANK`` when CUDA is there (or asked
     for with ``--device cuda``), the CPU when asked (``--device cpu``) or without CUDA."""
@@ -156,8 +168,7 @@ def rank_device(info: RankInfo, requested: str | None) -> str:
     if requested == "cpu":
         return "cpu"
     if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise UsageError("--device cuda: CUDA is not available on this machine")
+        check_device("cuda")
         return f"cuda:{info.local_rank}"
     raise UsageError(
         f"--device {requested}: under torchrun each rank uses one device: cuda:LOCAL_RANK "

@@ -364,13 +364,16 @@ def run_training(
     hub: EmitsEvents | None = None,
     progress: Progress | None = None,
     ranks: Distributed | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> RunResult:
     """Train ``config.episodes`` episodes with ``config.mode``'s controller, emitting telemetry
     into ``hub`` (default: the process-wide hub); ``progress(done, total, status)`` as it
     goes. The run is recorded as completed, interrupted or failed however it ends.
 
     In a multi-rank run (``ranks``, from ``esper.runs.distributed.start``) this process
-    trains its share of the envs with the others; rank 0 alone writes the checkpoint."""
+    trains its share of the envs with the others; rank 0 alone writes the checkpoint.
+    ``on_started()`` is called once the run is recorded as started: from then on, however it
+    ends, TRAINING_COMPLETED says how."""
     hub = hub if hub is not None else get_hub()
     placement = choose_threads(config.threads)
     apply_placement(placement)
@@ -396,20 +399,6 @@ def run_training(
                     message=f"resumed from {config.resume} after {resumed} episodes",
                 )
             )
-    if lifecycle_emit is not None:
-        lifecycle_emit(
-            make_event(
-                ET.TRAINING_STARTED,
-                training_started_payload(
-                    config,
-                    envs[0].model.host_param_count(),
-                    placement,
-                    **driver.started_fields(),
-                ),
-                message=f"{config.mode} run {config.run_id} on {config.task}"
-                + (f" with {len(envs)} envs" if config.mode == "ppo" else ""),
-            )
-        )
 
     def finish() -> None:
         result.episodes_completed = driver.episodes_completed
@@ -421,6 +410,22 @@ def run_training(
 
     units, steps = driver.units(), driver.unit_steps()
     with run_completion(lifecycle_emit, result, finish, ranks):
+        if lifecycle_emit is not None:
+            lifecycle_emit(
+                make_event(
+                    ET.TRAINING_STARTED,
+                    training_started_payload(
+                        config,
+                        envs[0].model.host_param_count(),
+                        placement,
+                        **driver.started_fields(),
+                    ),
+                    message=f"{config.mode} run {config.run_id} on {config.task}"
+                    + (f" with {len(envs)} envs" if config.mode == "ppo" else ""),
+                )
+            )
+        if on_started is not None:
+            on_started()
         for unit in range(units):
 
             def report(done: int, status: str, unit: int = unit) -> None:

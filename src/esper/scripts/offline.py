@@ -14,9 +14,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from esper.leyline import UsageError
-from esper.nissa import get_hub
-from esper.nissa.backends import BackendSpec, attach_backends
+from esper.nissa.backends import BackendSpec
 from esper.runs.config import new_run_id
+from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.simic.comparison import (
@@ -67,18 +67,21 @@ def _compare(args: argparse.Namespace) -> int:
             "sets have 27 (no telemetry), 37 (seed telemetry) or 54 (legacy)"
         )
     print(f"{args.model}: {iql.state_dim} features (seed telemetry: {telemetry_type})")
-    hub = get_hub()
-    hub.run_id = new_run_id("offline-compare")
-    attach_backends(hub, BackendSpec(telemetry_dir=args.telemetry_dir))
+    session = RunSession(
+        BackendSpec(telemetry_dir=args.telemetry_dir), run_id=new_run_id("offline-compare")
+    )
+    code = EXIT_FAILURE
     try:
         live_comparison(
             [HeuristicController(), PolicyController(iql.act)], seeds=args.seeds,
             task=args.task, max_epochs=args.max_epochs, use_telemetry=use_telemetry,
-            telemetry_type=telemetry_type, emit=hub.emit,
+            telemetry_type=telemetry_type, emit=session.hub.emit,
         )  # fmt: skip
+        code = EXIT_OK
     finally:
-        hub.close()
-    return 0
+        session.close(interrupted=code != EXIT_OK)
+        print(session.summary().text)
+    return session.exit_status(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -16,8 +16,9 @@ from esper.leyline import (
     UsageError,
 )
 from esper.nissa import NissaHub, iter_events, read_events
-from esper.nissa.backends import BackendSpec, attach_backends
-from esper.nissa.replay import LineProblem, run_status
+from esper.nissa.backends import BackendSpec
+from esper.nissa.replay import LineProblem, resolve_events_files, run_status
+from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
 from esper.scripts._preflight import check_output_dir, check_output_file
 
 _PATH_HELP = (
@@ -75,8 +76,16 @@ def _summarize(args: argparse.Namespace) -> int:
 
 
 def _replay(args: argparse.Namespace) -> int:
+    # The inputs are found before any output exists: a new run directory under an input's
+    # parent is then never read back, and an output that is an input is refused.
+    files = resolve_events_files(args.path)
     if args.telemetry_file is not None:
         check_output_file("--telemetry-file", args.telemetry_file)
+        if any(_same_file(args.telemetry_file, f) for f in files):
+            raise UsageError(
+                f"--telemetry-file {args.telemetry_file}: is one of the files being replayed "
+                "(it would read its own output back); write to another file"
+            )
     if args.telemetry_dir is not None:
         check_output_dir("--telemetry-dir", args.telemetry_dir)
     problems: list[LineProblem] = []
@@ -84,29 +93,30 @@ def _replay(args: argparse.Namespace) -> int:
     if args.strict:
         # Read (and so check) the whole input before any output exists: a corrupt line
         # then leaves nothing half-written behind.
-        replay = read_events(args.path, strict=True)
+        replay = read_events(files, strict=True)
         source = zip(replay.events, replay.seqs, strict=True)
         problems = replay.problems
     else:
-        source = iter_events(args.path, problems=problems)
-    hub = NissaHub()
+        source = iter_events(files, problems=problems)
+    session = RunSession(
+        BackendSpec(telemetry_file=args.telemetry_file, telemetry_dir=args.telemetry_dir),
+        hub=NissaHub(),
+    )
     n = 0
     # Enough to say how the run ended without keeping a streamed run in memory.
     ends: list[TelemetryEvent] = []
     last: dict[int | None, TelemetryEvent] = {}  # each rank's latest event
+    code = EXIT_FAILURE
     try:
-        attach_backends(
-            hub, BackendSpec(telemetry_file=args.telemetry_file, telemetry_dir=args.telemetry_dir)
-        )
         for event, _seq in source:
-            hub.emit(event)
+            session.hub.emit(event)
             n += 1
             last[event.rank] = event
             if event.event_type in _RUN_ENDS:
                 ends.append(event)
+        code = EXIT_OK
     finally:
-        hub.close()
-    stats = hub.stats()
+        session.close(interrupted=code != EXIT_OK)
     status = run_status([*ends, *last.values()])
     where = _where(args.path)
     print(f"replayed {n} events; the recorded run's status: {status}")
@@ -114,12 +124,15 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"warning: {where}: {status.detail}", file=sys.stderr)
     for problem in problems:
         print(f"  warning: {problem}", file=sys.stderr)
-    if not stats.complete:
-        lost = ", ".join(f"{b.name}: {b.not_kept}" for b in stats.backends if b.not_kept)
-        print(f"esper telemetry: error: events were lost while replaying ({lost})",
-              file=sys.stderr)  # fmt: skip
-        return 3
-    return 0
+    print(session.summary().text)
+    return session.exit_status(code)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def main(argv: Sequence[str] | None = None) -> int:

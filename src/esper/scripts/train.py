@@ -1,60 +1,30 @@
-"""``esper train {ppo,heuristic}``: parse and validate flags, set up telemetry, run, summarise.
+"""``esper train {ppo,heuristic}``: parse and validate flags into a training request, print.
 
-Bad flag values exit with status 2 and a message naming the flag; a telemetry destination that
-cannot be opened is reported (naming the path) before any training starts.
+Bad flag values exit with status 2 and a message naming the flag. The run itself, from joining
+the ranks to the exit status, is ``esper.runs.launch``; this module parses, prints, and brings
+the Sanctum terminal UI.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import threading
-import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, TextIO
-
-import torch
 
 from esper.karn.sanctum import SanctumAggregator
 from esper.karn.sanctum.app import SanctumApp
-from esper.leyline import (
-    BackendConfigError,
-    RankInfo,
-    Severity,
-    TelemetryConfig,
-    TelemetryEvent,
-    TelemetryEventType,
-    TelemetryLevel,
-    UsageError,
-)
-from esper.nissa import (
-    NissaHub,
-    install_signal_handlers,
-    start_daemon_thread,
-)
-from esper.nissa.backends import (
-    BackendSpec,
-    TelemetrySetup,
-    attach_backends,
-    free_run_dir_name,
-)
-from esper.runs import distributed, run_host_only, run_training
-from esper.runs.config import RunConfig, StopRequest
-from esper.runs.distributed import Distributed
-from esper.runs.lifecycle import RunResult, describe_stop, stop_signal
-from esper.runs.session import RunSession
+from esper.leyline import RankInfo, TelemetryConfig, TelemetryLevel, UsageError
+from esper.nissa import NissaHub
+from esper.nissa.backends import BackendSpec
+from esper.runs import distributed
+from esper.runs.config import RunConfig
+from esper.runs.launch import TrainRequest, launch
+from esper.runs.lifecycle import RunResult
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.scripts._progress import ProgressBar
 from esper.tolaria.environment import Fault
-
-EXIT_FAILURE = 1
-EXIT_USAGE = 2
-EXIT_TELEMETRY_LOST = 3
-"""Training finished, but telemetry a user asked for was lost (named in the summary)."""
-EXIT_INTERRUPTED = 130
-"""How long delivering and closing the telemetry may take at the end of a run."""
 
 TASKS: tuple[str, ...] = ("digits", "cifar10")
 TELEMETRY_LEVELS: tuple[str, ...] = tuple(level.name.lower() for level in TelemetryLevel)
@@ -317,93 +287,14 @@ def backend_spec(
     )
 
 
-def setup_telemetry(args: argparse.Namespace, hub: NissaHub) -> TelemetrySetup:
-    """Attach the backends the flags ask for (through the one backend factory) and say so
-    when telemetry is off. Raises BackendConfigError naming the path."""
-    setup = attach_backends(hub, backend_spec(args, hub.run_id or ""))
-    warn_if_telemetry_is_off(args, hub)
-    return setup
-
-
-def warn_if_telemetry_is_off(args: argparse.Namespace, hub: NissaHub) -> None:
-    """One TELEMETRY_WARNING when the level is off (what is kept, if anything)."""
-    config = telemetry_config(args)
-    if config.level is TelemetryLevel.OFF:
-        detail = "telemetry level is off" + (
-            "; seed lifecycle events stay on (--telemetry-lifecycle-only)"
-            if config.lifecycle_only
-            else ""
-        )
-        hub.emit(
-            TelemetryEvent(
-                event_type=TelemetryEventType.TELEMETRY_WARNING,
-                message=detail,
-                data={"reason": "telemetry_disabled", "detail": detail},
-                severity=Severity.WARNING,
-            )
-        )
-
-
-def print_summary(
-    setup: TelemetrySetup, stream: TextIO | None = None, *, rank: RankInfo | None = None
-) -> bool:
-    """The closing lines: where telemetry went, events written, dropped and lost, and a
-    plain verdict (of one rank's telemetry, in a multi-rank run). Returns True when every
-    event was kept by every backend and matched the payload catalogue."""
-    stats = setup.hub.stats()
-    title = "Telemetry summary"
-    if rank is not None and rank.distributed:
-        title += f" of rank {rank.rank} of {rank.world_size} (node {rank.node})"
-    lines = ["", title]
-    lines += [f"  {d}" for d in setup.destinations] or ["  no telemetry destination configured"]
-    lines.append(
-        f"  events emitted: {stats.emitted}, dropped: {stats.total_dropped}"
-        + (f", arrived after close: {stats.late}" if stats.late else "")
-        + (f", with no backend attached: {stats.unrouted}" if stats.unrouted else "")
-        + f"; telemetry threads used {stats.cpu_seconds:.3f} s of CPU"
-    )
-    for b in stats.backends:
-        extra = "".join(
-            f", {label} {n}"
-            for label, n in (("lost", b.lost), ("undelivered at close", b.pending))
-            if n
-        )
-        problem = f", last error: {b.last_error}" if b.last_error else ""
-        lines.append(
-            f"  {b.name}: sent {b.emitted}, delivered {b.delivered}, dropped {b.dropped}, "
-            f"failed {b.failed}"
-            f"{extra}{problem}"
-        )
-    complete = stats.complete
-    if complete:
-        lines.append("  telemetry complete: every event was kept by every backend")
-    else:
-        lost = [f"{b.name}: {b.not_kept}" for b in stats.backends if b.not_kept]
-        if stats.late:
-            lost.append(f"after close: {stats.late}")
-        lines.append(
-            "  TELEMETRY INCOMPLETE: events were lost ("
-            + (", ".join(lost) or f"dropped at the hub: {stats.dropped}")
-            + f"); exit status {EXIT_TELEMETRY_LOST} unless the run failed otherwise"
-        )
-    if stats.invalid:
-        lines.append(
-            f"  PAYLOAD MISMATCH: {stats.invalid} events did not match the payload catalogue "
-            f"(exit status {EXIT_TELEMETRY_LOST}); first of each type: "
-            + "; ".join(stats.invalid_examples)
-        )
-    print("\n".join(lines), file=stream or sys.stdout)
-    return complete and not stats.invalid
-
-
-def run_config(args: argparse.Namespace, ranks: Distributed | None = None) -> RunConfig:
-    """The training configuration the flags describe (for one rank of ``ranks``: its device
-    and place in the job)."""
+def run_config(args: argparse.Namespace) -> RunConfig:
+    """The training configuration the flags describe (``esper.runs.launch`` sets the device
+    and place in the job of each rank)."""
     return RunConfig(
         mode=args.mode,
         task=args.task,
         data_dir=args.data_dir,
-        device=(args.device or "cpu") if ranks is None else ranks.device,
+        device=args.device or "cpu",
         seed=args.seed,
         episodes=args.episodes,
         max_epochs=args.max_epochs,
@@ -420,19 +311,7 @@ def run_config(args: argparse.Namespace, ranks: Distributed | None = None) -> Ru
         telemetry=telemetry_config(args),
         counterfactual=args.counterfactual.replace("-", "_"),
         threads=args.threads,
-        ranks=RankInfo() if ranks is None else ranks.info,
     )
-
-
-def _check_device(device: str) -> None:
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError(f"--device {device}: CUDA is not available on this machine")
-    if device.startswith("cuda:") and int(device[5:]) >= torch.cuda.device_count():
-        raise UsageError(
-            f"--device {device}: only {torch.cuda.device_count()} CUDA device(s) present"
-        )
-    if device == "mps" and not torch.backends.mps.is_available():
-        raise UsageError("--device mps: MPS is not available on this machine")
 
 
 def print_training_summary(result: RunResult, baseline: list[float] | None) -> None:
@@ -457,63 +336,6 @@ def print_training_summary(result: RunResult, baseline: list[float] | None) -> N
     print("\n".join(lines))
 
 
-def _train_under_sanctum(config: RunConfig, hub: NissaHub) -> RunResult:
-    """Train on a worker thread while the Sanctum UI runs on the main one (Textual needs
-    it). Ctrl-C in the UI, or SIGTERM, stops training at the next epoch boundary (the run
-    ends ``interrupted``); quitting the UI with q lets training finish, and Ctrl-C or SIGTERM
-    then stop it the same way. The process never exits while training still runs."""
-    aggregator = SanctumAggregator()
-    hub.add_backend(aggregator)
-    stop = config.stop = StopRequest()
-    outcome: dict[str, Any] = {}
-    # An Event, not Thread.join: on Python 3.11 a join interrupted by a signal marks the
-    # thread stopped while it still runs, and exiting then aborts inside torch.
-    finished = threading.Event()
-
-    def work() -> None:
-        try:
-            outcome["result"] = run_training(config, hub=hub)
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the main thread
-            outcome["error"] = exc
-        finally:
-            finished.set()
-
-    # The worker must not take Ctrl-C or SIGTERM: the main thread turns them into `stop`.
-    start_daemon_thread(work, "esper-training")
-    stopped_by: BaseException | None = None
-    app = SanctumApp(aggregator.get_snapshot, on_interrupt=stop.request)
-    try:
-        try:
-            app.run()
-        finally:
-            install_signal_handlers()  # the app's event loop took SIGTERM while it ran
-        if app.interrupted_by is not None:
-            stopped_by = app.interrupted_by
-        elif not finished.is_set():
-            print("Sanctum closed; training continues (Ctrl-C stops it)...", flush=True)
-    except (KeyboardInterrupt, SystemExit) as exc:
-        stop.request(describe_stop(exc)[1])
-        stopped_by = exc
-    while not finished.is_set():
-        try:
-            finished.wait()
-        except (KeyboardInterrupt, SystemExit) as exc:
-            stop.request(describe_stop(exc)[1])
-            stopped_by = stopped_by or exc
-            print("stopping at the next epoch boundary...", file=sys.stderr, flush=True)
-    if stopped_by is not None:
-        raise stopped_by
-    if "error" in outcome:
-        raise outcome["error"]
-    result: RunResult = outcome["result"]
-    return result
-
-
-def _interrupted_code(exc: BaseException) -> int:
-    signum = stop_signal(exc)
-    return EXIT_INTERRUPTED if signum is None else 128 + signum
-
-
 def preflight(args: argparse.Namespace) -> None:
     """Check every output path the run will need before any work starts (UsageError)."""
     if args.save is not None:
@@ -526,124 +348,45 @@ def preflight(args: argparse.Namespace) -> None:
         check_output_dir("--metrics-sd-dir", args.metrics_sd_dir)
 
 
+class SanctumUI:
+    """The Sanctum terminal dashboard beside a training run (``--sanctum``)."""
+
+    def __init__(self) -> None:
+        self.aggregator = SanctumAggregator()
+
+    def attach(self, hub: NissaHub) -> None:
+        hub.add_backend(self.aggregator)
+
+    def run(self, stop: Callable[[str], None]) -> BaseException | None:
+        app = SanctumApp(self.aggregator.get_snapshot, on_interrupt=stop)
+        app.run()
+        return app.interrupted_by
+
+
+def request(args: argparse.Namespace) -> TrainRequest:
+    """The training request the parsed flags describe."""
+
+    def spec(run_id: str, ranks: RankInfo, run_dir: str | None) -> BackendSpec:
+        return backend_spec(args, run_id, ranks, run_dir)
+
+    return TrainRequest(
+        config=run_config(args),
+        spec=spec,
+        device=args.device,
+        telemetry_dir=args.telemetry_dir,
+        preflight=lambda: preflight(args),
+        linger_seconds=args.metrics_linger,
+        baseline=args.baseline,
+        ui=SanctumUI() if args.sanctum else None,
+        progress=lambda: ProgressBar("training"),
+        report=print_training_summary,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run ``esper train``. Exit status: 0 done and every event kept; 1 training failed;
-    2 bad usage; 3 training done but telemetry lost events (or events broke the payload
-    catalogue); 130 / 143 interrupted (Ctrl-C / SIGTERM).
-
-    Under ``torchrun`` every rank runs this: they join one process group, take rank 0's run
-    id and run directory name, and start only when every rank could set up (a rank that
-    cannot says why; the others exit 2 too rather than wait for it)."""
-    args = parse_args(argv)
-    try:
-        ranks = distributed.start(args.device)
-    except UsageError as exc:
-        print(f"esper train: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    try:
-        return _main(args, ranks)
-    finally:
-        if ranks is not None:
-            ranks.close()
-
-
-def _open_session(
-    args: argparse.Namespace, config: RunConfig, ranks: Distributed | None
-) -> RunSession | None:
-    """Check the flags' paths and devices and open the run's telemetry; None (after saying
-    why) when this rank, or under torchrun any rank, cannot."""
-    run_dir: str | None = None
-    if ranks is not None:
-        lead = ranks.info.rank == 0
-        mine = free_run_dir_name(args.telemetry_dir) if lead and args.telemetry_dir else None
-        config.run_id, run_dir = ranks.agree((config.run_id, mine))
-        ranks.join_run(config.run_id)
-    error: str | None = None
-    session: RunSession | None = None
-    try:
-        for device in config.devices:
-            _check_device(device)
-        preflight(args)
-        session = RunSession(config, backend_spec(args, config.run_id, config.ranks, run_dir))
-    except (UsageError, BackendConfigError) as exc:
-        error = str(exc)
-        print(f"esper train: error: {exc_prefix(config)}{error}", file=sys.stderr)
-    if ranks is not None and not ranks.all_ok(error is None):
-        if session is not None:
-            print(f"esper train: error: {exc_prefix(config)}another rank could not start "
-                  "(its error says why)", file=sys.stderr)  # fmt: skip
-            session.close()
-        return None
-    return session
-
-
-def _main(args: argparse.Namespace, ranks: Distributed | None) -> int:
-    config = run_config(args, ranks)
-    session = _open_session(args, config, ranks)
-    if session is None:
-        return EXIT_USAGE
-    hub = session.hub
-    warn_if_telemetry_is_off(args, hub)
-    lead = config.ranks.rank == 0
-    code = EXIT_FAILURE
-    try:
-        if args.sanctum:
-            result = _train_under_sanctum(config, hub)
-        else:
-            bar = ProgressBar("training") if lead else None
-            try:
-                result = run_training(config, hub=hub, progress=bar, ranks=ranks)
-            finally:
-                if bar is not None:
-                    bar.close()
-        baseline = run_host_only(config) if args.baseline else None
-        if lead:
-            print_training_summary(result, baseline)
-        code = 0
-    except UsageError as exc:
-        print(f"esper train: error: {exc}", file=sys.stderr)
-        code = EXIT_USAGE
-    except BaseException as exc:  # noqa: BLE001 - reported and recorded; see _stopped
-        code = _stopped(exc, config, ranks)
-    finally:
-        code = _finish(args, session, code)
-    return code
-
-
-def _stopped(exc: BaseException, config: RunConfig, ranks: Distributed | None) -> int:
-    """Say why the run stopped (recorded so by the lifecycle) and choose the exit status:
-    a rank that stopped because another rank was lost failed (1), whatever stopped it."""
-    who = exc_prefix(config)
-    if ranks is not None and ranks.lost:
-        _status, why = describe_stop(exc)
-        print(f"\nesper train: {who}training failed: lost {ranks.describe(ranks.lost)} "
-              f"({why}); the run is recorded as failed", file=sys.stderr)  # fmt: skip
-        return EXIT_FAILURE
-    if isinstance(exc, KeyboardInterrupt | SystemExit):
-        _status, why = describe_stop(exc)
-        print(f"\nesper train: {who}interrupted ({why}); the run is recorded as interrupted",
-              file=sys.stderr)  # fmt: skip
-        return _interrupted_code(exc)
-    if not isinstance(exc, Exception):
-        raise exc
-    traceback.print_exc()
-    print(f"esper train: {who}training failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-    return EXIT_FAILURE
-
-
-def exc_prefix(config: RunConfig) -> str:
-    """``rank 1: `` in a multi-rank run (every rank writes to the same terminal)."""
-    return f"rank {config.ranks.rank}: " if config.ranks.distributed else ""
-
-
-def _finish(args: argparse.Namespace, session: RunSession, code: int) -> int:
-    """Close the run's telemetry (after a final scrape, see ``RunSession.close``), print the
-    summary, and choose the exit status: a run that finished but lost telemetry exits 3."""
-    session.close(linger_seconds=args.metrics_linger, interrupted=code >= EXIT_INTERRUPTED)
-    complete = print_summary(session.setup, rank=session.ranks)
-    if code == 0 and not complete:
-        return EXIT_TELEMETRY_LOST
-    return code
+    """Run ``esper train``; the exit status is ``esper.runs.launch``'s (0 done and every event
+    kept; 1 failed; 2 bad usage; 3 telemetry lost; 130 / 143 interrupted)."""
+    return launch(request(parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -705,9 +705,18 @@ class VectorizedPPO:
                 f"{source}: policy observes {checkpoint.get('state_dim')} features, "
                 f"this build {self.policy.state_dim}"
             )
-        self.policy.load_state_dict(checkpoint["policy"])
-        self.trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-        self.trainer.entropy_coef = float(checkpoint.get("entropy_coef", self.trainer.entropy_coef))
-        self.start_episode = int(checkpoint["episodes_completed"])
+        try:
+            self.policy.load_state_dict(checkpoint["policy"])
+            self.trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+            entropy = float(checkpoint.get("entropy_coef", self.trainer.entropy_coef))
+            episodes = int(checkpoint["episodes_completed"])
+        except KeyError as exc:
+            raise ValueError(f"{source}: the checkpoint has no {exc.args[0]!r}") from exc
+        except (RuntimeError, TypeError, ValueError, AttributeError) as exc:
+            # load_state_dict names the missing, unexpected or misshapen keys.
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ValueError(f"{source}: the checkpoint does not fit this policy: {first}") from exc
+        self.trainer.entropy_coef = entropy
+        self.start_episode = episodes
         self.comm.broadcast_parameters(self.policy)  # every rank read the same file; make sure
         return self.start_episode
