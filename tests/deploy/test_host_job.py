@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,9 +72,9 @@ def _shipped_alertmanager(tmp: Path, secrets: Path) -> Path:
     return tmp / "alertmanager.yml"
 
 
-def _shipped_prometheus(tmp: Path, targets: Path, am_port: int) -> Path:
+def _shipped_prometheus(tmp: Path, targets: Path, am_port: int, interval: str = "1s") -> Path:
     """deploy/prometheus/prometheus.yml with each container path mapped to its mount's host
-    source, compose service names to loopback, and 1 s intervals."""
+    source, compose service names to loopback, and short intervals (1 s by default)."""
     service = _compose()["services"]["prometheus"]
     text = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
     for volume in service["volumes"]:
@@ -86,7 +88,7 @@ def _shipped_prometheus(tmp: Path, targets: Path, am_port: int) -> Path:
             text = text.replace(target, str(REPO / source))
     text = text.replace("alertmanager:9093", f"127.0.0.1:{am_port}")
     config = yaml.safe_load(text)
-    config["global"].update(scrape_interval="1s", evaluation_interval="1s")
+    config["global"].update(scrape_interval=interval, evaluation_interval=interval)
     for job in config["scrape_configs"]:
         job.pop("scrape_interval", None)
         for sd in job.get("file_sd_configs", []):
@@ -95,12 +97,20 @@ def _shipped_prometheus(tmp: Path, targets: Path, am_port: int) -> Path:
     return tmp / "prometheus.yml"
 
 
-@pytest.fixture(scope="module")
-def host_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostStack]:
-    tmp = tmp_path_factory.mktemp("host")
-    targets, secrets = tmp / "targets", tmp / "secrets"
+@contextmanager
+def _host_stack(
+    tmp: Path, train_args: list[str], interval: str = "1s", *, register_late: bool = False
+) -> Iterator[HostStack]:
+    """The shipped Alertmanager and Prometheus (scraping every ``interval``) on loopback, and
+    one ``esper train ppo`` run with ``train_args`` registered the documented way, finished.
+
+    ``register_late``: the run registers in a directory of its own, and its target reaches
+    Prometheus only once training is over and the run waits for its final scrape: the first
+    scrape Prometheus ever makes of the run sees its final state."""
+    targets, secrets, staged = tmp / "targets", tmp / "secrets", tmp / "staged"
     targets.mkdir()
     secrets.mkdir()
+    staged.mkdir()
     chat = ChatWebhook()
     (secrets / "chat_webhook_url").write_text(chat.url + "\n")  # the documented way
     am_port, prom_port = free_port(), free_port()
@@ -110,8 +120,9 @@ def host_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostStack]:
         "--cluster.listen-address=",
     ]  # fmt: skip
     base = f"http://127.0.0.1:{prom_port}"
+    config = _shipped_prometheus(tmp, targets, am_port, interval)
     prom_cmd = [
-        "prometheus", f"--config.file={_shipped_prometheus(tmp, targets, am_port)}",
+        "prometheus", f"--config.file={config}",
         f"--storage.tsdb.path={tmp / 'prom-data'}", f"--web.listen-address=127.0.0.1:{prom_port}",
         "--rules.alert.resend-delay=1s",
     ]  # fmt: skip
@@ -122,25 +133,66 @@ def host_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostStack]:
             _process(prom_cmd, tmp / "prom.log", f"{base}/-/ready", "Prometheus"),
         ):
             job = subprocess.Popen(
-                [sys.executable, "-m", "esper.scripts.train", "ppo", "--n-envs", "2",
-                 "--episodes", "4", "--max-epochs", "10", "--seed", "3",
-                 "--inject-fault", "exploding-gradients@4",
+                [sys.executable, "-m", "esper.scripts.train", "ppo", *train_args,
                  "--metrics-addr", "lo", "--metrics-port", "0",
-                 "--metrics-sd-dir", str(targets), "--metrics-sd-host", "127.0.0.1",
-                 "--metrics-linger", "30", "--telemetry-dir", str(tmp / "runs")],
+                 "--metrics-sd-dir", str(staged if register_late else targets),
+                 "--metrics-sd-host", "127.0.0.1",
+                 "--metrics-linger", "60", "--telemetry-dir", str(tmp / "runs")],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
+            head = ""
+            if register_late:
+                assert job.stdout is not None
+                for line in job.stdout:  # the run says when training is over
+                    head += line
+                    if line.startswith("Waiting up to"):
+                        break
+                for path in staged.glob("*.json"):
+                    shutil.copy(path, targets / path.name)
             # While it runs, its target is in the bind-mounted directory.
             wait_until(lambda: any(targets.glob("*.json")) or job.poll() is not None, 120,
                        "the host job's target file")  # fmt: skip
             for path in targets.glob("*.json"):
                 registered.extend(json.loads(path.read_text()))
             stdout, stderr = job.communicate(timeout=600)
+            stdout = head + stdout
+            if register_late:  # as the run itself does when it ends
+                for path in targets.glob("*.json"):
+                    path.unlink()
             train = subprocess.CompletedProcess(job.args, job.returncode, stdout, stderr)
             assert train.returncode == 0, stderr
             yield HostStack(base, chat, targets, train, registered)
     finally:
         chat.close()
+
+
+@pytest.fixture(scope="module")
+def host_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HostStack]:
+    train_args = ["--n-envs", "2", "--episodes", "4", "--max-epochs", "10", "--seed", "3",
+                  "--inject-fault", "exploding-gradients@4"]  # fmt: skip
+    with _host_stack(tmp_path_factory.mktemp("host"), train_args) as stack:
+        yield stack
+
+
+def test_a_run_first_scraped_after_its_anomaly_still_pages(tmp_path: Path) -> None:
+    """The timing that made this module flaky, as a case of its own, made certain: 2 s scrapes,
+    and a run whose exploding gradients come in its last epoch, first scraped (through file_sd)
+    only when training is over. Prometheus sees the counter once, already above zero, in the
+    final scrape that --metrics-linger waits for; then the target is gone and every series goes
+    stale. The shipped rules must keep the alert firing past the critical route's 10 s
+    group_wait, and the shipped Alertmanager must deliver it. (With the rules as they were,
+    the alert resolved within one scrape interval and nothing was sent.)"""
+    train_args = ["--n-envs", "2", "--episodes", "1", "--max-epochs", "3", "--seed", "3",
+                  "--inject-fault", "exploding-gradients@3"]  # fmt: skip
+    with _host_stack(tmp_path, train_args, interval="2s", register_late=True) as stack:
+        summary = stack.train.stdout
+        assert "final state read by every Prometheus that scraped" in summary, summary
+        lowest = query(stack.prometheus, 'min_over_time(esper_gradient_anomalies_total'
+                       '{kind="exploding",scope="host"}[10m])')  # fmt: skip
+        assert [float(r["value"][1]) for r in lowest] == [1.0]  # never seen at zero
+        message = stack.chat.wait_for("EsperExplodingGradients", timeout=120)
+        (attachment,) = message["attachments"]
+        assert re.match(r"\[FIRING:\d+\] EsperExplodingGradients \(critical\)", attachment["title"])
 
 
 def test_the_host_job_registers_through_the_bind_mounted_directory(host_stack: HostStack) -> None:

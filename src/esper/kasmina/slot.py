@@ -19,7 +19,6 @@ mode, sends to the slot's ``on_telemetry`` callback (or, when none is set, to it
 
 from __future__ import annotations
 
-import logging
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -39,13 +38,12 @@ from esper.leyline import (
     TelemetryConfig,
     TelemetryEvent,
     TelemetryEventType,
+    emit_event,
     is_active_stage,
     is_valid_transition,
-    make_event,
 )
 from esper.nissa import emit as hub_emit
 
-_log = logging.getLogger("esper.kasmina")
 ET = TelemetryEventType
 _SIGMOID_STEEPNESS = 8.0
 
@@ -424,40 +422,35 @@ class SeedSlot(nn.Module):
         severity: Severity = Severity.INFO,
     ) -> None:
         """The one way this slot emits: the seed's identity, alpha and epochs (``inner_epoch``
-        within the episode, ``global_epoch`` across the run), then ``data`` over them. Never
-        raises: a lifecycle step must not fail because its telemetry did."""
+        within the episode, ``global_epoch`` across the run), then ``data`` over them, through
+        leyline's guarded path: a failing sink never fails a lifecycle step (it is counted in
+        ``telemetry_failures``); a payload that breaks the catalogue raises in strict mode."""
         ctx = self.context
         if self.fast_mode or ctx.fast_mode or not ctx.telemetry.lifecycle or self.state is None:
             return
         sink = self.on_telemetry if self.on_telemetry is not None else ctx.emit
-        try:
-            state = self.state
-            data = {
-                "env_id": ctx.env_id,
-                "device": ctx.device,
-                "slot_id": self.slot_id,
-                "seed_id": state.seed_id,
-                "blueprint_id": state.blueprint_id,
-                "alpha": state.alpha,
-                "inner_epoch": ctx.inner_epoch,
-                "global_epoch": ctx.global_epoch,
-                "epochs_total": state.epochs_total,
-                "epochs_in_stage": state.epochs_in_stage,
-                **(data or {}),
-            }
-            sink(
-                make_event(
-                    event_type,
-                    data,
-                    message=message,
-                    severity=severity,
-                    seed_id=state.seed_id,
-                    slot_id=self.slot_id,
-                    epoch=ctx.inner_epoch,
-                )
-            )
-        except Exception:  # noqa: BLE001 - telemetry must never abort a lifecycle operation
-            self.telemetry_failures += 1
-            _log.warning(
-                "telemetry for %s in slot %s failed", event_type.name, self.slot_id, exc_info=True
-            )
+        state = self.state
+        data = {
+            "env_id": ctx.env_id,
+            "device": ctx.device,
+            "slot_id": self.slot_id,
+            "seed_id": state.seed_id,
+            "blueprint_id": state.blueprint_id,
+            "alpha": state.alpha,
+            "inner_epoch": ctx.inner_epoch,
+            "global_epoch": ctx.global_epoch,
+            "epochs_total": state.epochs_total,
+            "epochs_in_stage": state.epochs_in_stage,
+            **(data or {}),
+        }
+        delivered = emit_event(
+            sink,
+            event_type,
+            data,
+            message=message,
+            severity=severity,
+            seed_id=state.seed_id,
+            slot_id=self.slot_id,
+            epoch=ctx.inner_epoch,
+        )
+        self.telemetry_failures += not delivered

@@ -23,6 +23,7 @@ from esper.leyline._catalogue import (
     validate_payload,
 )
 from esper.leyline._docs import render_events_markdown
+from esper.leyline._emit import emit_event, sink_failures
 from esper.leyline._errors import (
     BackendConfigError,
     BackendError,
@@ -92,6 +93,7 @@ __all__ = [
     "TelemetryLevel",
     "UsageError",
     "allowed_values",
+    "emit_event",
     "example_payload",
     "is_active_stage",
     "is_failure_stage",
@@ -103,6 +105,7 @@ __all__ = [
     "payload_problem",
     "render_events_markdown",
     "set_strict_payloads",
+    "sink_failures",
     "spec_for",
     "strict_payloads",
     "validate_payload",

@@ -31,7 +31,7 @@ from esper.leyline import (
     TelemetryEvent,
     TelemetryEventType,
     UsageError,
-    make_event,
+    emit_event,
 )
 from esper.nissa import get_hub
 from esper.runs.config import RunConfig
@@ -191,23 +191,22 @@ def emit_training_completed(
     error: str | None = None,
 ) -> None:
     """TRAINING_COMPLETED: how the run ended and what it did."""
-    emit(
-        make_event(
-            ET.TRAINING_COMPLETED,
-            {
-                "status": status,
-                "episodes_completed": result.episodes_completed,
-                "final_accuracy": result.final_accuracy,
-                "wall_time_seconds": result.wall_time_seconds,
-                "seeds_germinated": result.counts["germinated"],
-                "seeds_fossilized": result.counts["fossilized"],
-                "seeds_culled": result.counts["culled"],
-                "error": error,
-                "lost_ranks": list(result.lost_ranks),
-            },
-            message=f"run {result.run_id} {status}" + (f": {error}" if error else ""),
-            severity=Severity.INFO if status == "completed" else Severity.WARNING,
-        )
+    emit_event(
+        emit,
+        ET.TRAINING_COMPLETED,
+        {
+            "status": status,
+            "episodes_completed": result.episodes_completed,
+            "final_accuracy": result.final_accuracy,
+            "wall_time_seconds": result.wall_time_seconds,
+            "seeds_germinated": result.counts["germinated"],
+            "seeds_fossilized": result.counts["fossilized"],
+            "seeds_culled": result.counts["culled"],
+            "error": error,
+            "lost_ranks": list(result.lost_ranks),
+        },
+        message=f"run {result.run_id} {status}" + (f": {error}" if error else ""),
+        severity=Severity.INFO if status == "completed" else Severity.WARNING,
     )
 
 
@@ -225,16 +224,15 @@ def save_checkpoint(
     torch.save(payload, tmp)
     os.replace(tmp, path)
     if emit is not None:
-        emit(
-            make_event(
-                ET.CHECKPOINT_SAVED,
-                {
-                    "path": str(path),
-                    "episodes_completed": episodes,
-                    "size_bytes": os.path.getsize(path),
-                },
-                message=f"checkpoint saved to {path}",
-            )
+        emit_event(
+            emit,
+            ET.CHECKPOINT_SAVED,
+            {
+                "path": str(path),
+                "episodes_completed": episodes,
+                "size_bytes": os.path.getsize(path),
+            },
+            message=f"checkpoint saved to {path}",
         )
     return str(path)
 
@@ -392,12 +390,11 @@ def run_training(
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         if lifecycle_emit is not None:
-            lifecycle_emit(
-                make_event(
-                    ET.CHECKPOINT_LOADED,
-                    {"path": str(config.resume), "episodes_completed": resumed},
-                    message=f"resumed from {config.resume} after {resumed} episodes",
-                )
+            emit_event(
+                lifecycle_emit,
+                ET.CHECKPOINT_LOADED,
+                {"path": str(config.resume), "episodes_completed": resumed},
+                message=f"resumed from {config.resume} after {resumed} episodes",
             )
 
     def finish() -> None:
@@ -411,18 +408,17 @@ def run_training(
     units, steps = driver.units(), driver.unit_steps()
     with run_completion(lifecycle_emit, result, finish, ranks):
         if lifecycle_emit is not None:
-            lifecycle_emit(
-                make_event(
-                    ET.TRAINING_STARTED,
-                    training_started_payload(
-                        config,
-                        envs[0].model.host_param_count(),
-                        placement,
-                        **driver.started_fields(),
-                    ),
-                    message=f"{config.mode} run {config.run_id} on {config.task}"
-                    + (f" with {len(envs)} envs" if config.mode == "ppo" else ""),
-                )
+            emit_event(
+                lifecycle_emit,
+                ET.TRAINING_STARTED,
+                training_started_payload(
+                    config,
+                    envs[0].model.host_param_count(),
+                    placement,
+                    **driver.started_fields(),
+                ),
+                message=f"{config.mode} run {config.run_id} on {config.task}"
+                + (f" with {len(envs)} envs" if config.mode == "ppo" else ""),
             )
         if on_started is not None:
             on_started()

@@ -27,6 +27,7 @@ from esper.leyline import (
     TelemetryEvent,
     TelemetryEventType,
     TelemetryLevel,
+    sink_failures,
 )
 from esper.nissa import NissaHub, get_hub, install_signal_handlers
 from esper.nissa.backends import BackendSpec, TelemetrySetup, attach_backends
@@ -80,6 +81,7 @@ class RunSession:
         self.linger: LingerResult | None = None
         """What the wait for the final scrape found (None: no wait)."""
         self.linger_seconds = 0.0
+        self._sink_failures_before = sink_failures()[0]
         try:
             if announce:
                 self.setup: TelemetrySetup = attach_backends(self.hub, spec)
@@ -171,13 +173,20 @@ class RunSession:
                 + (", ".join(lost) or f"dropped at the hub: {stats.dropped}")
                 + f"); exit status {EXIT_TELEMETRY_LOST} unless the run failed otherwise"
             )
+        refused, first = sink_failures()
+        refused -= self._sink_failures_before
+        if refused:
+            lines.append(
+                f"  SINK FAILURES: {refused} events were refused by the sink they were emitted "
+                f"to and never reached the hub (exit status {EXIT_TELEMETRY_LOST}); first: {first}"
+            )
         if stats.invalid:
             lines.append(
                 f"  PAYLOAD MISMATCH: {stats.invalid} events did not match the payload "
                 f"catalogue (exit status {EXIT_TELEMETRY_LOST}); first of each type: "
                 + "; ".join(stats.invalid_examples)
             )
-        return Summary(tuple(lines), stats.complete and not stats.invalid)
+        return Summary(tuple(lines), stats.complete and not stats.invalid and not refused)
 
     def _linger_lines(self) -> list[str]:
         linger = self.linger

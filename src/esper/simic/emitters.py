@@ -14,7 +14,7 @@ from esper.leyline import (
     TelemetryConfig,
     TelemetryEventType,
     TelemetryLevel,
-    make_event,
+    emit_event,
 )
 from esper.tolaria.counterfactual import (
     emit_counterfactual_computed,
@@ -86,15 +86,14 @@ def _emit_ppo_update_event(
         "rolling_avg_accuracy": rolling_avg_accuracy,
     }
     severity = Severity.WARNING if metrics.get("entropy_collapsed") else Severity.INFO
-    hub.emit(
-        make_event(
-            ET.PPO_UPDATE_COMPLETED,
-            data,
-            message=f"PPO update {batch_idx} after {episodes_completed} episodes: "
-            f"policy loss {data.get('policy_loss', float('nan')):.4f}",
-            severity=severity,
-            epoch=epoch,
-        )
+    emit_event(
+        hub.emit,
+        ET.PPO_UPDATE_COMPLETED,
+        data,
+        message=f"PPO update {batch_idx} after {episodes_completed} episodes: "
+        f"policy loss {data.get('policy_loss', float('nan')):.4f}",
+        severity=severity,
+        epoch=epoch,
     )
 
 
@@ -107,18 +106,17 @@ def _emit_action_distribution(
     success_counts: Mapping[str, int],
 ) -> None:
     """ANALYTICS_SNAPSHOT kind=action_distribution: how often each op was taken."""
-    hub.emit(
-        make_event(
-            SNAPSHOT,
-            {
-                "kind": "action_distribution",
-                "batch_idx": batch_idx,
-                "episodes_completed": episodes_completed,
-                "action_counts": dict(action_counts),
-                "success_counts": dict(success_counts),
-            },
-            message=f"batch {batch_idx} actions {dict(action_counts)}",
-        )
+    emit_event(
+        hub.emit,
+        SNAPSHOT,
+        {
+            "kind": "action_distribution",
+            "batch_idx": batch_idx,
+            "episodes_completed": episodes_completed,
+            "action_counts": dict(action_counts),
+            "success_counts": dict(success_counts),
+        },
+        message=f"batch {batch_idx} actions {dict(action_counts)}",
     )
 
 
@@ -134,21 +132,20 @@ def _emit_throughput(
 ) -> None:
     """ANALYTICS_SNAPSHOT kind=throughput: one env's speed over a batch (``fps`` when the
     samples processed are known)."""
-    hub.emit(
-        make_event(
-            SNAPSHOT,
-            {
-                "kind": "throughput",
-                "env_id": env_id,
-                "batch_idx": batch_idx,
-                "episodes_completed": episodes_completed,
-                "step_time_ms": step_time_ms,
-                "fps": fps,
-                "dataloader_wait_ms": dataloader_wait_ms,
-            },
-            message=f"env {env_id}: {step_time_ms:.1f} ms/step"
-            + ("" if fps is None else f", {fps:.0f} samples/s"),
-        )
+    emit_event(
+        hub.emit,
+        SNAPSHOT,
+        {
+            "kind": "throughput",
+            "env_id": env_id,
+            "batch_idx": batch_idx,
+            "episodes_completed": episodes_completed,
+            "step_time_ms": step_time_ms,
+            "fps": fps,
+            "dataloader_wait_ms": dataloader_wait_ms,
+        },
+        message=f"env {env_id}: {step_time_ms:.1f} ms/step"
+        + ("" if fps is None else f", {fps:.0f} samples/s"),
     )
 
 
@@ -156,17 +153,16 @@ def _emit_reward_summary(
     hub: EmitsEvents, *, env_id: int, batch_idx: int, summary: Mapping[str, float]
 ) -> None:
     """ANALYTICS_SNAPSHOT kind=reward_summary: an env's reward components over its episode."""
-    hub.emit(
-        make_event(
-            SNAPSHOT,
-            {
-                "kind": "reward_summary",
-                "env_id": env_id,
-                "batch_idx": batch_idx,
-                "summary": dict(summary),
-            },
-            message=f"env {env_id}: episode reward {sum(summary.values()):.3f}",
-        )
+    emit_event(
+        hub.emit,
+        SNAPSHOT,
+        {
+            "kind": "reward_summary",
+            "env_id": env_id,
+            "batch_idx": batch_idx,
+            "summary": dict(summary),
+        },
+        message=f"env {env_id}: episode reward {sum(summary.values()):.3f}",
     )
 
 
@@ -179,16 +175,15 @@ def _emit_mask_hit_rates(
     mask_total: Mapping[str, int],
 ) -> None:
     """ANALYTICS_SNAPSHOT kind=mask_hit_rates: decisions where a mask removed a choice."""
-    hub.emit(
-        make_event(
-            SNAPSHOT,
-            {
-                "kind": "mask_hit_rates",
-                "batch_idx": batch_idx,
-                "episodes_completed": episodes_completed,
-                "mask_hits": dict(mask_hits),
-                "mask_total": dict(mask_total),
-            },
-            message=f"batch {batch_idx} mask hits {dict(mask_hits)}",
-        )
+    emit_event(
+        hub.emit,
+        SNAPSHOT,
+        {
+            "kind": "mask_hit_rates",
+            "batch_idx": batch_idx,
+            "episodes_completed": episodes_completed,
+            "mask_hits": dict(mask_hits),
+            "mask_total": dict(mask_total),
+        },
+        message=f"batch {batch_idx} mask hits {dict(mask_hits)}",
     )

@@ -34,7 +34,7 @@ from esper.leyline import (
     Op,
     Severity,
     TelemetryEventType,
-    make_event,
+    emit_event,
 )
 from esper.nissa import get_hub
 from esper.simic.collectives import Collectives, LocalCollectives
@@ -101,13 +101,12 @@ def _emit_last_action(
         **{f"{h}_masked": bool(masked[h]) for h in ACTION_HEADS},
         "action_success": success,
     }
-    (get_hub() if hub is None else hub).emit(
-        make_event(
-            ET.ANALYTICS_SNAPSHOT,
-            data,
-            message=f"env {env_id}: {a.op.name} {a.slot_id}",
-            epoch=epoch,
-        )
+    emit_event(
+        (get_hub() if hub is None else hub).emit,
+        ET.ANALYTICS_SNAPSHOT,
+        data,
+        message=f"env {env_id}: {a.op.name} {a.slot_id}",
+        epoch=epoch,
     )
     return data
 
@@ -133,22 +132,20 @@ def _emit_collectives(
     for op, seconds in waits:
         by_op.setdefault(op, []).append(seconds)
     total = sum(seconds for _, seconds in waits)
-    hub.emit(
-        make_event(
-            ET.ANALYTICS_SNAPSHOT,
-            {
-                "kind": "collectives",
-                "batch_idx": batch_idx,
-                "rank": rank,
-                "calls": len(waits),
-                "wait_seconds_total": total,
-                "wait_seconds_max": max((seconds for _, seconds in waits), default=0.0),
-                "wait_seconds": by_op,
-                "policy_digest": policy_digest,
-            },
-            message=f"rank {rank} batch {batch_idx}: {len(waits)} collectives, "
-            f"{total:.3f} s waiting",
-        )
+    emit_event(
+        hub.emit,
+        ET.ANALYTICS_SNAPSHOT,
+        {
+            "kind": "collectives",
+            "batch_idx": batch_idx,
+            "rank": rank,
+            "calls": len(waits),
+            "wait_seconds_total": total,
+            "wait_seconds_max": max((seconds for _, seconds in waits), default=0.0),
+            "wait_seconds": by_op,
+            "policy_digest": policy_digest,
+        },
+        message=f"rank {rank} batch {batch_idx}: {len(waits)} collectives, {total:.3f} s waiting",
     )
 
 
@@ -376,25 +373,24 @@ class VectorizedPPO:
             _emit_cf_unavailable(
                 self.hub, env.env_id, p.slot_id, "missing_baseline", epoch=p.before.inner_epoch
             )
-        self.hub.emit(
-            make_event(
-                ET.REWARD_COMPUTED,
-                {
-                    "env_id": env.env_id,
-                    "episode": episode,
-                    "epoch": p.before.inner_epoch,
-                    "action": p.op.name,
-                    "action_success": p.success,
-                    "total_reward": total,
-                    "val_acc": after.val_accuracy,
-                    "acc_delta": after.val_accuracy - p.before.val_accuracy,
-                    "param_ratio": env.seed_params() / max(self.config.param_budget, 1),
-                    "seed_stage": None if slot_state is None else slot_state.stage.name,
-                    **parts,
-                },
-                message=f"env {env.env_id}: {p.op.name} -> reward {total:+.3f}",
-                epoch=p.before.inner_epoch,
-            )
+        emit_event(
+            self.hub.emit,
+            ET.REWARD_COMPUTED,
+            {
+                "env_id": env.env_id,
+                "episode": episode,
+                "epoch": p.before.inner_epoch,
+                "action": p.op.name,
+                "action_success": p.success,
+                "total_reward": total,
+                "val_acc": after.val_accuracy,
+                "acc_delta": after.val_accuracy - p.before.val_accuracy,
+                "param_ratio": env.seed_params() / max(self.config.param_budget, 1),
+                "seed_stage": None if slot_state is None else slot_state.stage.name,
+                **parts,
+            },
+            message=f"env {env.env_id}: {p.op.name} -> reward {total:+.3f}",
+            epoch=p.before.inner_epoch,
         )
 
     def _run_batch(self, batch_idx: int, episode0: int) -> None:
@@ -522,22 +518,21 @@ class VectorizedPPO:
                 avg_reward=avg_reward,
                 rolling_avg_accuracy=rolling,
             )
-            hub.emit(
-                make_event(
-                    ET.BATCH_EPOCH_COMPLETED,
-                    {
-                        "batch_idx": batch_idx,
-                        "episodes_completed": episodes,
-                        "total_episodes": self.start_episode + self.units() * self.total_envs,
-                        "start_episode": self.start_episode,
-                        "requested_episodes": cfg.episodes,
-                        "env_accuracies": run.accuracies,
-                        "avg_accuracy": avg_acc,
-                        "rolling_accuracy": rolling,
-                        "avg_reward": avg_reward,
-                    },
-                    message=f"batch {batch_idx}: accuracy {avg_acc:.2f}%, reward {avg_reward:+.3f}",
-                )
+            emit_event(
+                hub.emit,
+                ET.BATCH_EPOCH_COMPLETED,
+                {
+                    "batch_idx": batch_idx,
+                    "episodes_completed": episodes,
+                    "total_episodes": self.start_episode + self.units() * self.total_envs,
+                    "start_episode": self.start_episode,
+                    "requested_episodes": cfg.episodes,
+                    "env_accuracies": run.accuracies,
+                    "avg_accuracy": avg_acc,
+                    "rolling_accuracy": rolling,
+                    "avg_reward": avg_reward,
+                },
+                message=f"batch {batch_idx}: accuracy {avg_acc:.2f}%, reward {avg_reward:+.3f}",
             )
             _emit_action_distribution(
                 hub,
@@ -638,13 +633,12 @@ class VectorizedPPO:
             exploding_threshold=collector.exploding_threshold,
         )
         if data is not None:
-            self.hub.emit(
-                make_event(
-                    ET.GRADIENT_ANOMALY,
-                    data,
-                    message=f"policy gradients {data['kind']}: norm {data['value']:.3g}",
-                    severity=Severity.WARNING,
-                )
+            emit_event(
+                self.hub.emit,
+                ET.GRADIENT_ANOMALY,
+                data,
+                message=f"policy gradients {data['kind']}: norm {data['value']:.3g}",
+                severity=Severity.WARNING,
             )
 
     # -- the run -------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from esper.leyline import TelemetryEvent, TelemetryEventType, make_event
+from esper.leyline import TelemetryEvent, TelemetryEventType, emit_event
 
 
 class SignalTracker:
@@ -43,17 +43,16 @@ class SignalTracker:
         onset = not self.plateau and self.epochs_without_improvement >= self.patience
         self.plateau = self.epochs_without_improvement >= self.patience
         if onset and self.emit is not None:
-            self.emit(
-                make_event(
-                    TelemetryEventType.PLATEAU_DETECTED,
-                    {
-                        "env_id": self.env_id,
-                        "inner_epoch": inner_epoch,
-                        "best_accuracy": self.best,
-                        "epochs_without_improvement": self.epochs_without_improvement,
-                    },
-                    message=f"env {self.env_id}: plateau at {self.best:.2f}%",
-                    epoch=inner_epoch,
-                )
+            emit_event(
+                self.emit,
+                TelemetryEventType.PLATEAU_DETECTED,
+                {
+                    "env_id": self.env_id,
+                    "inner_epoch": inner_epoch,
+                    "best_accuracy": self.best,
+                    "epochs_without_improvement": self.epochs_without_improvement,
+                },
+                message=f"env {self.env_id}: plateau at {self.best:.2f}%",
+                epoch=inner_epoch,
             )
         return self.plateau

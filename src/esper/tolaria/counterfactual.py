@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from esper.leyline import EmitsEvents, TelemetryEventType, make_event
+from esper.leyline import EmitsEvents, TelemetryEventType, emit_event
 
 ET = TelemetryEventType
 
@@ -19,25 +19,22 @@ def _emit(
 ) -> None:
     real, baseline = measured if measured is not None else (None, None)
     contribution = None if measured is None else measured[0] - measured[1]
-    hub.emit(
-        make_event(
-            ET.COUNTERFACTUAL_COMPUTED,
-            {
-                "env_id": env_id,
-                "slot_id": slot_id,
-                "available": measured is not None,
-                "reason": reason,
-                "real_accuracy": real,
-                "baseline_accuracy": baseline,
-                "contribution": contribution,
-            },
-            message=f"counterfactual {slot_id}: "
-            + (
-                f"unavailable ({reason})" if contribution is None else f"{contribution:+.2f} points"
-            ),
-            slot_id=slot_id,
-            epoch=epoch,
-        )
+    emit_event(
+        hub.emit,
+        ET.COUNTERFACTUAL_COMPUTED,
+        {
+            "env_id": env_id,
+            "slot_id": slot_id,
+            "available": measured is not None,
+            "reason": reason,
+            "real_accuracy": real,
+            "baseline_accuracy": baseline,
+            "contribution": contribution,
+        },
+        message=f"counterfactual {slot_id}: "
+        + (f"unavailable ({reason})" if contribution is None else f"{contribution:+.2f} points"),
+        slot_id=slot_id,
+        epoch=epoch,
     )
 
 

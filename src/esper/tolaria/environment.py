@@ -8,7 +8,6 @@ are accumulated as device tensors during the epoch and read back together with o
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 import time
@@ -28,7 +27,7 @@ from esper.leyline import (
     TelemetryConfig,
     TelemetryEvent,
     TelemetryEventType,
-    make_event,
+    emit_event,
 )
 from esper.nissa import emit as hub_emit
 from esper.tolaria.counterfactual import (
@@ -39,7 +38,6 @@ from esper.tolaria.data import TaskData
 from esper.tolaria.governor import TolariaGovernor
 from esper.tolaria.gradients import STATS_LEN, SeedGradientCollector, gradient_anomaly
 
-_log = logging.getLogger("esper.tolaria")
 ET = TelemetryEventType
 
 HOST_WIDTHS: dict[str, tuple[int, int, int]] = {
@@ -399,19 +397,15 @@ class MorphogeneticEnv:
         severity: Severity = Severity.INFO,
         slot_id: str | None = None,
     ) -> None:
-        try:
-            self.context.emit(
-                make_event(
-                    event_type,
-                    data,
-                    message=message,
-                    severity=severity,
-                    slot_id=slot_id,
-                    epoch=self.context.inner_epoch,
-                )
-            )
-        except Exception:  # noqa: BLE001 - telemetry must never stop training
-            _log.warning("telemetry for %s failed", event_type.name, exc_info=True)
+        emit_event(
+            self.context.emit,
+            event_type,
+            data,
+            message=message,
+            severity=severity,
+            slot_id=slot_id,
+            epoch=self.context.inner_epoch,
+        )
 
     def _emit_lifecycle(self, event: TelemetryEvent) -> None:
         """Where the governor's events go: the env's sink, at lifecycle level, stamped with the
@@ -429,17 +423,14 @@ class MorphogeneticEnv:
         ctx = self.context
         if ctx.fast_mode or not ctx.telemetry.analytics:
             return
-        try:
-            if real is None or baseline is None:
-                emit_counterfactual_unavailable(
-                    ctx, self.env_id, slot_id, reason or "missing_baseline", epoch=ctx.inner_epoch
-                )
-            else:
-                emit_counterfactual_computed(
-                    ctx, self.env_id, slot_id, real, baseline, epoch=ctx.inner_epoch
-                )
-        except Exception:  # noqa: BLE001 - telemetry must never stop training
-            _log.warning("COUNTERFACTUAL_COMPUTED telemetry failed", exc_info=True)
+        if real is None or baseline is None:
+            emit_counterfactual_unavailable(
+                ctx, self.env_id, slot_id, reason or "missing_baseline", epoch=ctx.inner_epoch
+            )
+        else:
+            emit_counterfactual_computed(
+                ctx, self.env_id, slot_id, real, baseline, epoch=ctx.inner_epoch
+            )
 
     def _report_anomalies(self, host: dict[str, Any], seeds: dict[str, dict[str, Any]]) -> None:
         ctx, cfg = self.context, self.config
@@ -523,26 +514,24 @@ def emit_aggregate_epoch(
     def mean(attr: str) -> float:
         return statistics.fmean(getattr(r, attr) for r in results)
 
-    emit(
-        make_event(
-            ET.EPOCH_COMPLETED,
-            {
-                "scope": "aggregate",
-                "inner_epoch": results[0].inner_epoch,
-                "batch": batch,
-                "train_loss": mean("train_loss"),
-                "train_accuracy": mean("train_accuracy"),
-                "val_loss": mean("val_loss"),
-                "val_accuracy": mean("val_accuracy"),
-                "n_envs": len(results),
-                "skipped_update": any(r.rollback_reason is not None for r in results),
-                "plateau_detected": plateau,
-                "epoch_seconds": epoch_seconds,
-            },
-            message=f"batch {batch} epoch {results[0].inner_epoch}: "
-            f"val {mean('val_accuracy'):.2f}%",
-            epoch=results[0].inner_epoch,
-        )
+    emit_event(
+        emit,
+        ET.EPOCH_COMPLETED,
+        {
+            "scope": "aggregate",
+            "inner_epoch": results[0].inner_epoch,
+            "batch": batch,
+            "train_loss": mean("train_loss"),
+            "train_accuracy": mean("train_accuracy"),
+            "val_loss": mean("val_loss"),
+            "val_accuracy": mean("val_accuracy"),
+            "n_envs": len(results),
+            "skipped_update": any(r.rollback_reason is not None for r in results),
+            "plateau_detected": plateau,
+            "epoch_seconds": epoch_seconds,
+        },
+        message=f"batch {batch} epoch {results[0].inner_epoch}: val {mean('val_accuracy'):.2f}%",
+        epoch=results[0].inner_epoch,
     )
 
 

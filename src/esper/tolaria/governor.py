@@ -8,7 +8,6 @@ optimizer's momentum, and emits GOVERNOR_ROLLBACK with the env and device.
 
 from __future__ import annotations
 
-import logging
 import math
 import statistics
 from collections import deque
@@ -18,10 +17,8 @@ from dataclasses import dataclass
 import torch
 
 from esper.kasmina import HostCNN
-from esper.leyline import Severity, TelemetryEvent, TelemetryEventType, make_event
+from esper.leyline import Severity, TelemetryEvent, TelemetryEventType, emit_event
 from esper.nissa import get_hub
-
-_log = logging.getLogger("esper.tolaria")
 
 
 @dataclass(slots=True)
@@ -129,24 +126,19 @@ class TolariaGovernor:
         self.model.load_state_dict(restored, strict=False)
         if optimizer is not None:
             optimizer.state.clear()
-        try:
-            emit = self.emit if self.emit is not None else get_hub().emit
-            emit(
-                make_event(
-                    TelemetryEventType.GOVERNOR_ROLLBACK,
-                    {
-                        "env_id": env_id,
-                        "device": device,
-                        "reason": reason,
-                        "loss_at_panic": loss_at_panic,
-                        "loss_threshold": threshold,
-                        "consecutive_panics": self.consecutive_panics,
-                        "seeds_culled": culled,
-                    },
-                    message=f"rolled back env {env_id} on {reason} (loss {loss_at_panic})",
-                    severity=Severity.ERROR,
-                )
-            )
-        except Exception:  # noqa: BLE001 - a rollback must complete even if telemetry fails
-            _log.warning("GOVERNOR_ROLLBACK telemetry failed", exc_info=True)
+        emit_event(  # guarded: a failing sink never stops the rollback (it is counted)
+            self.emit if self.emit is not None else get_hub().emit,
+            TelemetryEventType.GOVERNOR_ROLLBACK,
+            {
+                "env_id": env_id,
+                "device": device,
+                "reason": reason,
+                "loss_at_panic": loss_at_panic,
+                "loss_threshold": threshold,
+                "consecutive_panics": self.consecutive_panics,
+                "seeds_culled": culled,
+            },
+            message=f"rolled back env {env_id} on {reason} (loss {loss_at_panic})",
+            severity=Severity.ERROR,
+        )
         return culled
