@@ -184,19 +184,22 @@ def _shipped_trainer_job() -> dict[str, Any]:
 
 
 @contextmanager
-def prometheus(tmp: Path, *, sd_dir: Path, alertmanager_port: int | None = None) -> Iterator[str]:
-    """A real Prometheus (1 s scrape and evaluation) discovering trainers through ``sd_dir``,
-    loaded with the repository's alert and recording rules. Yields its base URL."""
+def prometheus(
+    tmp: Path, *, sd_dir: Path, alertmanager_port: int | None = None, interval: str = "1s"
+) -> Iterator[str]:
+    """A real Prometheus (scrape and evaluation every ``interval``) discovering trainers
+    through ``sd_dir``, loaded with the repository's alert and recording rules. Yields its
+    base URL."""
     binary = shutil.which("prometheus")
     assert binary, "Prometheus is not installed (Debian package prometheus)"
     tmp.mkdir(parents=True, exist_ok=True)
     sd_dir.mkdir(parents=True, exist_ok=True)
     config: dict[str, Any] = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "global": {"scrape_interval": interval, "evaluation_interval": interval},
         "rule_files": [str(DEPLOY / "prometheus" / "alerts.yml"),
                        str(DEPLOY / "prometheus" / "recording.yml")],
         "scrape_configs": [{
-            **_shipped_trainer_job(), "scrape_interval": "1s",
+            **_shipped_trainer_job(), "scrape_interval": interval,
             "file_sd_configs": [{"files": [str(sd_dir / "*.json")], "refresh_interval": "1s"}],
         }],
     }  # fmt: skip

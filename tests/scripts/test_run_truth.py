@@ -129,7 +129,7 @@ def test_ctrl_c_ends_the_final_scrape_wait_and_keeps_the_runs_own_exit_status(
             lines = []
             for line in proc.stdout:  # the wait starts after training has finished
                 lines.append(line)
-                if line.startswith("Waiting up to 600 s for a final scrape"):
+                if line.startswith("Waiting up to 600 s for every Prometheus"):
                     break
             start = time.monotonic()
             proc.send_signal(signal.SIGINT)
