@@ -143,3 +143,18 @@ def test_a_full_disk_keeps_the_lines_and_writes_them_once_space_returns(
     out.flush()
     out.close()
     assert [e.epoch for e in read_events(path, strict=True).events] == [0, 1, 2, 3, 4]
+
+
+def test_a_string_that_is_not_utf8_is_written_and_reads_back_the_same(tmp_path: Path) -> None:
+    """A path with a byte that is not UTF-8 (``--save ck<0xff>.pt``) reaches Python as a lone
+    surrogate. It used to fail the encode outside the write's error handling: the lines were
+    neither written nor counted lost. It is escaped instead, and reads back as the same path."""
+    path = os.fsdecode(b"ck\xff.pt")
+    out = FileOutput(tmp_path / "e.jsonl", buffer_size=2)
+    for i in range(5):
+        out.emit(TelemetryEvent(TelemetryEventType.CHECKPOINT_SAVED, epoch=i,
+                                data={"path": path, "episodes_completed": i}))  # fmt: skip
+    out.close()
+    assert (out.lines_taken, out.lines_written, out.lost) == (5, 5, 0)
+    events = read_events(tmp_path / "e.jsonl", strict=True).events
+    assert [os.fsencode(e.data["path"]) for e in events] == [b"ck\xff.pt"] * 5

@@ -340,3 +340,23 @@ def test_strict_reading_rejects_a_bare_nan_token_and_lenient_reading_keeps_it(
         read_events(path, strict=True)
     lenient = read_events(path)
     assert len(lenient.events) == 3
+
+
+@pytest.mark.slow
+def test_a_save_path_that_is_not_utf8_loses_no_event(tmp_path: Path) -> None:
+    """``--save ck<0xff>.pt``: every event emitted is on disk, and the summary says so (it used
+    to say 'delivered 36, telemetry complete' with 32 lines on disk, and exit 0)."""
+    save = os.fsdecode(os.fsencode(str(tmp_path)) + b"/ck\xff.pt")
+    proc = subprocess.run(
+        [*TRAIN, "ppo", "--n-envs", "2", "--episodes", "2", "--max-epochs", "2",
+         "--save", save, "--telemetry-dir", str(tmp_path / "runs")],
+        capture_output=True, text=True, errors="surrogateescape", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    emitted = int(re.search(r"events emitted: (\d+)", proc.stdout).group(1))  # type: ignore[union-attr]
+    (run,) = (tmp_path / "runs").iterdir()
+    events = read_events(run, strict=True).events
+    assert len(events) == emitted
+    (saved,) = [e for e in events if e.event_type is ET.CHECKPOINT_SAVED]
+    assert os.fsencode(saved.data["path"]).endswith(b"/ck\xff.pt")
+    assert os.path.exists(os.fsencode(saved.data["path"]))

@@ -12,7 +12,7 @@ from pathlib import Path
 from esper.leyline import BackendConfigError, BackendError, TelemetryEvent
 from esper.nissa._backend import OutputBackend
 from esper.nissa._fork import register_fork_resource
-from esper.nissa._jsonl import encode_event
+from esper.nissa._jsonl import encode_line
 
 RUN_DIR_PREFIX = "telemetry_"
 RUN_DIR_TIME_FORMAT = "%Y-%m-%d_%H%M%S"
@@ -77,7 +77,7 @@ class FileOutput(OutputBackend):
     def _init_state(self) -> None:
         self._lock = threading.Lock()
         self._seq = itertools.count()
-        self._pending: list[str] = []
+        self._pending: list[bytes] = []
         self._unwritten = bytearray()
         self.lines_taken = 0
         self.lines_written = 0
@@ -97,7 +97,7 @@ class FileOutput(OutputBackend):
         return self.lines_taken - self.lines_written - self.lines_dropped
 
     def emit(self, event: TelemetryEvent) -> None:
-        line = encode_event(event, next(self._seq))  # encode outside the lock
+        line = encode_line(event, next(self._seq))  # encode outside the lock
         with self._lock:
             if self._closed:
                 raise BackendError(f"{self.path}: event after close")
@@ -131,7 +131,7 @@ class FileOutput(OutputBackend):
 
     def _write_locked(self) -> None:
         if self._pending:
-            blob = ("\n".join(self._pending) + "\n").encode()
+            blob = b"".join(self._pending)
             if len(self._unwritten) + len(blob) > _MAX_UNWRITTEN_BYTES:
                 self.lines_dropped += len(self._pending)
             else:

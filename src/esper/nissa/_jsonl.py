@@ -83,7 +83,20 @@ def parse_timestamp_ns(text: str) -> int:
     return whole_seconds * 1_000_000_000 + parsed.microsecond * 1000
 
 
-def encode_event(event: TelemetryEvent, seq: int) -> str:
+def encode_line(event: TelemetryEvent, seq: int) -> bytes:
+    """One JSONL line (with its newline) for ``event``, as the UTF-8 bytes a file holds.
+
+    A string that is not valid Unicode (a path with a byte that is not UTF-8 reaches Python as a
+    lone surrogate) cannot be written as UTF-8; that line alone is written with every
+    non-ASCII character escaped (``\\udcff``), which is valid JSON and reads back as the same
+    string, so ``os.fsencode`` gives back the original bytes."""
+    try:
+        return (encode_event(event, seq) + "\n").encode()
+    except UnicodeEncodeError:
+        return (encode_event(event, seq, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def encode_event(event: TelemetryEvent, seq: int, *, ensure_ascii: bool = False) -> str:
     """One JSONL line (without the newline) for ``event``, numbered ``seq``."""
     obj = {
         "schema": SCHEMA_VERSION,
@@ -101,7 +114,7 @@ def encode_event(event: TelemetryEvent, seq: int) -> str:
     }
     if event.rank is not None:
         obj["rank"] = event.rank
-    return json.dumps(obj, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    return json.dumps(obj, allow_nan=False, ensure_ascii=ensure_ascii, separators=(",", ":"))
 
 
 def _revive(value: Any, spec: FieldSpec | None) -> Any:
