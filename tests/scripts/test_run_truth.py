@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import math
 import os
 import pty
 import re
@@ -329,17 +330,36 @@ def test_a_failed_strict_replay_leaves_no_partial_output(
 def test_strict_reading_rejects_a_bare_nan_token_and_lenient_reading_keeps_it(
     tmp_path: Path,
 ) -> None:
-    from esper.leyline import CorruptLineError
+    from esper.leyline import CorruptLineError, example_payload, make_event
+    from esper.nissa import FileOutput
 
-    path = _recorded(tmp_path)
+    path = tmp_path / "in.jsonl"
+    out = FileOutput(path)
+    for i in range(3):
+        data = example_payload(ET.GOVERNOR_ROLLBACK, loss_at_panic=1.25)
+        out.emit(make_event(ET.GOVERNOR_ROLLBACK, data, epoch=i))
+    out.close()
     lines = path.read_text().splitlines()
-    lines[1] = lines[1].replace('"episodes_completed":1', '"episodes_completed":NaN')
+    lines[1] = lines[1].replace('"loss_at_panic":1.25', '"loss_at_panic":NaN')
     assert "NaN" in lines[1]
     path.write_text("\n".join(lines) + "\n")
     with pytest.raises(CorruptLineError, match=r":2: non-standard JSON token NaN"):
         read_events(path, strict=True)
     lenient = read_events(path)
     assert len(lenient.events) == 3
+    assert math.isnan(lenient.events[1].data["loss_at_panic"])
+
+
+def test_a_nan_where_an_integer_belongs_is_a_problem_naming_the_field(tmp_path: Path) -> None:
+    path = _recorded(tmp_path)
+    lines = path.read_text().splitlines()
+    lines[1] = lines[1].replace('"episodes_completed":1', '"episodes_completed":NaN')
+    path.write_text("\n".join(lines) + "\n")
+    lenient = read_events(path)
+    assert len(lenient.events) == 2
+    (problem,) = lenient.problems
+    assert str(problem).startswith(f"{path}:2: corrupt line: CHECKPOINT_LOADED: field ")
+    assert "'episodes_completed' expects int" in str(problem)
 
 
 @pytest.mark.slow

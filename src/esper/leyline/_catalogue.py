@@ -138,6 +138,29 @@ class PayloadSpec:
         has a value of the wrong type."""
         _check_record(data, self.fields, self.title)
 
+    def check_present(self, data: Mapping[str, Any]) -> None:
+        """Raise PayloadError when a field ``data`` holds has the wrong type. What a reader of
+        a recording needs: fields an older version did not write, or a newer one added, and
+        values outside a closed set are left to the reader's defaults, never trusted blindly
+        as another type."""
+        _check_types(data, self.fields, self.title)
+
+
+def _check_types(record: Any, fields: tuple[FieldSpec, ...], where: str) -> None:
+    if not isinstance(record, Mapping):
+        raise PayloadError(f"{where}: expects a record, got {type(record).__name__}")
+    for spec in fields:
+        value = record.get(spec.name)
+        if value is None:
+            continue
+        if not _TYPE_CHECKS[spec.type](value):
+            raise PayloadError(
+                f"{where}: field '{spec.name}' expects {spec.type.value}, "
+                f"got {type(value).__name__} {value!r:.60}"
+            )
+        for key, item in value.items() if spec.item_fields else ():
+            _check_types(item, spec.item_fields, f"{where}.{spec.name}[{key!r}]")
+
 
 def _f(
     name: str,
@@ -800,6 +823,23 @@ def validate_payload(event_type: TelemetryEventType, data: Mapping[str, Any]) ->
     if not payload_fits(event_type, data):
         spec.validate(data)
     return spec
+
+
+def recorded_payload_problem(event_type: TelemetryEventType, data: Mapping[str, Any]) -> str | None:
+    """None when every field a recorded payload holds has its catalogue type, else what is
+    wrong (naming event and field). Fields and variants missing or unknown to this version are
+    allowed: recordings outlive the version that wrote them."""
+    if payload_fits(event_type, data):
+        return None
+    disc = DISCRIMINATORS.get(event_type)
+    spec = CATALOGUE.get((event_type, None if disc is None else data.get(disc)))
+    if spec is None:
+        return None  # a variant this version does not know: readers pass it by
+    try:
+        spec.check_present(data)
+    except PayloadError as exc:
+        return str(exc)
+    return None
 
 
 def payload_problem(event_type: TelemetryEventType, data: Mapping[str, Any]) -> str | None:

@@ -23,6 +23,7 @@ from esper.leyline import (
     Severity,
     TelemetryEvent,
     TelemetryEventType,
+    recorded_payload_problem,
 )
 
 SCHEMA_VERSION = 1
@@ -188,8 +189,53 @@ def decode_line(line: str, *, strict: bool = False) -> tuple[TelemetryEvent, int
         raise ValueError(f"missing key or unknown name {exc}") from None
     except (TypeError, ValueError) as exc:
         raise ValueError(str(exc)) from None
-    if not isinstance(seq, int):
-        raise ValueError(f"'seq' must be an integer, got {seq!r}")
-    if event.rank is not None and (not isinstance(event.rank, int) or event.rank < 0):
-        raise ValueError(f"'rank' must be a non-negative integer, got {event.rank!r}")
+    _check_envelope(event, seq)
+    problem = recorded_payload_problem(event_type, event.data)
+    if problem is not None:
+        raise ValueError(problem)
+    for name, (lo, hi) in _SANE_RANGES.items():
+        value = event.data.get(name)
+        if value is not None and not lo <= value <= hi:
+            raise ValueError(f"field data.{name} is {value!r}, outside {lo}..{hi}")
     return event, seq
+
+
+MAX_RANKS = 1 << 16
+"""The most ranks a record may name (torchrun jobs are far smaller): a reader sizes its per-rank
+state by what the record says, so a corrupt ``world_size`` must not ask for a billion."""
+MAX_ENVS = 1 << 20
+_SANE_RANGES: dict[str, tuple[int, int]] = {
+    "world_size": (1, MAX_RANKS),
+    "rank": (0, MAX_RANKS - 1),
+    "local_rank": (0, MAX_RANKS - 1),
+    "env_id": (0, MAX_ENVS - 1),
+    "n_envs": (0, MAX_ENVS),
+}
+"""Payload fields the readers size or index by, with the values a record may hold."""
+_EARLIEST_NS = 0
+_LATEST_NS = int(datetime(2200, 1, 1, tzinfo=UTC).timestamp()) * 1_000_000_000
+_OPTIONAL_STR = ("seed_id", "slot_id", "run_id")
+
+
+def _check_envelope(event: TelemetryEvent, seq: Any) -> None:
+    """Every envelope field of a line read back has its type and a sane value (ValueError
+    naming the field otherwise)."""
+    if type(seq) is not int or seq < 0:
+        raise ValueError(f"field seq must be a non-negative integer, got {seq!r}")
+    for name in _OPTIONAL_STR:
+        value = getattr(event, name)
+        if value is not None and type(value) is not str:
+            raise ValueError(f"field {name} must be a string or null, got {value!r}")
+    if type(event.event_id) is not str:
+        raise ValueError(f"field event_id must be a string, got {event.event_id!r}")
+    if type(event.message) is not str:
+        raise ValueError(f"field message must be a string, got {event.message!r}")
+    epoch = event.epoch
+    if epoch is not None and (type(epoch) is not int or not 0 <= epoch < MAX_ENVS * 1024):
+        raise ValueError(f"field epoch must be a non-negative integer, got {epoch!r}")
+    rank = event.rank
+    if rank is not None and (type(rank) is not int or not 0 <= rank < MAX_RANKS):
+        raise ValueError(f"field rank must be an integer in 0..{MAX_RANKS - 1}, got {rank!r}")
+    if not _EARLIEST_NS <= event.timestamp_ns < _LATEST_NS:
+        when = datetime.fromtimestamp(event.timestamp_ns // 1_000_000_000, UTC).year
+        raise ValueError(f"field timestamp is in the year {when}, not between 1970 and 2199")

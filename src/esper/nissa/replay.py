@@ -146,12 +146,53 @@ def rank_reports(events: Iterable[TelemetryEvent]) -> list[RankReport]:
 
 def run_status(events: Iterable[TelemetryEvent]) -> RunStatus:
     """The RunStatus of a run's events (see RunStatus); for a multi-rank run, of all its
-    ranks together (see ``_ranks_status``)."""
-    events = list(events)
+    ranks together (see ``_ranks_status``). A run's status comes from its own events only:
+    events of several runs (a reused --telemetry-file, two runs' rank files in one directory)
+    are ``mixed``, with each run's status named."""
+    by_run: dict[str | None, list[TelemetryEvent]] = {}
+    for e in events:
+        by_run.setdefault(e.run_id, []).append(e)
+    runs = [run_id for run_id in by_run if run_id is not None]
+    if len(runs) > 1:
+        each = "; ".join(f"{run_id}: {_one_run_status(by_run[run_id])}" for run_id in runs)
+        return RunStatus(
+            "mixed",
+            f"the record holds {len(runs)} runs ({each}); give one run's events "
+            "(a --telemetry-file reused by several runs, or several runs' files in one place)",
+        )
+    return _one_run_status([e for run in by_run.values() for e in run])
+
+
+def _one_run_status(events: list[TelemetryEvent]) -> RunStatus:
     reports = rank_reports(events)
     if reports:
         return _ranks_status(reports)
     return _process_status(events)
+
+
+_RUN_ENDS = (TelemetryEventType.TRAINING_STARTED, TelemetryEventType.TRAINING_COMPLETED)
+
+
+class RunTracker:
+    """How the runs of a stream of events ended, in memory bounded by the runs and ranks it
+    holds (not by its length): each run's start and end, and each rank's latest event."""
+
+    def __init__(self) -> None:
+        self._ends: list[TelemetryEvent] = []
+        self._last: dict[tuple[str | None, int | None], TelemetryEvent] = {}
+
+    def observe(self, event: TelemetryEvent) -> None:
+        self._last[(event.run_id, event.rank)] = event
+        if event.event_type in _RUN_ENDS:
+            self._ends.append(event)
+
+    @property
+    def saw_a_run(self) -> bool:
+        """Whether a TRAINING_STARTED or TRAINING_COMPLETED went by."""
+        return bool(self._ends)
+
+    def status(self) -> RunStatus:
+        return run_status([*self._ends, *self._last.values()])
 
 
 def _process_status(events: Iterable[TelemetryEvent]) -> RunStatus:
@@ -304,19 +345,31 @@ def _iter_file(
         raise ReplayError(f"{file}: cannot read: {exc.strerror or exc}") from None
     with fh:
         lineno = 0
+        last_seq: dict[str | None, int] = {}  # each run's latest seq in this file
         for raw in fh:
             lineno += 1
             if not raw.strip():
                 continue
             torn = not raw.endswith(b"\n")
             try:
-                yield decode_line(raw.decode("utf-8"), strict=strict)
+                event, seq = decode_line(raw.decode("utf-8"), strict=strict)
+                # Each writer numbers its lines from 0: within one run they only rise. (Lines
+                # of no run, from a hub without a run id, may come from several writers.)
+                before = last_seq.get(event.run_id, -1)
+                if seq <= before and event.run_id is not None:
+                    raise ValueError(
+                        f"seq {seq} does not rise (run {event.run_id}'s last line had seq "
+                        f"{before}): lines copied or appended twice"
+                    )
+                last_seq[event.run_id] = seq
             except (UnicodeDecodeError, ValueError) as exc:
                 problem = LineProblem(file, lineno, str(exc), torn)
                 if strict and not torn:
                     raise CorruptLineError(str(file), lineno, problem.reason) from None
                 if problems is not None:
                     problems.append(problem)
+                continue
+            yield event, seq
 
 
 def read_events(path: Paths, *, strict: bool = False) -> Replay:

@@ -17,7 +17,7 @@ from esper.leyline import (
 )
 from esper.nissa import NissaHub, iter_events, read_events
 from esper.nissa.backends import BackendSpec
-from esper.nissa.replay import LineProblem, resolve_events_files, run_status
+from esper.nissa.replay import LineProblem, RunTracker, resolve_events_files
 from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
 from esper.scripts._preflight import check_output_dir, check_output_file
 
@@ -25,7 +25,6 @@ _PATH_HELP = (
     "events.jsonl, a run directory, or its parent; several for a multi-rank run's nodes "
     "(their ranks are merged)"
 )
-_RUN_ENDS = (TelemetryEventType.TRAINING_STARTED, TelemetryEventType.TRAINING_COMPLETED)
 
 
 def _where(paths: list[Path]) -> str:
@@ -50,6 +49,8 @@ def _summarize(args: argparse.Namespace) -> int:
         marker = ""
     elif status.state == "partial":
         marker = "  <-- the record lacks a rank: give every node's run directory"
+    elif status.state == "mixed":
+        marker = "  <-- the record mixes runs: each run's status is its own"
     else:
         marker = "  <-- the run did not complete"
     print(f"  status: {status}{marker}")
@@ -103,21 +104,17 @@ def _replay(args: argparse.Namespace) -> int:
         hub=NissaHub(),
     )
     n = 0
-    # Enough to say how the run ended without keeping a streamed run in memory.
-    ends: list[TelemetryEvent] = []
-    last: dict[int | None, TelemetryEvent] = {}  # each rank's latest event
+    runs = RunTracker()  # how the run ended, without keeping a streamed run in memory
     code = EXIT_FAILURE
     try:
         for event, _seq in source:
             session.hub.emit(event)
             n += 1
-            last[event.rank] = event
-            if event.event_type in _RUN_ENDS:
-                ends.append(event)
+            runs.observe(event)
         code = EXIT_OK
     finally:
         session.close(interrupted=code != EXIT_OK)
-    status = run_status([*ends, *last.values()])
+    status = runs.status()
     where = _where(args.path)
     print(f"replayed {n} events; the recorded run's status: {status}")
     if not status.finished and status.state != "unknown":

@@ -28,7 +28,7 @@ from esper.karn.sanctum.schema import (
 )
 from esper.leyline import DISCRIMINATORS, TelemetryEvent, TelemetryEventType
 from esper.nissa import OutputBackend, register_fork_resource
-from esper.nissa.replay import RunStatus, run_status
+from esper.nissa.replay import RunStatus, RunTracker
 
 ET = TelemetryEventType
 _SEGMENT = re.compile(r"^(\w+)(?:\[(.+)\])?$")
@@ -178,10 +178,8 @@ class SanctumAggregator(OutputBackend):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._snapshot = SanctumSnapshot()
-        self._ends: list[TelemetryEvent] = []
-        """Every rank's TRAINING_STARTED and TRAINING_COMPLETED (for ``status``)."""
-        self._last: dict[int | None, TelemetryEvent] = {}
-        """Each rank's latest event."""
+        self._runs = RunTracker()
+        """How each run (each rank) ended, for ``status``."""
         register_fork_resource(self)
 
     def _reinit_after_fork(self) -> None:
@@ -200,9 +198,7 @@ class SanctumAggregator(OutputBackend):
             snap = self._snapshot
             snap.events_seen += 1
             snap.last_event_ns = max(snap.last_event_ns, event.timestamp_ns)
-            self._last[event.rank] = event
-            if event.event_type in _RUN_WIDE:
-                self._ends.append(event)
+            self._runs.observe(event)
             data = event.data
             disc = DISCRIMINATORS.get(event.event_type)
             key = (event.event_type, None if disc is None else data.get(disc))
@@ -259,9 +255,7 @@ class SanctumAggregator(OutputBackend):
     def status(self) -> RunStatus | None:
         """How the run ended so far, over all its ranks (None before any run event)."""
         with self._lock:
-            if not self._ends:
-                return None
-            return run_status([*self._ends, *self._last.values()])
+            return self._runs.status() if self._runs.saw_a_run else None
 
     def get_snapshot(self) -> SanctumSnapshot:
         """A deep copy of the current snapshot: safe to read while events keep arriving."""
