@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -11,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 from esper.leyline import set_strict_payloads
-from esper.nissa import reset_hub
+from esper.nissa import STOP_SIGNALS, reset_hub
 from tests._stack import Stack, Webhook, alertmanager, prometheus
 
 # Every payload built with make_event is checked where it is built, in this process and in the
@@ -25,6 +26,15 @@ def _fresh_global_hub() -> Iterator[None]:
     reset_hub()
     yield
     reset_hub(timeout=10)
+
+
+@pytest.fixture(autouse=True)
+def _signal_handlers_restored() -> Iterator[None]:
+    """A test that opens a run session takes over the stop signals, as the command does."""
+    saved = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    yield
+    for sig, handler in saved.items():
+        signal.signal(sig, handler)
 
 
 STACK_TRAIN = [

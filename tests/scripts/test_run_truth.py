@@ -278,6 +278,31 @@ def test_offline_commands_name_the_bad_path_without_a_traceback(
     assert "Traceback" not in proc.stderr
 
 
+def test_offline_train_on_a_recording_with_no_decisions_says_so(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from esper.scripts import cli
+
+    empty = tmp_path / "empty.pt"
+    nothing = torch.zeros(0)
+    torch.save({"format": "esper-offline-v1", "obs": nothing, "actions": nothing.long(),
+                "rewards": nothing, "next_obs": nothing, "dones": nothing}, empty)  # fmt: skip
+    assert cli.main(["offline", "train", "--data", str(empty), "--out", str(tmp_path / "m")]) == 1
+    assert f"{empty}: the dataset holds no decisions" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["docs", "dashboards"])
+def test_an_unwritable_output_of_the_generators_names_the_flag(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from esper.scripts import cli
+
+    assert cli.main([command, "--out", "/proc/esper"]) == 2
+    assert f"esper {command}: error: --out /proc/esper: cannot write in" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_a_corrupt_cifar_archive_is_named_not_a_traceback(tmp_path: Path) -> None:
     (tmp_path / "cifar-10-python.tar.gz").write_bytes(b"\x1f\x8b\x08\x00garbage")

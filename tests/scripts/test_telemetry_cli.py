@@ -47,3 +47,23 @@ def test_replay_copies_a_run_exactly(tmp_path: Path) -> None:
 def test_docs_check_passes_on_the_checked_in_docs() -> None:
     docs = Path(__file__).resolve().parents[2] / "docs"
     assert cli.main(["docs", "--check", "--out", str(docs)]) == 0
+
+
+@pytest.mark.parametrize("strict", [[], ["--strict"]], ids=["lenient", "strict"])
+def test_replaying_events_that_break_the_catalogue_exits_3_and_names_them(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], strict: list[str]
+) -> None:
+    """They are copied (the record is what it is) and the verdict says they do not match:
+    the replay used to exit 0 over them, even with --strict."""
+    from esper.leyline import example_payload
+
+    out = DirectoryOutput(tmp_path / "runs")
+    data = example_payload(TelemetryEventType.GOVERNOR_ROLLBACK, reason="not-a-reason")
+    out.emit(TelemetryEvent(TelemetryEventType.GOVERNOR_ROLLBACK, data=data))
+    out.close()
+    argv = ["telemetry", "replay", str(out.output_dir), *strict, "--telemetry-dir",
+            str(tmp_path / "copy")]  # fmt: skip
+    assert cli.main(argv) == 3
+    captured = capsys.readouterr().out
+    assert "PAYLOAD MISMATCH: 1 events did not match the payload catalogue" in captured
+    assert "'reason' is 'not-a-reason'" in captured

@@ -11,6 +11,7 @@ from esper.nissa._file import (
 )
 from esper.nissa._fork import register_fork_resource
 from esper.nissa._hub import (
+    STOP_SIGNALS,
     BackendStats,
     HubStats,
     NissaHub,
@@ -28,6 +29,7 @@ __all__ = [
     "EVENTS_FILE",
     "RUN_DIR_TIME_FORMAT",
     "SCHEMA_VERSION",
+    "STOP_SIGNALS",
     "Backend",
     "BackendStats",
     "ConsoleOutput",

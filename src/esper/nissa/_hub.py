@@ -62,7 +62,7 @@ from esper.nissa._fork import register_fork_hub
 
 _log = logging.getLogger("esper.nissa")
 
-_SHUTDOWN_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_SHUTDOWN_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
 
 
 def block_shutdown_signals() -> set[int | signal.Signals]:
@@ -728,15 +728,39 @@ def reset_hub(timeout: float | None = None) -> None:
         hub.close(timeout)
 
 
-def install_signal_handlers() -> None:
-    """Make SIGTERM unwind the main thread like Ctrl-C does, so ``finally`` blocks and the
-    atexit hook close the hub and deliver what is queued. Call from the main thread of a
-    command-line program; libraries should not take over signals."""
+class _StopSignals:
+    """The handler of the signals that stop a run: the first one unwinds the main thread (Ctrl-C
+    as KeyboardInterrupt, any other as ``SystemExit(128 + signum)``); those that follow while
+    it unwinds are noted and ignored, so the unwinding that records how the run ended (its
+    TRAINING_COMPLETED, the final flush) is never cut short by a second Ctrl-C or SIGTERM."""
 
-    def _terminate(signum: int, frame: FrameType | None) -> Any:
+    def __init__(self) -> None:
+        self.first: int | None = None
+        self.ignored = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> Any:
+        if self.first is not None:
+            self.ignored += 1
+            return
+        self.first = signum
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
         raise SystemExit(128 + signum)
 
-    signal.signal(signal.SIGTERM, _terminate)
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+"""What a user, a terminal, a scheduler or torchrun sends to stop a job (not SIGKILL, which no
+process can see: a run killed so reads back as ``unfinished``)."""
+
+
+def install_signal_handlers() -> None:
+    """Make every stop signal unwind the main thread the way Ctrl-C does, once (see
+    ``_StopSignals``), so ``finally`` blocks and the atexit hook close the hub and deliver what
+    is queued. Call from the main thread of a command-line program; libraries should not take
+    over signals."""
+    handler = _StopSignals()
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, handler)
     # A process started while its parent's thread blocked these signals inherits the block:
     # the thread that handles them must receive them.
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)

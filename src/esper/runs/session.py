@@ -29,7 +29,7 @@ from esper.leyline import (
     TelemetryLevel,
     sink_failures,
 )
-from esper.nissa import NissaHub, get_hub, install_signal_handlers
+from esper.nissa import STOP_SIGNALS, NissaHub, get_hub, install_signal_handlers
 from esper.nissa.backends import BackendSpec, TelemetrySetup, attach_backends
 from esper.nissa.metrics_server import LingerResult
 
@@ -124,7 +124,7 @@ class RunSession:
                 self.linger = prom.wait_for_final_scrape(linger_seconds)
             except (KeyboardInterrupt, SystemExit):
                 print("esper: stopped waiting for the final scrape", file=sys.stderr)
-        previous = {s: signal.signal(s, signal.SIG_IGN) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
         try:
             self.hub.close(CLOSE_TIMEOUT_SECONDS)
         finally:

@@ -8,6 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from esper.karn.grafana import DASHBOARDS, render, write_all
+from esper.leyline import UsageError
+from esper.scripts._preflight import check_output_dir
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,6 +28,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"out of date (run 'esper dashboards'): {', '.join(stale)}", file=sys.stderr)
             return 1
         return 0
-    for path in write_all(args.out):
+    try:
+        check_output_dir("--out", args.out)
+        written = write_all(args.out)
+    except UsageError as exc:
+        print(f"esper dashboards: error: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"esper dashboards: error: --out {args.out}: cannot write: {exc}", file=sys.stderr)
+        return 2
+    for path in written:
         print(f"wrote {path}")
     return 0

@@ -7,8 +7,9 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from esper.leyline import render_events_markdown
+from esper.leyline import UsageError, render_events_markdown
 from esper.nissa.metric_catalogue import render_metrics_markdown
+from esper.scripts._preflight import check_output_dir
 
 GENERATED: dict[str, Callable[[], str]] = {
     "EVENTS.md": render_events_markdown,
@@ -22,6 +23,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("docs"), help="docs directory")
     p.add_argument("--check", action="store_true", help="fail if a page is out of date")
     args = p.parse_args(argv)
+    try:
+        return _generate(args)
+    except UsageError as exc:
+        print(f"esper docs: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _generate(args: argparse.Namespace) -> int:
+    if not args.check:
+        check_output_dir("--out", args.out)
     stale = []
     for name, render in GENERATED.items():
         path = args.out / name
@@ -32,8 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.check:
             stale.append(str(path))
         else:
-            args.out.mkdir(parents=True, exist_ok=True)
-            path.write_text(text, encoding="utf-8")
+            try:
+                path.write_text(text, encoding="utf-8")
+            except OSError as exc:
+                raise UsageError(f"--out {args.out}: cannot write {path}: {exc.strerror}") from exc
             print(f"wrote {path}")
     if stale:
         print(f"out of date (run 'esper docs'): {', '.join(stale)}", file=sys.stderr)

@@ -157,7 +157,21 @@ def load_dataset(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         ) from None
     if not isinstance(data, dict) or data.get("format") != "esper-offline-v1":
         raise ValueError(f"{path}: not an esper offline dataset")
-    return {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    tensors = {k: v for k, v in data.items() if isinstance(v, torch.Tensor)}
+    missing = [k for k in ("obs", "actions", "rewards", "next_obs", "dones") if k not in tensors]
+    if missing:
+        raise ValueError(f"{path}: the dataset has no {', '.join(missing)}")
+    obs = tensors["obs"]
+    if obs.numel() == 0:
+        raise ValueError(
+            f"{path}: the dataset holds no decisions (record more or longer episodes: esper "
+            "offline record --seeds ... --max-epochs ...)"
+        )
+    rows = {k: int(v.shape[0]) if v.dim() else -1 for k, v in tensors.items()}
+    if obs.dim() != 2 or tensors["next_obs"].shape != obs.shape or len(set(rows.values())) != 1:
+        shapes = ", ".join(f"{k} {tuple(v.shape)}" for k, v in tensors.items())
+        raise ValueError(f"{path}: the dataset's tensors do not fit together ({shapes})")
+    return tensors
 
 
 TELEMETRY_OFF = TelemetryConfig(TelemetryLevel.OFF)
