@@ -4,8 +4,10 @@ with two launchers, and a rank killed mid-run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -412,6 +414,50 @@ def test_killing_a_rank_ends_the_run_and_names_the_dead_rank(
     assert [(r.rank, r.events, r.state) for r in again.ranks] == [
         (r.rank, r.events, r.state) for r in replay.ranks
     ]
+
+
+def test_a_stopped_rank_is_named_while_the_others_wait_and_fails_the_run_at_the_timeout(
+    tmp_path: Path,
+) -> None:
+    """The bug: a rank stopped with SIGSTOP made the others wait in silence until gloo's
+    30-minute timeout. Now the waiting rank names it within a quarter of --collective-timeout,
+    and when the timeout comes the run fails naming the stopped rank."""
+    runs = tmp_path / "runs"
+    launcher = subprocess.Popen(
+        [*standalone(), *RUN, "--n-envs", "2", "--episodes", "40", "--collective-timeout", "20",
+         "--telemetry-dir", str(runs)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    pid = None
+    try:
+
+        def trained() -> bool:
+            files = [next(runs.glob(f"*/events.rank{r}.jsonl"), None) for r in (0, 1)]
+            return all(f is not None and '"EPOCH_COMPLETED"' in f.read_text() for f in files)
+
+        wait_until(lambda: trained() or launcher.poll() is not None, 120, "both ranks' epochs")
+        pid = _rank_pid(launcher.pid, 1)
+        assert pid is not None
+        os.kill(pid, signal.SIGSTOP)
+        _out, err = launcher.communicate(timeout=180)
+    finally:
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.communicate()
+    assert re.search(
+        rf"rank 0: waiting \d+ s in \w+ \(collective \d+\) for rank 1 \(pid {pid} on \S+, "
+        r"node 0, stopped\); every rank waits for the slowest",
+        err,
+    ), err
+    (run_dir,) = runs.iterdir()
+    ended = {e.rank: e.data for e in by_type(read_events(run_dir).events, ET.TRAINING_COMPLETED)}
+    assert ended[0]["status"] == "failed"
+    assert ended[0]["lost_ranks"] == [1]
+    assert f"rank 1 (pid {pid} " in ended[0]["error"]
+    assert "stopped)" in ended[0]["error"]
 
 
 def test_ctrl_c_on_the_launcher_interrupts_every_rank_and_blames_none(tmp_path: Path) -> None:

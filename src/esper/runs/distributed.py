@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -23,10 +26,16 @@ import torch
 import torch.distributed as dist
 
 from esper.leyline import RankInfo, UsageError
+from esper.nissa import start_daemon_thread
 from esper.simic.collectives import ProcessGroupCollectives
 
 STORE_PREFIX = "esper"
 STORE_TIMEOUT = timedelta(seconds=5)
+DEFAULT_COLLECTIVE_TIMEOUT = 1800.0
+"""torch.distributed's own default: how long a collective waits for the other ranks."""
+STALL_WARN_SECONDS = 60.0
+"""How long a rank waits in one collective before it says which ranks it waits for (a
+quarter of the collective timeout when that is shorter)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +51,14 @@ class Peer:
 class Distributed:
     """This process's membership of a multi-rank run (see the module docstring)."""
 
-    def __init__(self, info: RankInfo, device: str) -> None:
+    def __init__(
+        self, info: RankInfo, device: str, timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
+    ) -> None:
         self.info = info
         self.device = device
+        self.timeout = timeout
+        """Seconds a collective may wait for the other ranks before the run fails."""
+        self._watch: _StallWatch | None = None
         self.comm = ProcessGroupCollectives(device)
         me = (info.node, info.node_rank, os.getpid())
         everyone: list[Any] = [None] * info.world_size
@@ -73,6 +87,11 @@ class Distributed:
     def join_run(self, run_id: str) -> None:
         """Name the run in the store's keys (after the run id is agreed)."""
         self._key = f"{STORE_PREFIX}/{run_id}"
+
+    @property
+    def key(self) -> str:
+        """The run's prefix in torchrun's store."""
+        return self._key
 
     def mark_stopped(self, status: str) -> None:
         """Tell the other ranks this one stopped, and how (best effort)."""
@@ -105,32 +124,122 @@ class Distributed:
         return lost
 
     def describe(self, ranks: list[int]) -> str:
-        """``rank 1 (pid 123 on host, node 0)``, for each of ``ranks``."""
+        """``rank 1 (pid 123 on host, node 0)``, for each of ``ranks`` (``, stopped`` for a
+        process of this node that SIGSTOP or a debugger holds)."""
         return ", ".join(
-            f"rank {p.rank} (pid {p.pid} on {p.node}, node {p.node_rank})"
+            f"rank {p.rank} (pid {p.pid} on {p.node}, node {p.node_rank}"
+            + (", stopped" if self._stopped(p) else "")
+            + ")"
             for p in self.peers
             if p.rank in ranks
         )
 
+    def _stopped(self, peer: Peer) -> bool:
+        return peer.node_rank == self.info.node_rank and _process_state(peer.pid) in ("T", "t")
+
+    def watch_stalls(self, warn: Callable[[str], None]) -> None:
+        """Say (through ``warn``) when this rank has waited in one collective longer than
+        ``stall_warn_seconds``, naming the ranks behind it: a stopped, hung or far slower rank
+        holds every other one until the collective timeout."""
+        if self._watch is None:
+            self._watch = _StallWatch(self, warn)
+            self._watch.start()
+
+    @property
+    def stall_warn_seconds(self) -> float:
+        return min(STALL_WARN_SECONDS, self.timeout / 4)
+
     def close(self) -> None:
+        if self._watch is not None:
+            self._watch.stop()
         with contextlib.suppress(Exception):
             dist.destroy_process_group()
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not)."""
+class _StallWatch:
+    """A daemon thread that posts how many collectives this rank has entered to torchrun's
+    store, and when this rank waits too long in one, reads the others' counts to name the
+    ranks behind it. Every store call is on this thread: training never waits for the store."""
+
+    def __init__(self, ranks: Distributed, warn: Callable[[str], None]) -> None:
+        self.ranks = ranks
+        self.warn = warn
+        self._stop = threading.Event()
+
+    def start(self) -> None:
+        start_daemon_thread(self._run, "esper-stall-watch")
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _key(self, rank: int) -> str:
+        return f"{self.ranks.key}/entered/{rank}"
+
+    def _run(self) -> None:
+        store = _agent_store()
+        ranks, comm = self.ranks, self.ranks.comm
+        posted, warned = -1, None
+        while not self._stop.wait(1.0):
+            entered = comm.entered
+            if store is not None and entered != posted:
+                with contextlib.suppress(Exception):
+                    store.set(self._key(ranks.info.rank), str(entered))
+                    posted = entered
+            flight = comm.in_flight
+            if flight is None or flight == warned:
+                continue
+            op, since = flight
+            waited = time.perf_counter() - since
+            if waited < ranks.stall_warn_seconds:
+                continue
+            warned = flight
+            behind = self._behind(store, entered)
+            who = ranks.describe(behind) if behind else "another rank (which one is unknown)"
+            self.warn(
+                f"waiting {waited:.0f} s in {op} (collective {entered}) for {who}; every rank "
+                f"waits for the slowest, and the run fails after --collective-timeout "
+                f"{ranks.timeout:g} s unless it arrives"
+            )
+
+    def _behind(self, store: Any, entered: int) -> list[int]:
+        """The ranks that have entered fewer collectives than this one (from the store), or
+        without a store, the stopped processes of this node."""
+        behind = []
+        for peer in self.ranks.peers:
+            if peer.rank == self.ranks.info.rank:
+                continue
+            theirs: int | None = None
+            if store is not None:
+                with contextlib.suppress(Exception):
+                    if store.check([self._key(peer.rank)]):
+                        theirs = int(bytes(store.get(self._key(peer.rank))).decode())
+                    else:
+                        theirs = 0
+            if (theirs is not None and theirs < entered) or self.ranks._stopped(peer):
+                behind.append(peer.rank)
+        return behind
+
+
+def _process_state(pid: int) -> str | None:
+    """The state letter of process ``pid`` in ``/proc`` (R, S, D, T for stopped, Z for a
+    zombie...), or None when there is no such process."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-        return state not in ("Z", "X")
+            return fh.read().rsplit(")", 1)[1].split()[0]
     except (OSError, IndexError):
         try:
             os.kill(pid, 0)
         except ProcessLookupError:
-            return False
+            return None
         except PermissionError:
-            return True
-        return True
+            return "?"
+        return "?"
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (a zombie, killed but not yet reaped, does not; nor does
+    one stopped by SIGSTOP or a debugger, which will not take part in a collective)."""
+    return _process_state(pid) not in (None, "Z", "X", "T", "t")
 
 
 def _agent_store() -> Any:
@@ -176,9 +285,12 @@ def rank_device(info: RankInfo, requested: str | None) -> str:
     )
 
 
-def start(requested_device: str | None) -> Distributed | None:
+def start(
+    requested_device: str | None, timeout: float = DEFAULT_COLLECTIVE_TIMEOUT
+) -> Distributed | None:
     """Join the job's process group when torchrun started this process with more than one
-    rank; None otherwise. A bad torchrun variable or device is a UsageError."""
+    rank; None otherwise. A bad torchrun variable or device is a UsageError. A collective that
+    waits ``timeout`` seconds for the other ranks fails the run."""
     try:
         info = RankInfo.from_environment()
     except ValueError as exc:
@@ -189,5 +301,9 @@ def start(requested_device: str | None) -> Distributed | None:
     if device.startswith("cuda"):
         torch.cuda.set_device(device)
     backend = "nccl" if device.startswith("cuda") else "gloo"
-    dist.init_process_group(backend, device_id=torch.device(device) if backend == "nccl" else None)
-    return Distributed(info, device)
+    dist.init_process_group(
+        backend,
+        device_id=torch.device(device) if backend == "nccl" else None,
+        timeout=timedelta(seconds=timeout),
+    )
+    return Distributed(info, device, timeout)

@@ -80,6 +80,8 @@ class TrainRequest:
     """The backends for (run id, this rank, the run directory's name rank 0 chose)."""
     device: str | None = None
     """The ``--device`` asked for (None: the CPU, or cuda:LOCAL_RANK under torchrun)."""
+    collective_timeout: float = distributed.DEFAULT_COLLECTIVE_TIMEOUT
+    """Under torchrun: how long a collective waits for the other ranks before the run fails."""
     telemetry_dir: Path | None = None
     preflight: Callable[[], None] = lambda: None
     """Checks every output path before any work (raises UsageError naming the flag)."""
@@ -97,7 +99,7 @@ class TrainRequest:
 def launch(request: TrainRequest) -> int:
     """Run ``request`` to its end and return the exit status (see the module docstring)."""
     try:
-        ranks = distributed.start(request.device)
+        ranks = distributed.start(request.device, request.collective_timeout)
     except UsageError as exc:
         request.warn(f"{request.prog}: error: {exc}")
         return EXIT_USAGE
@@ -128,6 +130,9 @@ class _Launch:
 
     def error(self, message: str) -> None:
         self.request.warn(f"{self.request.prog}: error: {self.who}{message}")
+
+    def note(self, message: str) -> None:
+        self.request.warn(f"{self.request.prog}: {self.who}{message}")
 
     def run(self) -> int:
         session = self.open_session()
@@ -165,6 +170,7 @@ class _Launch:
             mine = free_run_dir_name(tdir) if ranks.info.rank == 0 and tdir else None
             config.run_id, run_dir = ranks.agree((config.run_id, mine))
             ranks.join_run(config.run_id)
+            ranks.watch_stalls(self.note)
         failure: str | None = None
         session: RunSession | None = None
         try:

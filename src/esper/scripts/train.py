@@ -73,6 +73,13 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
         "by the processes of this job on this node)",
     )
     g.add_argument(
+        "--collective-timeout",
+        type=at.float_range(10.0, 86400.0),
+        default=distributed.DEFAULT_COLLECTIVE_TIMEOUT,
+        help="under torchrun: seconds a rank waits for the others in one collective before the "
+        "run fails (a rank that waits a quarter of it, or a minute, names the ranks it waits for)",
+    )
+    g.add_argument(
         "--vectorized",
         action=argparse.BooleanOptionalAction,
         default=True,
@@ -373,6 +380,7 @@ def request(args: argparse.Namespace) -> TrainRequest:
         config=run_config(args),
         spec=spec,
         device=args.device,
+        collective_timeout=args.collective_timeout,
         telemetry_dir=args.telemetry_dir,
         preflight=lambda: preflight(args),
         linger_seconds=args.metrics_linger,

@@ -77,8 +77,19 @@ class ProcessGroupCollectives:
         self.world_size = dist.get_world_size()
         self.device = torch.device(device)
         self._waits: list[tuple[str, float]] = []
+        self.entered = 0
+        """Collectives this rank has entered: the ranks compare theirs to find who is behind."""
+        self.in_flight: tuple[str, float] | None = None
+        """(operation, perf_counter at entry) of the collective this rank waits in, if any."""
+
+    def _enter(self, op: str) -> float:
+        start = time.perf_counter()
+        self.entered += 1
+        self.in_flight = (op, start)
+        return start
 
     def _timed(self, op: str, start: float) -> None:
+        self.in_flight = None
         self._waits.append((op, time.perf_counter() - start))
 
     def broadcast_parameters(self, module: torch.nn.Module) -> None:
@@ -88,7 +99,7 @@ class ProcessGroupCollectives:
             groups.setdefault(t.dtype, []).append(t)
         for tensors in groups.values():
             flat = torch.cat([t.detach().reshape(-1).to(self.device) for t in tensors])
-            start = time.perf_counter()
+            start = self._enter("broadcast")
             dist.broadcast(flat, src=0)
             self._timed("broadcast", start)
             offset = 0
@@ -106,7 +117,7 @@ class ProcessGroupCollectives:
             torch.zeros_like(p) if p.grad is None else p.grad for p in params
         ]  # a head no sample used this minibatch still takes part
         flat = torch.cat([g.reshape(-1) for g in grads]).to(self.device)
-        start = time.perf_counter()
+        start = self._enter("all_reduce_gradients")
         dist.all_reduce(flat, op=dist.ReduceOp.SUM)
         self._timed("all_reduce_gradients", start)
         flat /= self.world_size
@@ -118,7 +129,7 @@ class ProcessGroupCollectives:
 
     def mean(self, value: float) -> float:
         t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        start = time.perf_counter()
+        start = self._enter("all_reduce_scalar")
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
         self._timed("all_reduce_scalar", start)
         return float(t.item()) / self.world_size
@@ -126,7 +137,7 @@ class ProcessGroupCollectives:
     def gather(self, values: list[float]) -> list[list[float]]:
         mine = torch.tensor(values, dtype=torch.float64, device=self.device)
         out = [torch.empty_like(mine) for _ in range(self.world_size)]
-        start = time.perf_counter()
+        start = self._enter("all_gather_batch")
         dist.all_gather(out, mine)
         self._timed("all_gather_batch", start)
         return [t.tolist() for t in out]
