@@ -20,6 +20,7 @@ from esper.nissa.metrics_server import (
     ScrapeTracker,
 )
 from esper.nissa.prometheus import PrometheusOutput
+from tests._tls import self_signed
 
 PROM_A = {"REMOTE_ADDR": "10.0.0.1", "HTTP_USER_AGENT": "Prometheus/2.42.0+ds",
           PROMETHEUS_HEADER: "10"}  # fmt: skip
@@ -116,14 +117,7 @@ def test_a_failed_response_is_not_a_read_of_the_final_state() -> None:
 
 @pytest.fixture
 def tls_files(tmp_path: Path) -> tuple[Path, Path]:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-         "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-         "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return cert, key
+    return self_signed(tmp_path)
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ from esper.nissa.prometheus import (
     families,
     process_start_ticks,
 )
+from tests._tls import self_signed
 
 ET = TelemetryEventType
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "METRICS.md"
@@ -291,13 +292,7 @@ def test_a_port_in_use_is_a_clear_error_naming_it() -> None:
 
 
 def test_tls_serves_metrics_to_a_client_that_trusts_the_certificate(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
-         "/CN=localhost", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key),
-         "-out", str(cert)],
-        check=True, capture_output=True,
-    )  # fmt: skip
+    cert, key = self_signed(tmp_path)
     out = PrometheusOutput(cuda=False)
     port = out.serve(0, certfile=str(cert), keyfile=str(key))
     try:

@@ -86,6 +86,46 @@ def test_a_full_disk_is_reported_as_lost_events_and_a_failing_exit_status(
     assert not [p for p in replay.problems if not p.torn]
 
 
+@pytest.fixture
+def tiny_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 16 KB tmpfs: room for a few dozen lines."""
+    mount = tmp_path / "tiny"
+    mount.mkdir()
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16k", "tmpfs", str(mount)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_offline_compare_gives_the_same_verdict_over_lost_events(
+    tmp_path: Path, tiny_disk: Path
+) -> None:
+    """It used to exit 0 with its telemetry lost on a full disk; it shares esper train's
+    session now: the same summary, and exit status 3."""
+    cli = [sys.executable, "-m", "esper.scripts.cli", "offline"]
+    steps = [
+        ["record", "--seeds", "1", "--max-epochs", "4", "--out", str(tmp_path / "rec.pt")],
+        ["train", "--data", str(tmp_path / "rec.pt"), "--steps", "5",
+         "--out", str(tmp_path / "iql.pt")],
+    ]  # fmt: skip
+    for step in steps:
+        made = subprocess.run([*cli, *step], capture_output=True, text=True, check=False)
+        assert made.returncode == 0, made.stderr
+    proc = subprocess.run(
+        [*cli, "compare", "--model", str(tmp_path / "iql.pt"), "--seeds", "101", "102",
+         "103", "104", "--max-epochs", "20", "--telemetry-dir", str(tiny_disk)],
+        capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "TELEMETRY INCOMPLETE: events were lost" in proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
 # -- interrupts of a plain run --------------------------------------------------------------------
 
 

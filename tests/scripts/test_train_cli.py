@@ -152,3 +152,22 @@ def test_esper_command_rejects_an_unknown_command(capsys: pytest.CaptureFixture[
     assert cli.main(["frobnicate"]) == 2
     assert "unknown command 'frobnicate'" in capsys.readouterr().err
     assert cli.main([]) == 2
+
+
+def test_the_command_line_only_parses_and_prints() -> None:
+    """The run lives in esper.runs: the command line hands it a TrainRequest. Orchestration
+    (threads, the training call, the process group, the verdict) must not creep back."""
+    import ast
+
+    from esper.scripts import train
+
+    tree = ast.parse(Path(train.__file__).read_text())
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom | ast.Import)
+                for a in n.names}  # fmt: skip
+    assert imported.isdisjoint(
+        {"threading", "traceback", "signal", "run_training", "RunSession", "attach_backends"}
+    )
+    called = {n.func.attr for n in ast.walk(tree)
+              if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)}  # fmt: skip
+    assert called.isdisjoint({"start", "close", "all_ok", "agree", "join_run"})
+    assert not hasattr(train, "setup_telemetry")

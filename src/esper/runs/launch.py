@@ -21,6 +21,7 @@ The command line only parses flags into the request and prints what it is handed
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import traceback
@@ -135,7 +136,10 @@ class _Launch:
         self.request.warn(f"{self.request.prog}: {self.who}{message}")
 
     def run(self) -> int:
-        session = self.open_session()
+        try:
+            session = self.open_session()
+        except (KeyboardInterrupt, SystemExit) as exc:  # a stop signal while it opened
+            return self.stopped(exc)
         if session is None:
             return EXIT_USAGE
         session.warn_if_telemetry_is_off(self.config.telemetry)
@@ -156,8 +160,10 @@ class _Launch:
                 linger_seconds=self.request.linger_seconds, interrupted=code >= EXIT_INTERRUPTED
             )
             summary = session.summary()
-            self.request.say(summary.text)
-            code = session.exit_status(code)
+            code = summary.exit_status(code)
+            # The record is closed and the verdict made: a stop signal now changes neither.
+            with contextlib.suppress(KeyboardInterrupt, SystemExit):
+                self.request.say(summary.text)
         return code
 
     def open_session(self) -> RunSession | None:

@@ -57,6 +57,11 @@ class Summary:
     def text(self) -> str:
         return "\n".join(self.lines)
 
+    def exit_status(self, code: int) -> int:
+        """The command's exit status: ``code`` (the work's own), except that work that
+        succeeded but lost telemetry exits ``EXIT_TELEMETRY_LOST``."""
+        return EXIT_TELEMETRY_LOST if code == EXIT_OK and not self.kept else code
+
 
 class RunSession:
     """One command's hub and backends, from start to a complete close and its verdict."""
@@ -202,8 +207,5 @@ class RunSession:
                 "the JSONL record holds it"]  # fmt: skip
 
     def exit_status(self, code: int) -> int:
-        """The command's exit status: ``code`` (the work's own), except that work that
-        succeeded but lost telemetry exits ``EXIT_TELEMETRY_LOST``."""
-        if code == EXIT_OK and not self.summary().kept:
-            return EXIT_TELEMETRY_LOST
-        return code
+        """The command's exit status after ``close()`` (see ``Summary.exit_status``)."""
+        return self.summary().exit_status(code)

@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from esper.leyline import UsageError
+from esper.leyline import BackendConfigError, UsageError
 from esper.nissa.backends import BackendSpec
 from esper.runs.config import new_run_id
 from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
@@ -80,8 +80,9 @@ def _compare(args: argparse.Namespace) -> int:
         code = EXIT_OK
     finally:
         session.close(interrupted=code != EXIT_OK)
-        print(session.summary().text)
-    return session.exit_status(code)
+        summary = session.summary()
+        print(summary.text)
+    return summary.exit_status(code)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -108,7 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         return {"record": _record, "train": _train, "compare": _compare}[args.command](args)
-    except UsageError as exc:
+    except (UsageError, BackendConfigError) as exc:
         print(f"esper offline: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:

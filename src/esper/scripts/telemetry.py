@@ -121,8 +121,9 @@ def _replay(args: argparse.Namespace) -> int:
         print(f"warning: {where}: {status.detail}", file=sys.stderr)
     for problem in problems:
         print(f"  warning: {problem}", file=sys.stderr)
-    print(session.summary().text)
-    return session.exit_status(code)
+    summary = session.summary()
+    print(summary.text)
+    return summary.exit_status(code)
 
 
 def _same_file(a: Path, b: Path) -> bool:
