@@ -24,7 +24,7 @@ from esper.leyline._catalogue import (
     validate_payload,
 )
 from esper.leyline._docs import render_events_markdown
-from esper.leyline._emit import emit_event, sink_failures
+from esper.leyline._emit import deliver, emit_event, sink_failures
 from esper.leyline._errors import (
     BackendConfigError,
     BackendError,
@@ -94,6 +94,7 @@ __all__ = [
     "TelemetryLevel",
     "UsageError",
     "allowed_values",
+    "deliver",
     "emit_event",
     "example_payload",
     "is_active_stage",

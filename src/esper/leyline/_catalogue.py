@@ -185,6 +185,8 @@ FLT, INT, BOOL, STR, LIST, DICT = (
     FieldType.DICT,
 )
 
+_LEVELS = ("off", "minimal", "normal", "debug")
+
 DISCRIMINATORS: dict[TelemetryEventType, str] = {
     ET.EPOCH_COMPLETED: "scope",
     ET.ANALYTICS_SNAPSHOT: "kind",
@@ -354,6 +356,13 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
                 INT,
                 "",
                 "envs this rank steps (n_envs is over all ranks); env ids are global",
+            ),
+            _f(
+                "escalate_epochs",
+                INT,
+                "epochs",
+                "epochs an anomaly raises its env (a policy anomaly: every env) to debug; 0 when "
+                "nothing escalates (--escalate-epochs 0, level off or debug, or no debug events)",
             ),
         ),
     ),
@@ -780,6 +789,34 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
                 allowed=("telemetry_disabled", "backend_failed", "events_dropped", "events_lost"),
             ),
             _f("detail", STR, "", "what happened, in words"),
+        ),
+    ),
+    PayloadSpec(
+        ET.TELEMETRY_LEVEL_CHANGED,
+        None,
+        "An env's telemetry (or the whole run's) went to debug because something went wrong "
+        "there, or came back; two bracket each window of detail.",
+        (
+            _f(
+                "env_id", INT, "", "the env escalated; null for every env of the run", nullable=True
+            ),
+            _f("from_level", STR, "", "level before", allowed=_LEVELS),
+            _f("to_level", STR, "", "level after", allowed=_LEVELS),
+            _f(
+                "reason",
+                STR,
+                "",
+                "the trigger: its event type and kind, e.g. "
+                "GRADIENT_ANOMALY:host:exploding, GOVERNOR_ROLLBACK:nan_loss",
+            ),
+            _f(
+                "trigger_event_id",
+                STR,
+                "",
+                "event_id of the trigger (null when it has no event on this rank)",
+                nullable=True,
+            ),
+            _f("until_epoch", INT, "epochs", "the last epoch of the episode at debug"),
         ),
     ),
 )

@@ -49,10 +49,16 @@ def emit_event(
         slot_id=slot_id,
         epoch=epoch,
     )
+    return deliver(sink, event)
+
+
+def deliver(sink: Callable[[TelemetryEvent], None], event: TelemetryEvent) -> bool:
+    """Hand an event built with ``make_event`` to ``sink``: True when it took it; False
+    (logged and counted) when it raised."""
     try:
         sink(event)
     except Exception as exc:  # noqa: BLE001 - telemetry never stops training; counted below
-        _count_failure(event_type, exc)
+        _count_failure(event.event_type, exc)
         return False
     return True
 

@@ -34,6 +34,7 @@ class TelemetryEventType(Enum):
     CHECKPOINT_SAVED = "CHECKPOINT_SAVED"
     CHECKPOINT_LOADED = "CHECKPOINT_LOADED"
     TELEMETRY_WARNING = "TELEMETRY_WARNING"
+    TELEMETRY_LEVEL_CHANGED = "TELEMETRY_LEVEL_CHANGED"
 
 
 LIFECYCLE_EVENT_TYPES: frozenset[TelemetryEventType] = frozenset(
@@ -50,6 +51,8 @@ LIFECYCLE_EVENT_TYPES: frozenset[TelemetryEventType] = frozenset(
         TelemetryEventType.CHECKPOINT_LOADED,
         # The hub's own warnings report drops; dropping them would hide the drops.
         TelemetryEventType.TELEMETRY_WARNING,
+        # They bracket the detail a reader looks for: a window missing an end would lie.
+        TelemetryEventType.TELEMETRY_LEVEL_CHANGED,
     }
 )
 """Event types the hub never drops, however loaded it is."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esper.leyline import RankInfo, RunInterrupted, TelemetryConfig
+from esper.simic.escalation import DEFAULT_ESCALATE_EPOCHS
 from esper.tolaria.environment import Fault
 
 
@@ -54,6 +55,9 @@ class RunConfig:
     run_id: str = ""
     threads: int | None = None
     """Intra-op CPU threads for this process; None chooses (``esper.runs.placement``)."""
+    escalate_epochs: int = DEFAULT_ESCALATE_EPOCHS
+    """Epochs an anomaly raises its env's telemetry to debug (0: never); see
+    ``esper.simic.escalation``."""
     counterfactual: str = "every_epoch"
     """every_epoch, or final_epoch: measure seeds' alpha=0 baselines only on the last epoch."""
     ranks: RankInfo = field(default_factory=RankInfo)

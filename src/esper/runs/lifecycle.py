@@ -120,6 +120,7 @@ def training_started_payload(
         "node_rank": config.ranks.node_rank,
         "restart_count": config.ranks.restart_count,
         "local_n_envs": config.local_n_envs,
+        "escalate_epochs": 0,
     }
     data.update(overrides)
     return data
@@ -328,6 +329,7 @@ def _ppo(
         policy_device=config.devices[0],
         comm=comm if comm is not None else LocalCollectives(),
         total_envs=config.n_envs,
+        escalate_epochs=config.escalate_epochs,
     )
     return VectorizedPPO(envs, hub, settings)
 

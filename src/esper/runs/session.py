@@ -100,10 +100,14 @@ class RunSession:
         """One TELEMETRY_WARNING when the level is off (what is kept, if anything)."""
         if config.level is not TelemetryLevel.OFF:
             return
-        detail = "telemetry level is off" + (
-            "; seed lifecycle events stay on (--telemetry-lifecycle-only)"
-            if config.lifecycle_only
-            else ""
+        detail = (
+            "telemetry level is off"
+            + (
+                "; seed lifecycle events stay on (--telemetry-lifecycle-only)"
+                if config.lifecycle_only
+                else ""
+            )
+            + "; anomalies do not escalate to debug (--escalate-epochs needs a level above off)"
         )
         self.hub.emit(
             TelemetryEvent(

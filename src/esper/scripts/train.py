@@ -24,6 +24,7 @@ from esper.runs.lifecycle import RunResult
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.scripts._progress import ProgressBar
+from esper.simic.escalation import DEFAULT_ESCALATE_EPOCHS
 from esper.tolaria.environment import Fault
 
 TASKS: tuple[str, ...] = ("digits", "cifar10")
@@ -147,6 +148,14 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
     )
     t.add_argument(
         "--telemetry-level", choices=TELEMETRY_LEVELS, default="normal", help="how much to emit"
+    )
+    t.add_argument(
+        "--escalate-epochs",
+        type=at.int_range(0, 1000),
+        default=DEFAULT_ESCALATE_EPOCHS,
+        help="when something goes wrong in an env (a gradient anomaly, a rollback, a seed culled "
+        "for a regression), record that env at debug level for this many epochs; a policy "
+        "anomaly raises every env (0: never; nothing escalates at level off or debug)",
     )
     t.add_argument(
         "--telemetry-lifecycle-only",
@@ -317,6 +326,7 @@ def run_config(args: argparse.Namespace) -> RunConfig:
         faults=tuple(Fault(f.kind, f.epoch) for f in args.inject_fault),
         telemetry=telemetry_config(args),
         counterfactual=args.counterfactual.replace("-", "_"),
+        escalate_epochs=args.escalate_epochs,
         threads=args.threads,
     )
 

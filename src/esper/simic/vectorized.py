@@ -34,7 +34,9 @@ from esper.leyline import (
     Op,
     Severity,
     TelemetryEventType,
+    deliver,
     emit_event,
+    make_event,
 )
 from esper.nissa import get_hub
 from esper.simic.collectives import Collectives, LocalCollectives
@@ -47,6 +49,7 @@ from esper.simic.emitters import (
     _emit_reward_summary,
     _emit_throughput,
 )
+from esper.simic.escalation import DEFAULT_ESCALATE_EPOCHS, Escalation
 from esper.simic.features import observe, state_dim
 from esper.simic.observation import action_masks
 from esper.simic.ppo import PPOConfig, PPOTrainer, Rollout
@@ -238,6 +241,8 @@ class PPOSettings(EpisodeSettings):
     """The other ranks of a multi-process run (LocalCollectives: this process alone)."""
     total_envs: int = 0
     """Envs over all ranks (0: this process's envs are all of them)."""
+    escalate_epochs: int = DEFAULT_ESCALATE_EPOCHS
+    """Epochs an anomaly raises its env to debug (see ``esper.simic.escalation``)."""
 
 
 class VectorizedPPO:
@@ -263,8 +268,10 @@ class VectorizedPPO:
         self.hub = hub
         self.tel = settings.telemetry
         self.envs = envs
+        self.escalation = Escalation(settings.escalate_epochs, self.tel, hub.emit)
         for env in self.envs:
             _apply_slot_telemetry(env, self.tel.analytics, self.tel.lifecycle)
+            env.context.emit = self.escalation.watch(env.env_id, env.context.emit)
         self.policy_device = settings.policy_device
         self.policy = PolicyNetwork(state_dim(len(SLOT_IDS)), len(SLOT_IDS), len(BLUEPRINT_IDS))
         self.policy.to(self.policy_device)
@@ -326,7 +333,7 @@ class VectorizedPPO:
         success = env.apply(op, slot_id, blueprint_id, blend)
         stats.action_counts[op.name] += 1
         stats.success_counts[op.name] += int(success)
-        if self.tel.debug:
+        if self.escalation.debug(env.env_id, before.inner_epoch):
             _emit_last_action(
                 env.env_id,
                 before.inner_epoch,
@@ -365,7 +372,7 @@ class VectorizedPPO:
         summary = stats.reward_parts[i]
         for k, v in parts.items():
             summary[k] = summary.get(k, 0.0) + v
-        if not self.tel.debug:
+        if not self.escalation.debug(env.env_id, p.before.inner_epoch):
             return
         slot_state = env.model.slot(p.slot_id).state
         if p.contribution is None and p.op in (Op.CULL, Op.FOSSILIZE) and p.success:
@@ -412,8 +419,11 @@ class VectorizedPPO:
         mask_hits = torch.zeros(len(ACTION_HEADS), device=self.policy_device)
         decisions = 0
         results: list[EpochResult] = []
+        escalation = self.escalation
+        escalation.begin_batch()
         for epoch in range(1, epochs + 1):
             cfg.check_stop()
+            escalation.begin_epoch(epoch)
             started = time.perf_counter()
             results = [env.run_epoch(epoch, batch_idx, epochs) for env in envs]
             epoch_seconds = time.perf_counter() - started
@@ -465,6 +475,7 @@ class VectorizedPPO:
                 rollout.add(i, obs_t, batch, i)
                 masked = dict(zip(ACTION_HEADS, hit_rows[i], strict=True))
                 pending[i] = self._act(env, actions[i], masked, results[i], stats)
+        escalation.end_batch()
         self._finish_batch(
             batch_idx, rollout, stats, results, mask_hits=mask_hits, decisions=decisions
         )
@@ -499,8 +510,10 @@ class VectorizedPPO:
         self.rolling.append(avg_acc)
         rolling = statistics.fmean(self.rolling)
         lead = self.comm.rank == 0  # the run's batch-level events come from rank 0 alone
-        if lead and tel.lifecycle:
-            self._report_policy_anomalies()
+        if tel.lifecycle:
+            self._report_policy_anomalies(emit=lead)
+        if run.metrics.get("entropy_collapsed"):  # reduced over the ranks: any rank's
+            self.escalation.trigger_policy("PPO_UPDATE_COMPLETED:entropy_collapse", None)
         if lead and tel.analytics:
             update = dict(run.metrics)
             update_ms = update.pop("update_time_ms")
@@ -622,9 +635,11 @@ class VectorizedPPO:
                 run.metrics[key] = _reduce(key, by_key)
         return run
 
-    def _report_policy_anomalies(self) -> None:
+    def _report_policy_anomalies(self, *, emit: bool) -> None:
         """GRADIENT_ANOMALY (scope policy) when the update's worst minibatch had non-finite,
-        exploding or vanishing policy gradients (the same rule as the host's and seeds')."""
+        exploding or vanishing policy gradients (the same rule as the host's and seeds'),
+        emitted when ``emit`` (rank 0: the gradients are the same on every rank) and
+        escalating every env of every rank."""
         collector = self.trainer.collector
         data = gradient_anomaly(
             "policy",
@@ -632,14 +647,19 @@ class VectorizedPPO:
             vanishing_threshold=collector.vanishing_threshold,
             exploding_threshold=collector.exploding_threshold,
         )
-        if data is not None:
-            emit_event(
-                self.hub.emit,
-                ET.GRADIENT_ANOMALY,
-                data,
-                message=f"policy gradients {data['kind']}: norm {data['value']:.3g}",
-                severity=Severity.WARNING,
-            )
+        if data is None:
+            return
+        event = make_event(
+            ET.GRADIENT_ANOMALY,
+            data,
+            message=f"policy gradients {data['kind']}: norm {data['value']:.3g}",
+            severity=Severity.WARNING,
+        )
+        if emit:
+            deliver(self.hub.emit, event)
+        self.escalation.trigger_policy(
+            f"GRADIENT_ANOMALY:policy:{data['kind']}", event.event_id if emit else None
+        )
 
     # -- the run -------------------------------------------------------------------------------
 
@@ -654,7 +674,9 @@ class VectorizedPPO:
     def started_fields(self) -> dict[str, object]:
         """TRAINING_STARTED fields of the controller: the policy and its hyperparameters."""
         ppo = self.config.ppo
+        esc = self.escalation
         return {
+            "escalate_epochs": esc.epochs if esc.enabled else 0,
             "policy_device": self.policy_device,
             "reward_mode": REWARD_MODE,
             "use_telemetry": True,

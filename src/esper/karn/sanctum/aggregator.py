@@ -37,11 +37,13 @@ _LOGGED = frozenset(
         ET.TRAINING_STARTED, ET.TRAINING_COMPLETED, ET.SEED_GERMINATED, ET.SEED_STAGE_CHANGED,
         ET.SEED_FOSSILIZED, ET.SEED_CULLED, ET.GOVERNOR_ROLLBACK, ET.GRADIENT_ANOMALY,
         ET.PLATEAU_DETECTED, ET.CHECKPOINT_SAVED, ET.CHECKPOINT_LOADED, ET.TELEMETRY_WARNING,
+        ET.TELEMETRY_LEVEL_CHANGED,
     }
 )  # fmt: skip
 _LOG_DETAILS = (
     "reason", "auto_culled", "improvement", "blueprint_id", "epochs_total", "counterfactual",
     "from_stage", "to_stage", "params", "params_added", "kind", "scope", "value", "status",
+    "to_level", "until_epoch",
 )  # fmt: skip
 _POLICY_ANOMALIES_CAP = 20
 
@@ -318,6 +320,14 @@ def _warning(snap: SanctumSnapshot, env: EnvState | None, d: Data) -> None:
     snap.telemetry_warnings.append(dict(d))
 
 
+def _level_changed(snap: SanctumSnapshot, env: EnvState | None, d: Data) -> None:
+    escalated = d.get("to_level") == "debug"
+    if d.get("env_id") is None:
+        snap.escalated_run = escalated
+    elif env is not None:
+        env.escalated = escalated
+
+
 def _snapshot(snap: SanctumSnapshot, env: EnvState | None, d: Data) -> None:
     if d.get("kind") == "last_action" and env is not None and env.last_decision is not None:
         snap.recent_decisions.append(copy.copy(env.last_decision))
@@ -333,5 +343,6 @@ _AFTER = {
     ET.GOVERNOR_ROLLBACK: _rollback,
     ET.GRADIENT_ANOMALY: _anomaly,
     ET.TELEMETRY_WARNING: _warning,
+    ET.TELEMETRY_LEVEL_CHANGED: _level_changed,
     ET.ANALYTICS_SNAPSHOT: _snapshot,
 }

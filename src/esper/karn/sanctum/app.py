@@ -20,7 +20,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, Static
 
-from esper.karn.sanctum.schema import EventLogEntry, SanctumSnapshot
+from esper.karn.sanctum.schema import EnvState, EventLogEntry, SanctumSnapshot
 from esper.leyline import ACTION_HEADS
 
 SnapshotSource = Callable[[], SanctumSnapshot]
@@ -54,6 +54,12 @@ def run_status(s: SanctumSnapshot, *, live: bool) -> str:
     if status == "completed":
         return "completed"
     return f"[red]{status}[/red]" + (f" ({error})" if error else "")
+
+
+def env_telemetry(s: SanctumSnapshot, e: EnvState) -> str:
+    """``DEBUG (escalated)`` while something that went wrong has raised the env's telemetry
+    (or every env's, after a policy anomaly); empty at the run's own level."""
+    return "DEBUG (escalated)" if e.escalated or s.escalated_run else ""
 
 
 def run_header(s: SanctumSnapshot, *, live: bool = True) -> str:
@@ -176,7 +182,7 @@ class SanctumApp(App[None]):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
         self.query_one("#envs", DataTable).add_columns(
             "env", "epoch", "val acc %", "val loss", "grad norm", "seeds", "rollbacks",
-            "anomalies", "step ms", "fps",
+            "anomalies", "step ms", "fps", "telemetry",
         )  # fmt: skip
         self.query_one("#seeds", DataTable).add_columns(
             "env", "slot", "seed", "blueprint", "stage", "alpha", "Δacc", "grad health",
@@ -198,6 +204,7 @@ class SanctumApp(App[None]):
                 str(env_id), str(e.inner_epoch), f"{e.val_accuracy:.2f}", f"{e.val_loss:.3f}",
                 f"{e.host_grad_norm:.3f}", str(len(e.seeds)), str(e.rollbacks), str(e.anomalies),
                 _fmt(e.throughput.get("step_time_ms"), ".1f"), _fmt(e.throughput.get("fps"), ".0f"),
+                env_telemetry(s, e),
             )  # fmt: skip
         seeds = self.query_one("#seeds", DataTable)
         seeds.clear()

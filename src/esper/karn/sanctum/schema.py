@@ -62,6 +62,7 @@ class RunConfig:
     node_rank: int = 0
     restart_count: int = 0
     local_n_envs: int = 0
+    escalate_epochs: int = 0
 
 
 @dataclass(slots=True)
@@ -190,6 +191,8 @@ class EnvState:
     last_reward: dict[str, Any] = field(default_factory=dict)
     reward_summary: dict[str, Any] = field(default_factory=dict)
     last_decision: DecisionSnapshot | None = None
+    escalated: bool = False
+    """Its telemetry runs at debug now, after something went wrong in it."""
 
 
 @dataclass(slots=True)
@@ -240,6 +243,10 @@ class SanctumSnapshot:
     last_anomaly: dict[str, Any] = field(default_factory=dict)
     """The last GRADIENT_ANOMALY (any scope; the env's own is on its EnvState too)."""
     last_warning: dict[str, Any] = field(default_factory=dict)
+    last_level_change: dict[str, Any] = field(default_factory=dict)
+    """The last TELEMETRY_LEVEL_CHANGED: an escalation opening or closing."""
+    escalated_run: bool = False
+    """Every env runs at debug now, after the policy went wrong."""
     checkpoint: dict[str, Any] = field(default_factory=dict)
     resumed_from: dict[str, Any] = field(default_factory=dict)
     completed: dict[str, Any] = field(default_factory=dict)
