@@ -52,6 +52,8 @@ COUNTER_ALERTS = (
     CounterAlert("EsperNaNGradients", "esper_gradient_anomalies_total",
                  {**TRAINER, "scope": "policy", "kind": "nan"},
                  ("job", "instance", "scope"), 300, 1),
+    CounterAlert("EsperLossSpikes", "esper_gradient_anomalies_total",
+                 {**TRAINER, "scope": "host", "kind": "loss_spike"}, ("job", "instance"), 900, 1),
     CounterAlert("EsperVanishingSeedGradients", "esper_gradient_anomalies_total",
                  {**TRAINER, "scope": "seed", "kind": "vanishing"},
                  ("job", "instance"), 600, 3, for_s=120),

@@ -183,7 +183,7 @@ def test_nan_is_a_legal_float_but_not_an_int() -> None:
     ("event_type", "field", "values"),
     [
         (ET.GRADIENT_ANOMALY, "scope", ("policy", "host", "seed")),
-        (ET.GRADIENT_ANOMALY, "kind", ("exploding", "vanishing", "nan")),
+        (ET.GRADIENT_ANOMALY, "kind", ("exploding", "vanishing", "nan", "loss_spike")),
         (ET.GOVERNOR_ROLLBACK, "reason", ("nan_loss", "inf_loss", "divergence", "manual")),
         (ET.SEED_CULLED, "reason", ("controller", "gate_failed", "blend_regression",
                                     "probation_timeout", "rollback")),

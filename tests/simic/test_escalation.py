@@ -259,3 +259,17 @@ def test_sanctum_marks_the_escalated_envs_and_the_whole_run() -> None:
         aggregator.process_event(e)
     snap = aggregator.get_snapshot()
     assert [env_telemetry(snap, snap.envs[i]) for i in (0, 1)] == ["DEBUG (escalated)"] * 2
+
+
+@pytest.mark.slow
+def test_a_loss_spike_escalates_its_env_without_a_rollback(tmp_path: Path) -> None:
+    events = _train(tmp_path, "--max-epochs", "12", "--inject-fault", "loss-spike@10")
+    spikes = [e for e in events if e.event_type is ET.GRADIENT_ANOMALY
+              and e.data["kind"] == "loss_spike"]  # fmt: skip
+    assert [(e.data["env_id"], e.epoch) for e in spikes] == [(0, 10)] * 2  # two batches
+    for spike in spikes:
+        assert spike.data["value"] > spike.data["threshold"]
+    assert not [e for e in events if e.event_type is ET.GOVERNOR_ROLLBACK]
+    windows = _windows(events)
+    spiked = [w for w in windows if w[3] == "GRADIENT_ANOMALY:host:loss_spike"]
+    assert [(w[0], w[1], w[2]) for w in spiked] == [(0, 10, 12)] * 2

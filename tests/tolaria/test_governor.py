@@ -65,3 +65,34 @@ def test_rollback_restores_the_last_good_state_culls_live_seeds_and_reports() ->
     culls = [e for e in events if e.event_type is TelemetryEventType.SEED_CULLED]
     assert culls[0].data["reason"] == "rollback"
     assert culls[0].data["auto_culled"] is True
+
+
+def _judged(losses: list[float]) -> TolariaGovernor:
+    gov = TolariaGovernor(_host([]), env_id=2)
+    for loss in losses:
+        gov.check(loss)
+    return gov
+
+
+def test_a_loss_far_above_its_recent_level_is_a_spike_not_a_panic() -> None:
+    falling = [2.1, 1.33, 0.58, 0.34, 0.24, 0.17, 0.14, 0.12, 0.10]
+    gov = _judged(falling)
+    assert gov.last_spike is None  # a fast fall is no spike, however steep
+    assert gov.check(0.57) is None  # no rollback: below the panic threshold
+    assert gov.last_spike is not None
+    loss, band = gov.last_spike
+    assert loss == 0.57
+    assert 0.12 < band < 0.57
+    assert gov.check(0.11) is None
+    assert gov.last_spike is None  # one spike does not widen the band for the next
+
+
+def test_a_steady_loss_wiggling_is_no_spike_and_a_panic_is_not_also_a_spike() -> None:
+    gov = _judged([0.30, 0.31, 0.29, 0.30, 0.32, 0.30])
+    assert gov.check(0.40) is None
+    assert gov.last_spike is None  # under half again the recent level
+    assert gov.check(0.60) is None  # twice its level (the 0.40 raised the level a little)
+    assert gov.last_spike is not None
+    assert gov.check(50.0) == "divergence"
+    assert gov.last_spike is None
+    assert _judged([0.3, 0.3]).spike_band() == math.inf  # not enough history yet

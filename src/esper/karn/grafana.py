@@ -139,6 +139,11 @@ def training_overview() -> db.Dashboard:
                         [(f"sum by (scope, kind) (increase(esper_gradient_anomalies_total{{{I}}}[{RATE}]))",
                           "{{scope}} {{kind}}")],
                         "Needs a run with anomalies (e.g. --inject-fault exploding-gradients@N)."))
+        .with_panel(_ts("Loss spikes (below the governor's panic)", "none",
+                        [(f'sum(increase(esper_gradient_anomalies_total{{kind="loss_spike", {I}}}'
+                          f"[{RATE}]))", "loss spikes")],
+                        "Needs a run with a spike (e.g. --inject-fault loss-spike@N); each one "
+                        "raised its env to debug level (--escalate-epochs)."))
         .with_panel(_ts("Host gradient norm", "none",
                         [(f"esper_host_grad_norm{{{IE}}}", "env {{env_id}}")]))
         .with_panel(_ts("Firing Esper alerts", "none",

@@ -725,23 +725,33 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
     PayloadSpec(
         ET.GRADIENT_ANOMALY,
         None,
-        "Gradients exploded, vanished or went non-finite.",
+        "Gradients exploded, vanished or went non-finite; or (kind loss_spike) a host's training "
+        "loss rose far above its recent history while staying below the governor's panic.",
         (
             _f("scope", STR, "", "whose gradients", allowed=("policy", "host", "seed")),
-            _f("kind", STR, "", "which rule fired", allowed=("exploding", "vanishing", "nan")),
+            _f(
+                "kind",
+                STR,
+                "",
+                "which rule fired",
+                allowed=("exploding", "vanishing", "nan", "loss_spike"),
+            ),
             _f("env_id", INT, "", "environment index (null for the policy)", nullable=True),
             _f("slot_id", STR, "", "slot (seed scope only)", nullable=True),
             _f(
                 "value",
                 FLT,
                 "",
-                "the gradient norm the rule judged (largest, smallest, or the total for nan)",
+                "the gradient norm the rule judged (largest, smallest, or the total for nan); "
+                "for loss_spike, the epoch's training loss",
             ),
             _f(
                 "threshold",
                 FLT,
                 "",
-                "the threshold it crossed (null for nan: no limit applies)",
+                "the threshold it crossed (null for nan: no limit applies); for loss_spike, the "
+                "top of the loss's band: the median of the last three losses, times the larger "
+                "of 1.5 and exp(5 scaled MADs of the log-steps between epochs)",
                 nullable=True,
             ),
         ),

@@ -47,6 +47,8 @@ HOST_WIDTHS: dict[str, tuple[int, int, int]] = {
     "cifar10": (16, 32, 64),
 }
 
+LOSS_SPIKE_RATIO = 2.5
+"""The ``loss-spike`` fault raises an epoch's mean training loss about this many times."""
 EXPLODING_FAULT_SCALE = 1e4
 """How much the exploding-gradients fault scales the loss before backward."""
 
@@ -189,6 +191,11 @@ class MorphogeneticEnv:
             loss = F.cross_entropy(logits, yb)
             if fault == "nan-loss":
                 loss = loss * torch.tensor(math.nan, device=self.device)
+            elif fault == "loss-spike" and start == 0:
+                # One batch's loss, scaled so the epoch's mean loss is about LOSS_SPIKE_RATIO
+                # times what it would be: trained on (its gradient clipped as always) and
+                # reported. Below the governor's panic (3x the recent mean) by design.
+                loss = loss * (1.0 + (LOSS_SPIKE_RATIO - 1.0) * math.ceil(n / cfg.batch_size))
             (loss * EXPLODING_FAULT_SCALE if fault == "exploding-gradients" else loss).backward()
             host_stats = self.collector.merge(host_stats, self.collector.stats(host_params))
             for i, slot in enumerate(seeded):
@@ -274,6 +281,8 @@ class MorphogeneticEnv:
         self._report_anomalies(host_grads, seed_grads)
 
         reason = self.governor.check(train_loss)
+        if self.governor.last_spike is not None:
+            self._report_spike(*self.governor.last_spike)
         if reason is not None:
             self.counts["culled"] += self.governor.execute_rollback(
                 reason, train_loss, self.optimizer
@@ -431,6 +440,20 @@ class MorphogeneticEnv:
             emit_counterfactual_computed(
                 ctx, self.env_id, slot_id, real, baseline, epoch=ctx.inner_epoch
             )
+
+    def _report_spike(self, loss: float, band: float) -> None:
+        """GRADIENT_ANOMALY kind loss_spike: the loss rose far above its recent history, short
+        of the governor's panic (which rolls back instead)."""
+        ctx = self.context
+        if ctx.fast_mode or not ctx.telemetry.lifecycle:
+            return
+        self._emit(
+            ET.GRADIENT_ANOMALY,
+            {"scope": "host", "kind": "loss_spike", "env_id": self.env_id, "slot_id": None,
+             "value": loss, "threshold": band},
+            f"host loss spike: {loss:.3g} above its recent band {band:.3g}",
+            Severity.WARNING,
+        )  # fmt: skip
 
     def _report_anomalies(self, host: dict[str, Any], seeds: dict[str, dict[str, Any]]) -> None:
         ctx, cfg = self.context, self.config

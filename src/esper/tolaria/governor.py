@@ -8,6 +8,7 @@ optimizer's momentum, and emits GOVERNOR_ROLLBACK with the env and device.
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import deque
@@ -32,6 +33,13 @@ class GovernorConfig:
     tiny, and a multiple of a tiny number is a normal fluctuation, not divergence."""
     history: int = 8
     min_history: int = 3
+    spike_mads: float = 5.0
+    """A loss spike jumps above the median of the last three losses by more than this many
+    median absolute deviations of the history's epoch-to-epoch steps (in log space, scaled by
+    1.4826 so one is a standard deviation for normal noise)..."""
+    spike_fraction: float = 0.5
+    """...and by more than this fraction: a steady loss has steps near zero, and its wiggle
+    is no spike."""
 
 
 class TolariaGovernor:
@@ -63,6 +71,8 @@ class TolariaGovernor:
         self.last_good_state: dict[str, torch.Tensor] | None = None
         self.last_panic: tuple[str, float] | None = None
         """(reason, loss) of the latest panic ``check`` found."""
+        self.last_spike: tuple[float, float] | None = None
+        """(loss, band) when the epoch ``check`` judged last was a loss spike, else None."""
 
     def snapshot(self) -> None:
         """Remember the current host (and fossilized seeds) as the last good state."""
@@ -82,8 +92,28 @@ class TolariaGovernor:
         c = self.config
         return max(mean + c.sensitivity * std, c.multiplier * mean, mean + c.min_margin)
 
+    def spike_band(self) -> float:
+        """The loss above which a healthy epoch is a spike (inf until enough history).
+
+        Measured against the recent level (the median of the last three losses), not the
+        whole history: early in training the loss falls fast, and a band around the history's
+        median would hide a spike under the fall. The allowed jump is robust: median absolute
+        deviation of the log-steps between epochs, which one spike cannot inflate."""
+        c = self.config
+        if len(self.losses) < c.min_history:
+            return math.inf
+        losses = list(self.losses)
+        recent = statistics.median(losses[-3:])
+        logs = [math.log(max(x, 1e-12)) for x in losses]
+        steps = [b - a for a, b in itertools.pairwise(logs)]
+        middle = statistics.median(steps)
+        mad = statistics.median(abs(s - middle) for s in steps)
+        return recent * math.exp(max(c.spike_mads * 1.4826 * mad, math.log1p(c.spike_fraction)))
+
     def check(self, train_loss: float) -> str | None:
-        """Judge an epoch's loss: the panic reason, or None (and a fresh snapshot) if healthy."""
+        """Judge an epoch's loss: the panic reason, or None (and a fresh snapshot) if healthy.
+        A healthy loss above the spike band is noted in ``last_spike``."""
+        self.last_spike = None
         if math.isnan(train_loss):
             reason = "nan_loss"
         elif math.isinf(train_loss):
@@ -91,6 +121,9 @@ class TolariaGovernor:
         elif train_loss > self.threshold():
             reason = "divergence"
         else:
+            band = self.spike_band()
+            if train_loss > band:
+                self.last_spike = (train_loss, band)
             self.losses.append(train_loss)
             self.consecutive_panics = 0
             self.snapshot()
