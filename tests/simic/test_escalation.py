@@ -273,3 +273,32 @@ def test_a_loss_spike_escalates_its_env_without_a_rollback(tmp_path: Path) -> No
     windows = _windows(events)
     spiked = [w for w in windows if w[3] == "GRADIENT_ANOMALY:host:loss_spike"]
     assert [(w[0], w[1], w[2]) for w in spiked] == [(0, 10, 12)] * 2
+
+
+def test_summarize_lists_each_anomaly_with_the_window_of_detail_it_opened(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from esper.nissa import FileOutput
+    from esper.scripts import cli
+
+    out = FileOutput(tmp_path / "e.jsonl")
+    esc = Escalation(3, NORMAL, out.emit)
+    esc.begin_batch()
+    _epochs(esc, 1, 4)
+    spike = make_event(ET.GRADIENT_ANOMALY, example_payload(
+        ET.GRADIENT_ANOMALY, scope="host", kind="loss_spike", env_id=1, value=0.57,
+        threshold=0.31), epoch=4)  # fmt: skip
+    esc.watch(1, out.emit)(spike)
+    lonely = make_event(
+        ET.GOVERNOR_ROLLBACK, example_payload(ET.GOVERNOR_ROLLBACK, reason="nan_loss"), epoch=5
+    )
+    out.emit(lonely)  # not through an escalating sink: no window
+    _epochs(esc, 5, 8)
+    out.close()
+    assert cli.main(["telemetry", "summarize", str(tmp_path / "e.jsonl")]) == 0
+    text = capsys.readouterr().out
+    assert "what went wrong, when, and where the record holds its detail:" in text
+    assert (
+        "env 1 epoch 4: host loss_spike, 0.57 (threshold 0.31); env 1 at debug, epochs 4..6" in text
+    )
+    assert "epoch 5: rollback on nan_loss (loss 0.5); no escalation" in text

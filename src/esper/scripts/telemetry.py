@@ -32,6 +32,15 @@ def _where(paths: list[Path]) -> str:
     return " ".join(str(p) for p in paths)
 
 
+_MARKERS = {
+    "completed": "",
+    "unknown": "",
+    "partial": "  <-- the record lacks a rank: give every node's run directory",
+    "mixed": "  <-- the record mixes runs: each run's status is its own",
+}
+"""What summarize adds to a status line (any other state: the run did not complete)."""
+
+
 def _summarize(args: argparse.Namespace) -> int:
     replay = read_events(args.path, strict=args.strict)
     events = replay.events
@@ -45,14 +54,7 @@ def _summarize(args: argparse.Namespace) -> int:
         end = "" if r.events == 0 else f", last at {r.last}"
         print(f"  rank {r.rank}{node}: {r.events} events, {r.state}{end}")
     status = replay.status
-    if status.state in {"completed", "unknown"}:
-        marker = ""
-    elif status.state == "partial":
-        marker = "  <-- the record lacks a rank: give every node's run directory"
-    elif status.state == "mixed":
-        marker = "  <-- the record mixes runs: each run's status is its own"
-    else:
-        marker = "  <-- the run did not complete"
+    marker = _MARKERS.get(status.state, "  <-- the run did not complete")
     print(f"  status: {status}{marker}")
     if events:
         first, last = events[0], events[-1]
@@ -69,11 +71,64 @@ def _summarize(args: argparse.Namespace) -> int:
     )
     for kind, n in sorted(kinds.items(), key=lambda kv: str(kv[0])):
         print(f"    ANALYTICS_SNAPSHOT kind={kind:<20} {n}")
+    report = anomaly_report(events)
+    if report:
+        print("  what went wrong, when, and where the record holds its detail:")
+        print("\n".join(f"    {line}" for line in report))
     for problem in replay.problems:
         print(f"  warning: {problem}", file=sys.stderr)
     if not status.finished and status.state != "unknown":
         print(f"warning: {where}: {status.detail}", file=sys.stderr)
     return 0
+
+
+def anomaly_report(events: Sequence[TelemetryEvent]) -> list[str]:
+    """One line per anomaly (gradient anomalies and loss spikes, rollbacks, regression culls):
+    when, where, what, and the epochs its escalation recorded at debug level."""
+    windows: dict[str, tuple[int | None, int | None, int]] = {}  # trigger id -> env, from, to
+    opened: dict[tuple[int | None, int | None], TelemetryEvent] = {}
+    for e in events:
+        if e.event_type is not TelemetryEventType.TELEMETRY_LEVEL_CHANGED:
+            continue
+        key = (e.rank, e.data.get("env_id"))
+        if e.data.get("to_level") == "debug":
+            opened[key] = e
+        elif key in opened:
+            start = opened.pop(key)
+            trigger = start.data.get("trigger_event_id")
+            if isinstance(trigger, str):
+                windows[trigger] = (start.data.get("env_id"), start.epoch,
+                                    int(e.data.get("until_epoch", 0)))  # fmt: skip
+    lines = []
+    for e in events:
+        what = _anomaly(e)
+        if what is None:
+            continue
+        d = e.data
+        env = "policy" if d.get("env_id") is None else f"env {d.get('env_id')}"
+        rank = "" if e.rank is None else f"rank {e.rank} "
+        window = windows.get(e.event_id)
+        if window is None:
+            detail = "no escalation"
+        else:
+            who = "every env" if window[0] is None else f"env {window[0]}"
+            detail = f"{who} at debug, epochs {window[1]}..{window[2]}"
+        when = e.timestamp.isoformat(timespec="seconds")
+        lines.append(f"{when} {rank}{env} epoch {e.epoch}: {what}; {detail}")
+    return lines
+
+
+def _anomaly(e: TelemetryEvent) -> str | None:
+    d = e.data
+    if e.event_type is TelemetryEventType.GRADIENT_ANOMALY:
+        value, threshold = d.get("value"), d.get("threshold")
+        bound = "" if threshold is None else f" (threshold {threshold:.3g})"
+        return f"{d.get('scope')} {d.get('kind')}, {value:.3g}{bound}"
+    if e.event_type is TelemetryEventType.GOVERNOR_ROLLBACK:
+        return f"rollback on {d.get('reason')} (loss {d.get('loss_at_panic')})"
+    if e.event_type is TelemetryEventType.SEED_CULLED and d.get("reason") == "blend_regression":
+        return f"seed {e.seed_id} in {e.slot_id} culled for a blend regression"
+    return None
 
 
 def _replay(args: argparse.Namespace) -> int:
