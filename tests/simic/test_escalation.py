@@ -302,3 +302,31 @@ def test_summarize_lists_each_anomaly_with_the_window_of_detail_it_opened(
         "env 1 epoch 4: host loss_spike, 0.57 (threshold 0.31); env 1 at debug, epochs 4..6" in text
     )
     assert "epoch 5: rollback on nan_loss (loss 0.5); no escalation" in text
+
+
+def test_prometheus_shows_each_env_escalated_while_its_window_is_open() -> None:
+    from esper.nissa.prometheus import PrometheusOutput
+
+    prom = PrometheusOutput(cuda=False)
+    for env_id in (0, 1):
+        data = example_payload(ET.EPOCH_COMPLETED, "env", env_id=env_id, seeds={})
+        prom.emit(make_event(ET.EPOCH_COMPLETED, data))
+
+    def escalated() -> dict[str, float]:
+        family = next(
+            m for m in prom.registry.collect() if m.name == "esper_env_telemetry_escalated"
+        )
+        return {s.labels["env_id"]: s.value for s in family.samples}
+
+    esc = Escalation(2, NORMAL, prom.emit)
+    esc.begin_batch()
+    esc.begin_epoch(1)
+    esc.trigger(1, "GOVERNOR_ROLLBACK:nan_loss", None)
+    assert escalated() == {"1": 1.0}
+    esc.end_batch()
+    assert escalated() == {"1": 0.0}
+    esc.trigger_policy("GRADIENT_ANOMALY:policy:nan", None)
+    esc.begin_batch()
+    assert escalated() == {"0": 1.0, "1": 1.0}
+    _epochs(esc, 1, 4)
+    assert escalated() == {"0": 0.0, "1": 0.0}

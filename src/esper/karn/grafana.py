@@ -100,10 +100,19 @@ def _dashboard(uid: str, title: str, description: str) -> db.Dashboard:
     return _variables(d)
 
 
+def _escalations(d: db.Dashboard) -> db.Dashboard:
+    """Escalation windows as annotations: an env's telemetry at debug after an anomaly."""
+    return d.annotation(
+        db.AnnotationQuery().name("Escalated telemetry").datasource(PROM).enable(True)
+        .icon_color("orange")
+        .expr(f"max by (instance, env_id) (esper_env_telemetry_escalated{{{I}}}) > 0")
+    )  # fmt: skip
+
+
 def training_overview() -> db.Dashboard:
     return (
-        _dashboard("esper-overview", "Esper / Training overview",
-                   "Is the run healthy and learning? Accuracy, reward, episodes, seeds, alerts.")
+        _escalations(_dashboard("esper-overview", "Esper / Training overview",
+                   "Is the run healthy and learning? Accuracy, reward, episodes, seeds, alerts."))
         .with_row(db.Row("Run"))
         .with_panel(_stat("Run", "none",
                           [(f"count by (run_id, mode, task, reward_mode) (esper_run_info{{{I}, run_id=~\"$run\"}})",
@@ -144,6 +153,10 @@ def training_overview() -> db.Dashboard:
                           f"[{RATE}]))", "loss spikes")],
                         "Needs a run with a spike (e.g. --inject-fault loss-spike@N); each one "
                         "raised its env to debug level (--escalate-epochs)."))
+        .with_panel(_ts("Envs recorded at debug after an anomaly", "none",
+                        [(f"sum(esper_env_telemetry_escalated{{{I}}})", "escalated envs")],
+                        "Escalation (--escalate-epochs): also drawn as annotations. Needs a run "
+                        "with an anomaly."))
         .with_panel(_ts("Host gradient norm", "none",
                         [(f"esper_host_grad_norm{{{IE}}}", "env {{env_id}}")]))
         .with_panel(_ts("Firing Esper alerts", "none",
@@ -160,9 +173,9 @@ def ppo_health() -> db.Dashboard:
         return _ts(title, unit, [(f"{metric}{{{I}}}", title.lower())], width=8)
 
     return (
-        _dashboard("esper-ppo", "Esper / Tamiyo PPO health",
+        _escalations(_dashboard("esper-ppo", "Esper / Tamiyo PPO health",
                    "The controller's vital signs: losses, entropy per head, KL, clipping, "
-                   "gradients, update time.")
+                   "gradients, update time."))
         .with_row(db.Row("Losses"))
         .with_panel(ppo("Policy loss", "esper_ppo_policy_loss"))
         .with_panel(ppo("Value loss", "esper_ppo_value_loss"))

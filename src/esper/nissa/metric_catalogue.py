@@ -223,6 +223,10 @@ METRICS: tuple[MetricSpec, ...] = (
                "anomalies", "GRADIENT_ANOMALY.kind", update=COUNT),
     MetricSpec("esper_governor_rollbacks_total", C, "Governor rollbacks.", ("env_id", "reason"),
                "rollbacks", "GOVERNOR_ROLLBACK.reason", update=COUNT),
+    MetricSpec("esper_env_telemetry_escalated", G,
+               "1 while the env's telemetry runs at debug after something went wrong in it "
+               "(escalation; a window over every env sets every env seen), else 0.",
+               ("env_id",), "", "TELEMETRY_LEVEL_CHANGED.to_level"),
     MetricSpec("esper_reward_component", G,
                "Reward component summed over an episode, mean over the batch's envs.",
                ("component",), "", "ANALYTICS_SNAPSHOT:reward_summary.summary"),

@@ -229,6 +229,7 @@ class PrometheusOutput(OutputBackend):
                 self._derived.setdefault((d.event_type, d.variant), []).append((spec, d))
         self._seed_stages: dict[tuple[int, str], str] = {}
         self._seed_series: dict[int, set[str]] = {}
+        self._envs: set[str] = set()  # env ids seen, for a window over every env
         self._reward_parts: dict[int, dict[str, float]] = {}
         self._episodes_seen: int | None = None
         self._server: MetricsServer | None = None
@@ -245,6 +246,7 @@ class PrometheusOutput(OutputBackend):
             ET.SEED_GERMINATED: self._on_germinated,
             ET.SEED_STAGE_CHANGED: self._on_stage_changed,
             ET.COUNTERFACTUAL_COMPUTED: self._on_counterfactual,
+            ET.TELEMETRY_LEVEL_CHANGED: self._on_level_changed,
         }
 
     # -- children, bound once --------------------------------------------------------------
@@ -445,6 +447,7 @@ class PrometheusOutput(OutputBackend):
         # The seeds map is the truth about this env's slots: it also covers hosts that were
         # replaced at an episode boundary without a lifecycle event.
         env_id = int(d["env_id"])
+        self._envs.add(env)
         seeds: dict[str, dict[str, Any]] = d["seeds"]
         for key in [k for k in self._seed_stages if k[0] == env_id]:
             del self._seed_stages[key]
@@ -464,6 +467,13 @@ class PrometheusOutput(OutputBackend):
                 self._children.pop((name, (env, slot_id)), None)
         self._seed_series[env_id] = live
         self._refresh_stage_counts()
+
+    def _on_level_changed(self, e: TelemetryEvent) -> None:
+        d = e.data
+        value = 1.0 if d["to_level"] == "debug" else 0.0
+        envs = self._envs if d["env_id"] is None else {str(d["env_id"])}
+        for env in envs:
+            self._set("esper_env_telemetry_escalated", value, env)
 
     def _refresh_stage_counts(self) -> None:
         counts = dict.fromkeys((s.name for s in SeedStage if s.name != "UNKNOWN"), 0)
