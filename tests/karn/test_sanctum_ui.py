@@ -68,9 +68,9 @@ def test_env_overview_has_a_row_per_env_with_its_values(
     assert [row[0] for row in ui["envs"]] == [str(e) for e in sorted(snap.envs)]
     for row in ui["envs"]:
         env = snap.envs[int(row[0])]
-        assert row[2] == f"{env.val_accuracy:.2f}"
-        assert row[6] == str(env.rollbacks)
-    assert any(int(row[6]) > 0 for row in ui["envs"]), "the recorded run had a rollback"
+        assert row[3] == f"{env.val_accuracy:.2f}"
+        assert row[7] == str(env.rollbacks)
+    assert any(int(row[7]) > 0 for row in ui["envs"]), "the recorded run had a rollback"
 
 
 def test_tamiyo_panel_shows_losses_entropy_per_head_grad_norm_and_update_time(

@@ -3,6 +3,9 @@ TELEMETRY_LEVEL_CHANGED; a policy anomaly escalates every env."""
 
 from __future__ import annotations
 
+import math
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +23,7 @@ from esper.leyline import (
 )
 from esper.nissa import read_events
 from esper.simic.escalation import Escalation, env_trigger
+from tests._stack import wait_until
 
 ET = TelemetryEventType
 NORMAL = TelemetryConfig(TelemetryLevel.NORMAL)
@@ -330,3 +334,40 @@ def test_prometheus_shows_each_env_escalated_while_its_window_is_open() -> None:
     assert escalated() == {"0": 1.0, "1": 1.0}
     _epochs(esc, 1, 4)
     assert escalated() == {"0": 0.0, "1": 0.0}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux (Debian package tmux)")
+def test_sanctum_on_a_terminal_draws_the_histories_and_the_escalated_envs(
+    tmp_path: Path,
+) -> None:
+    """A real pseudo-terminal (tmux) running ``esper sanctum`` over a recorded run with a
+    loss spike: the sparklines and the escalated env are on the screen."""
+    _train(tmp_path / "runs", "--max-epochs", "12", "--inject-fault", "loss-spike@10")
+    session = f"esper-test-{os.getpid()}"
+    cmd = f"{sys.executable} -m esper.scripts.cli sanctum {tmp_path / 'runs'}"
+    subprocess.run(["tmux", "new-session", "-d", "-s", session, "-x", "180", "-y", "50", cmd],
+                   check=True)  # fmt: skip
+    try:
+
+        def screen() -> str:
+            return subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
+                                  capture_output=True, text=True, check=False).stdout  # fmt: skip
+
+        wait_until(lambda: "policy: entropy" in screen(), 60, "Sanctum on the terminal")
+        text = screen()
+    finally:
+        subprocess.run(["tmux", "kill-session", "-t", session], check=False)
+    assert "env 0 val accuracy" in text
+    assert "env 1 host grad norm" in text
+    assert any(ch in text for ch in "▁▂▃▄▅▆▇█")  # the sparklines themselves
+    row = next(line for line in text.splitlines() if line.split()[:1] == ["0"])
+    assert "escalated 2x" in row  # env 0's loss spike opened a window in each of two batches
+
+
+def test_a_non_finite_point_is_drawn_at_the_top_of_its_sparkline() -> None:
+    from esper.karn.sanctum.app import plottable
+
+    assert plottable([1.0, math.nan, 0.5, math.inf]) == [1.0, 1.0, 0.5, 1.0]
+    assert plottable([math.nan]) == [0.0]
+    assert plottable([]) == []

@@ -276,12 +276,18 @@ def _started(snap: SanctumSnapshot, env: EnvState | None, d: Data) -> None:
 def _epoch(snap: SanctumSnapshot, env: EnvState | None, d: Data) -> None:
     if env is not None and d.get("scope") == "env":
         env.accuracy_history.append(float(d.get("val_accuracy", 0.0)))
+        env.grad_norm_history.append(float(d.get("host_grad_norm", 0.0)))
 
 
 def _ppo(snap: SanctumSnapshot, env: EnvState | None, d: Data) -> None:
     snap.tamiyo.updates += 1
     snap.tamiyo.policy_loss_history.append(float(d.get("policy_loss", 0.0)))
     snap.tamiyo.entropy_history.append(float(d.get("entropy", 0.0)))
+    snap.tamiyo.kl_history.append(float(d.get("kl_divergence", 0.0)))
+
+
+def _batch(snap: SanctumSnapshot, env: EnvState | None, d: Data) -> None:
+    snap.tamiyo.reward_history.append(float(d.get("avg_reward", 0.0)))
 
 
 def _stage(snap: SanctumSnapshot, env: EnvState | None, d: Data) -> None:
@@ -322,9 +328,12 @@ def _warning(snap: SanctumSnapshot, env: EnvState | None, d: Data) -> None:
 
 def _level_changed(snap: SanctumSnapshot, env: EnvState | None, d: Data) -> None:
     escalated = d.get("to_level") == "debug"
-    if d.get("env_id") is None:
+    if d.get("env_id") is None:  # a window over every env
         snap.escalated_run = escalated
+        for each in snap.envs.values():
+            each.escalations += escalated
     elif env is not None:
+        env.escalations += escalated and not env.escalated
         env.escalated = escalated
 
 
@@ -344,5 +353,6 @@ _AFTER = {
     ET.GRADIENT_ANOMALY: _anomaly,
     ET.TELEMETRY_WARNING: _warning,
     ET.TELEMETRY_LEVEL_CHANGED: _level_changed,
+    ET.BATCH_EPOCH_COMPLETED: _batch,
     ET.ANALYTICS_SNAPSHOT: _snapshot,
 }

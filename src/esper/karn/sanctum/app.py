@@ -1,30 +1,38 @@
 """The Sanctum terminal dashboard (Textual): a live or recorded run at a glance.
 
-Panels: the run header (configuration and progress), the env overview, the Tamiyo panel
-(losses, entropy per head, gradient norm, update time), the seed lifecycle per slot, and the
-event log (cull reasons and improvements). The app polls a snapshot source; it never blocks
-training, which feeds the aggregator on the hub's delivery thread.
+Panels: the run header (configuration and progress), the env overview (with each env's
+escalations), the Tamiyo panel (losses, entropy per head, gradient norm, update time), the
+histories as sparklines (per env: accuracy and host gradient norm; for the policy: reward,
+entropy and KL), the seed lifecycle per slot, and the event log (cull reasons and
+improvements). The app polls a snapshot source; it never blocks training, which feeds the
+aggregator on the hub's delivery thread.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
-from textual.containers import Horizontal
-from textual.widgets import DataTable, Footer, Header, Static
+from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from esper.karn.sanctum.schema import EnvState, EventLogEntry, SanctumSnapshot
 from esper.leyline import ACTION_HEADS
 
 SnapshotSource = Callable[[], SanctumSnapshot]
 EVENT_ROWS = 14
+ENV_HISTORIES = (("accuracy", "val accuracy"), ("grad_norm", "host grad norm"))
+"""Each env's sparklines: (EnvState history attribute prefix, label)."""
+POLICY_HISTORIES = (("reward", "policy: mean reward"), ("entropy", "policy: entropy"),
+                    ("kl", "policy: KL"))  # fmt: skip
+"""The policy's sparklines: (TamiyoState history attribute prefix, label)."""
 
 
 def _fmt(value: float | None, spec: str = ".3f") -> str:
@@ -56,10 +64,22 @@ def run_status(s: SanctumSnapshot, *, live: bool) -> str:
     return f"[red]{status}[/red]" + (f" ({error})" if error else "")
 
 
+def plottable(values: Iterable[float]) -> list[float]:
+    """A history a sparkline can draw: a NaN or infinite point (a NaN loss, an exploding
+    gradient) is drawn at the top of the series, where the eye looks, not dropped."""
+    points = list(values)
+    finite = [v for v in points if math.isfinite(v)]
+    top = max(finite, default=0.0)
+    return [v if math.isfinite(v) else top for v in points]
+
+
 def env_telemetry(s: SanctumSnapshot, e: EnvState) -> str:
     """``DEBUG (escalated)`` while something that went wrong has raised the env's telemetry
-    (or every env's, after a policy anomaly); empty at the run's own level."""
-    return "DEBUG (escalated)" if e.escalated or s.escalated_run else ""
+    (or every env's, after a policy anomaly); ``escalated Nx`` once its windows have closed
+    (the record holds their detail); empty when it never escalated."""
+    if e.escalated or s.escalated_run:
+        return "DEBUG (escalated)"
+    return f"escalated {e.escalations}x" if e.escalations else ""
 
 
 def run_header(s: SanctumSnapshot, *, live: bool = True) -> str:
@@ -125,6 +145,12 @@ class SanctumApp(App[None]):
     #middle { height: 12; }
     #envs { width: 2fr; }
     #tamiyo { width: 1fr; padding: 0 1; border-left: solid $accent; }
+    #histories { height: 7; }
+    #env-histories { width: 2fr; }
+    #policy-histories { width: 1fr; border-left: solid $accent; }
+    .spark-row { height: 1; }
+    .spark-label { width: 22; }
+    Sparkline { width: 1fr; height: 1; }
     #seeds { height: 10; }
     #events { height: 1fr; }
     """
@@ -151,6 +177,7 @@ class SanctumApp(App[None]):
         self.on_interrupt = on_interrupt
         self.live = live
         self.interrupted_by: BaseException | None = None
+        self._sparks: dict[str, Sparkline] = {}
 
     def action_interrupt(self) -> None:
         """Ctrl-C: stop training (live) and leave; in a terminal UI it arrives as a key."""
@@ -171,6 +198,13 @@ class SanctumApp(App[None]):
         with Horizontal(id="middle"):
             yield DataTable(id="envs", zebra_stripes=True)
             yield Static(id="tamiyo")
+        with Horizontal(id="histories"):
+            yield VerticalScroll(id="env-histories")
+            with Vertical(id="policy-histories"):
+                for key, label in POLICY_HISTORIES:
+                    with Horizontal(classes="spark-row"):
+                        yield Static(label, classes="spark-label")
+                        yield self._spark(key)
         yield DataTable(id="seeds", zebra_stripes=True)
         yield DataTable(id="events", zebra_stripes=True)
         yield Footer()
@@ -181,8 +215,8 @@ class SanctumApp(App[None]):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, self._on_sigterm)
         self.query_one("#envs", DataTable).add_columns(
-            "env", "epoch", "val acc %", "val loss", "grad norm", "seeds", "rollbacks",
-            "anomalies", "step ms", "fps", "telemetry",
+            "env", "epoch", "telemetry", "val acc %", "val loss", "grad norm", "seeds",
+            "rollbacks", "anomalies", "step ms", "fps",
         )  # fmt: skip
         self.query_one("#seeds", DataTable).add_columns(
             "env", "slot", "seed", "blueprint", "stage", "alpha", "Δacc", "grad health",
@@ -192,8 +226,28 @@ class SanctumApp(App[None]):
         self.action_refresh_view()
         self.set_interval(self.interval, self.action_refresh_view)
 
+    def _spark(self, key: str) -> Sparkline:
+        spark = self._sparks.get(key)
+        if spark is None:
+            spark = self._sparks[key] = Sparkline([], summary_function=max)
+        return spark
+
+    def _refresh_histories(self, s: SanctumSnapshot) -> None:
+        for key, _label in POLICY_HISTORIES:
+            self._spark(key).data = plottable(getattr(s.tamiyo, f"{key}_history"))
+        rows = self.query_one("#env-histories", VerticalScroll)
+        for env_id in sorted(s.envs):
+            e = s.envs[env_id]
+            for key, label in ENV_HISTORIES:
+                name = f"{key}-{env_id}"
+                if name not in self._sparks:
+                    rows.mount(Horizontal(Static(f"env {env_id} {label}", classes="spark-label"),
+                                          self._spark(name), classes="spark-row"))  # fmt: skip
+                self._sparks[name].data = plottable(getattr(e, f"{key}_history"))
+
     def action_refresh_view(self) -> None:
         s = self.source()
+        self._refresh_histories(s)
         self.query_one("#run-header", Static).update(run_header(s, live=self.live))
         self.query_one("#tamiyo", Static).update(tamiyo_panel(s))
         envs = self.query_one("#envs", DataTable)
@@ -201,10 +255,10 @@ class SanctumApp(App[None]):
         for env_id in sorted(s.envs):
             e = s.envs[env_id]
             envs.add_row(
-                str(env_id), str(e.inner_epoch), f"{e.val_accuracy:.2f}", f"{e.val_loss:.3f}",
-                f"{e.host_grad_norm:.3f}", str(len(e.seeds)), str(e.rollbacks), str(e.anomalies),
-                _fmt(e.throughput.get("step_time_ms"), ".1f"), _fmt(e.throughput.get("fps"), ".0f"),
-                env_telemetry(s, e),
+                str(env_id), str(e.inner_epoch), env_telemetry(s, e), f"{e.val_accuracy:.2f}",
+                f"{e.val_loss:.3f}", f"{e.host_grad_norm:.3f}", str(len(e.seeds)),
+                str(e.rollbacks), str(e.anomalies), _fmt(e.throughput.get("step_time_ms"), ".1f"),
+                _fmt(e.throughput.get("fps"), ".0f"),
             )  # fmt: skip
         seeds = self.query_one("#seeds", DataTable)
         seeds.clear()

@@ -108,6 +108,9 @@ class TamiyoState:
     head_blend_grad_norm: float = 0.0
     policy_loss_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_CAP))
     entropy_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_CAP))
+    kl_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_CAP))
+    reward_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_CAP))
+    """The mean episode reward of each batch."""
     policy_anomalies: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -182,6 +185,8 @@ class EnvState:
     host_grad_norm: float = 0.0
     seeds: dict[str, SeedState] = field(default_factory=dict)
     accuracy_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_CAP))
+    grad_norm_history: deque[float] = field(default_factory=lambda: deque(maxlen=HISTORY_CAP))
+    """The host's gradient norm of each epoch."""
     rollbacks: int = 0
     last_rollback: dict[str, Any] = field(default_factory=dict)
     last_anomaly: dict[str, Any] = field(default_factory=dict)
@@ -193,6 +198,8 @@ class EnvState:
     last_decision: DecisionSnapshot | None = None
     escalated: bool = False
     """Its telemetry runs at debug now, after something went wrong in it."""
+    escalations: int = 0
+    """Windows of debug detail the record holds for it."""
 
 
 @dataclass(slots=True)
