@@ -460,6 +460,27 @@ def test_a_stopped_rank_is_named_while_the_others_wait_and_fails_the_run_at_the_
     assert "stopped)" in ended[0]["error"]
 
 
+def test_an_env_anomaly_escalates_on_the_rank_that_steps_the_env(tmp_path: Path) -> None:
+    """Env 0 (rank 0's first) has exploding gradients at epoch 3: its window, and its debug
+    events, are rank 0's alone; rank 1 opens windows only for its own envs."""
+    proc = run([*standalone(), *RUN, "--episodes", "4", "--inject-fault", "exploding-gradients@3",
+                "--escalate-epochs", "2", "--telemetry-dir", str(tmp_path)])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    events = read_events(next(tmp_path.iterdir()), strict=True).events
+    changes = by_type(events, ET.TELEMETRY_LEVEL_CHANGED)
+    opened = [e for e in changes if e.data["to_level"] == "debug"]
+    faulted = [e for e in opened if e.data["reason"] == "GRADIENT_ANOMALY:host:exploding"]
+    assert [(e.rank, e.data["env_id"], e.epoch, e.data["until_epoch"]) for e in faulted] == [
+        (0, 0, 3, 4)
+    ]
+    for e in opened:  # every env's window is its rank's: envs 0-1 on rank 0, 2-3 on rank 1
+        if e.data["env_id"] is not None:
+            assert e.data["env_id"] // 2 == e.rank, e
+    debug = [e for e in by_type(events, ET.REWARD_COMPUTED) if e.data["env_id"] == 0]
+    assert {e.epoch for e in debug} >= {3, 4}
+    assert {e.rank for e in debug} == {0}
+
+
 def test_ctrl_c_on_the_launcher_interrupts_every_rank_and_blames_none(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     with long_run(runs, until_trained=(0, 1)) as launcher:
