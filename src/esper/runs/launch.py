@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from esper.leyline import BackendConfigError, RankInfo, UsageError
+from esper.leyline import BackendConfigError, RankInfo, TelemetryLevel, UsageError
 from esper.nissa import NissaHub, install_signal_handlers, start_daemon_thread
 from esper.nissa.backends import BackendSpec, free_run_dir_name
 from esper.runs import distributed
@@ -143,6 +143,10 @@ class _Launch:
         if session is None:
             return EXIT_USAGE
         session.warn_if_telemetry_is_off(self.config.telemetry)
+        c = self.config
+        if c.mode == "ppo" and c.telemetry.level is TelemetryLevel.OFF and c.escalate_epochs:
+            self.note("telemetry level off: anomalies will not raise any env to debug "
+                      "(--escalate-epochs needs a level above off)")  # fmt: skip
         code = EXIT_FAILURE
         try:
             result = self.train(session.hub)
