@@ -116,3 +116,20 @@ def test_template_variables_resolve_against_the_real_run(stack: Stack) -> None:
     assert len(runs) == 1
     envs = query(stack.prometheus, "group by (env_id) (max_over_time(esper_env_val_accuracy[1h]))")
     assert {r["metric"]["env_id"] for r in envs} == {"0", "1"}
+
+
+@pytest.mark.slow
+def test_the_escalation_annotations_mark_the_real_runs_windows(stack: Stack) -> None:
+    """The run's injected faults escalate env 0 (--escalate-epochs at its default): each
+    dashboard that draws escalation windows finds them in Prometheus over the run."""
+    drawn = 0
+    for name in DASHBOARDS:
+        doc = json.loads((DASHBOARD_DIR / name).read_text())
+        for annotation in doc.get("annotations", {}).get("list", []):
+            if "expr" not in annotation:
+                continue
+            promql = _substitute(annotation["expr"], stack)
+            found = query_range(stack.prometheus, promql, stack.started, time.time())
+            assert {r["metric"]["env_id"] for r in found} >= {"0"}, (name, promql)
+            drawn += 1
+    assert drawn >= 2  # the overview and the PPO dashboards
