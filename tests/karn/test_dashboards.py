@@ -119,9 +119,11 @@ def test_template_variables_resolve_against_the_real_run(stack: Stack) -> None:
 
 
 @pytest.mark.slow
-def test_the_escalation_annotations_mark_the_real_runs_windows(stack: Stack) -> None:
-    """The run's injected faults escalate env 0 (--escalate-epochs at its default): each
-    dashboard that draws escalation windows finds them in Prometheus over the run."""
+def test_the_escalation_annotations_evaluate_against_the_real_run(stack: Stack) -> None:
+    """Each dashboard that draws escalation windows queries a series the real run has (every
+    env at 0 until an anomaly escalates it). The stack's run records at debug, where nothing
+    escalates, so no window is drawn: the annotations never claim detail the record lacks.
+    (Windows opening and closing: tests/simic/test_escalation.py, exporter and real runs.)"""
     drawn = 0
     for name in DASHBOARDS:
         doc = json.loads((DASHBOARD_DIR / name).read_text())
@@ -129,7 +131,10 @@ def test_the_escalation_annotations_mark_the_real_runs_windows(stack: Stack) -> 
             if "expr" not in annotation:
                 continue
             promql = _substitute(annotation["expr"], stack)
-            found = query_range(stack.prometheus, promql, stack.started, time.time())
-            assert {r["metric"]["env_id"] for r in found} >= {"0"}, (name, promql)
+            assert promql.endswith(" > 0"), promql
+            series = query_range(stack.prometheus, promql.removesuffix(" > 0"), stack.started,
+                                 time.time())  # fmt: skip
+            assert {r["metric"]["env_id"] for r in series} == {"0", "1"}, (name, promql)
+            assert query_range(stack.prometheus, promql, stack.started, time.time()) == []
             drawn += 1
     assert drawn >= 2  # the overview and the PPO dashboards

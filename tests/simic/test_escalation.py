@@ -75,12 +75,12 @@ def test_a_trigger_during_a_window_extends_it_without_a_new_bracket() -> None:
 
 def test_the_end_of_the_episode_closes_every_window() -> None:
     events: list[TelemetryEvent] = []
-    esc = Escalation(5, TelemetryConfig(TelemetryLevel.MINIMAL), events.append)
+    esc = Escalation(5, NORMAL, events.append)
     esc.begin_batch()
     _epochs(esc, 1, 7)
     esc.trigger(1, "SEED_CULLED:blend_regression", None)
     esc.end_batch()
-    assert _changes(events) == [(1, "minimal", "debug", 11), (1, "debug", "minimal", 11)]
+    assert _changes(events) == [(1, "normal", "debug", 11), (1, "debug", "normal", 11)]
     esc.begin_batch()  # the next episode starts at the run's level
     assert not esc.debug(1, 1)
 
@@ -106,12 +106,13 @@ def test_a_policy_trigger_escalates_every_env_at_the_start_of_the_next_batch() -
     [
         (0, NORMAL, False),
         (3, TelemetryConfig(TelemetryLevel.OFF), False),
+        (3, TelemetryConfig(TelemetryLevel.MINIMAL), False),
         (3, TelemetryConfig(TelemetryLevel.OFF, lifecycle_only=True), False),
         (3, TelemetryConfig(TelemetryLevel.DEBUG), True),
     ],
-    ids=["zero", "off", "lifecycle-only", "debug"],
+    ids=["zero", "off", "minimal", "lifecycle-only", "debug"],
 )
-def test_nothing_escalates_at_zero_off_lifecycle_only_or_debug(
+def test_nothing_escalates_at_zero_off_minimal_lifecycle_only_or_debug(
     epochs: int, config: TelemetryConfig, always_debug: bool
 ) -> None:
     events: list[TelemetryEvent] = []
@@ -322,13 +323,14 @@ def test_prometheus_shows_each_env_escalated_while_its_window_is_open() -> None:
         )
         return {s.labels["env_id"]: s.value for s in family.samples}
 
+    assert escalated() == {"0": 0.0, "1": 0.0}  # every env seen, at its level
     esc = Escalation(2, NORMAL, prom.emit)
     esc.begin_batch()
     esc.begin_epoch(1)
     esc.trigger(1, "GOVERNOR_ROLLBACK:nan_loss", None)
-    assert escalated() == {"1": 1.0}
+    assert escalated() == {"0": 0.0, "1": 1.0}
     esc.end_batch()
-    assert escalated() == {"1": 0.0}
+    assert escalated() == {"0": 0.0, "1": 0.0}
     esc.trigger_policy("GRADIENT_ANOMALY:policy:nan", None)
     esc.begin_batch()
     assert escalated() == {"0": 1.0, "1": 1.0}
@@ -354,7 +356,8 @@ def test_sanctum_on_a_terminal_draws_the_histories_and_the_escalated_envs(
             return subprocess.run(["tmux", "capture-pane", "-p", "-t", session],
                                   capture_output=True, text=True, check=False).stdout  # fmt: skip
 
-        wait_until(lambda: "policy: entropy" in screen(), 60, "Sanctum on the terminal")
+        wanted = ("policy: entropy", "env 0 val accuracy", "env 1 host grad norm", "escalated")
+        wait_until(lambda: all(w in screen() for w in wanted), 60, "Sanctum's histories drawn")
         text = screen()
     finally:
         subprocess.run(["tmux", "kill-session", "-t", session], check=False)

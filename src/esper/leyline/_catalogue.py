@@ -362,7 +362,8 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
                 INT,
                 "epochs",
                 "epochs an anomaly raises its env (a policy anomaly: every env) to debug; 0 when "
-                "nothing escalates (--escalate-epochs 0, level off or debug, or no debug events)",
+                "nothing escalates (--escalate-epochs 0, a level other than normal, or no debug "
+                "events)",
             ),
         ),
     ),

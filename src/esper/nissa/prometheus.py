@@ -447,7 +447,9 @@ class PrometheusOutput(OutputBackend):
         # The seeds map is the truth about this env's slots: it also covers hosts that were
         # replaced at an episode boundary without a lifecycle event.
         env_id = int(d["env_id"])
-        self._envs.add(env)
+        if env not in self._envs:
+            self._envs.add(env)
+            self._set("esper_env_telemetry_escalated", 0.0, env)  # its level until an anomaly
         seeds: dict[str, dict[str, Any]] = d["seeds"]
         for key in [k for k in self._seed_stages if k[0] == env_id]:
             del self._seed_stages[key]

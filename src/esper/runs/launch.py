@@ -144,9 +144,9 @@ class _Launch:
             return EXIT_USAGE
         session.warn_if_telemetry_is_off(self.config.telemetry)
         c = self.config
-        if c.mode == "ppo" and c.telemetry.level is TelemetryLevel.OFF and c.escalate_epochs:
-            self.note("telemetry level off: anomalies will not raise any env to debug "
-                      "(--escalate-epochs needs a level above off)")  # fmt: skip
+        if c.mode == "ppo" and c.escalate_epochs and c.telemetry.level < TelemetryLevel.NORMAL:
+            self.note(f"telemetry level {c.telemetry.level.name.lower()}: anomalies will not "
+                      "raise any env to debug (--escalate-epochs works at normal)")  # fmt: skip
         code = EXIT_FAILURE
         try:
             result = self.train(session.hub)

@@ -107,7 +107,7 @@ class RunSession:
                 if config.lifecycle_only
                 else ""
             )
-            + "; anomalies do not escalate to debug (--escalate-epochs needs a level above off)"
+            + "; anomalies do not escalate to debug (--escalate-epochs works at normal)"
         )
         self.hub.emit(
             TelemetryEvent(

@@ -12,9 +12,10 @@ same averaged gradients and reduced entropy flag, so every rank escalates its ow
 Each window is bracketed by two lifecycle events, ``TELEMETRY_LEVEL_CHANGED``: ``from_level``
 the run's level, ``to_level`` ``debug``, when it opens; back again when it closes, once every
 debug event of its epochs has been emitted (a decision's reward comes with the next epoch).
-``env_id`` is null for a window over the whole run. Nothing escalates at ``debug`` (nothing to
-add) nor at ``off``, with or without ``--telemetry-lifecycle-only`` (the run asked for no
-detail), nor with ``epochs`` 0.
+``env_id`` is null for a window over the whole run. Only a run at ``normal`` escalates: nothing
+does at ``debug`` (nothing to add), nor at ``minimal`` or ``off`` with or without
+``--telemetry-lifecycle-only`` (a lifecycle-only record asked for no detail), nor with
+``epochs`` 0.
 """
 
 from __future__ import annotations
@@ -27,7 +28,6 @@ from esper.leyline import (
     TelemetryConfig,
     TelemetryEvent,
     TelemetryEventType,
-    TelemetryLevel,
     emit_event,
 )
 
@@ -55,9 +55,9 @@ class Escalation:
     ) -> None:
         self.epochs = epochs
         self.telemetry = telemetry
-        self.enabled = (
-            epochs > 0 and telemetry.level is not TelemetryLevel.OFF and not telemetry.debug
-        )
+        # At normal only: debug has nothing to add, and minimal is the lifecycle-only record
+        # (the same as off with --telemetry-lifecycle-only), which asked for no detail.
+        self.enabled = epochs > 0 and telemetry.analytics and not telemetry.debug
         self._emit = emit
         self._level = telemetry.level.name.lower()
         self._open: dict[int, _Window] = {}  # env_id (or RUN) -> its open window
