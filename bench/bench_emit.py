@@ -1,4 +1,5 @@
-"""The hot path as training calls it: ``hub.emit(make_event(type, payload))``, per event type.
+"""The hot path as training calls it: ``emit_event(hub.emit, type, payload)`` (``make_event``
+and a guarded ``hub.emit``), per event type.
 
 Payloads are the real ones: captured from a short real PPO run at --telemetry-level debug, one
 of each high-rate event type (and variant). Each is then built with ``make_event`` (catalogue
@@ -32,6 +33,7 @@ from esper.leyline import (
     TelemetryEvent,
     TelemetryEventType,
     TelemetryLevel,
+    emit_event,
     make_event,
     payload_problem,
     set_strict_payloads,
@@ -91,7 +93,7 @@ def _create_and_emit(
     samples: list[int] = []
     while len(samples) < N:
         samples += per_call_ns(
-            lambda: emit(make_event(event_type, data, message="m", epoch=3)), BURST
+            lambda: emit_event(emit, event_type, data, message="m", epoch=3), BURST
         )
         hub.flush(60)
     return samples
@@ -150,7 +152,9 @@ def main() -> None:
     lines = [
         "## The hot path as training calls it",
         "",
-        f"`bench/bench_emit.py`: `hub.emit(make_event(type, payload))` with the real payload of "
+        f"`bench/bench_emit.py`: `emit_event(hub.emit, type, payload)` (`make_event`, then "
+        "the guarded `hub.emit` every model and training event goes through) with the real "
+        "payload of "
         f"each high-rate event type, captured from a short PPO run at debug level; {N:,} calls "
         f"per row in bursts of {BURST} (as an epoch emits them; the hub's threads catch up, "
         "untimed, between bursts), each call timed alone (timer cost subtracted). The hub "
