@@ -26,7 +26,7 @@ from esper.simic.escalation import DEFAULT_ESCALATE_EPOCHS
 
 from _report import write_section
 
-ROUNDS = 9
+ROUNDS = 15
 JOB = {"episodes": 4, "n_envs": 2, "max_epochs": 12, "seed": 7}
 
 
