@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from esper.leyline import (
+    RunInterrupted,
     TelemetryConfig,
     TelemetryEvent,
     TelemetryEventType,
@@ -22,7 +23,9 @@ from esper.leyline import (
     validate_payload,
 )
 from esper.nissa import read_events
+from esper.runs.config import StopRequest
 from esper.simic.escalation import Escalation, env_trigger
+from esper.tolaria.environment import Fault
 from tests._stack import wait_until
 
 ET = TelemetryEventType
@@ -374,3 +377,58 @@ def test_a_non_finite_point_is_drawn_at_the_top_of_its_sparkline() -> None:
     assert plottable([1.0, math.nan, 0.5, math.inf]) == [1.0, 1.0, 0.5, 1.0]
     assert plottable([math.nan]) == [0.0]
     assert plottable([]) == []
+
+
+class _StopAfter(StopRequest):
+    """A stop request that comes true at the ``n``-th epoch boundary it is asked about."""
+
+    def __init__(self, n: int) -> None:
+        super().__init__()
+        self.asked = 0
+        self.n = n
+
+    def is_set(self) -> bool:
+        self.asked += 1
+        return self.asked >= self.n
+
+
+@pytest.mark.slow
+def test_a_run_stopped_inside_a_window_closes_it_before_it_ends() -> None:
+    """The window's end is in the record even when the run stops in it (it used to be left
+    open when the episode did not reach its end)."""
+    from esper.nissa import InMemoryOutput
+    from esper.runs import RunConfig, run_training
+
+    hub = InMemoryOutput()
+    config = RunConfig(mode="ppo", episodes=1, n_envs=1, max_epochs=8, seed=3,
+                       faults=(Fault("nan-loss", 2),), escalate_epochs=5)  # fmt: skip
+    config.stop = _StopAfter(4)  # stops before epoch 4: inside the window 2..6
+    with pytest.raises(RunInterrupted):
+        run_training(config, hub=hub)
+    types = [e.event_type for e in hub.events]
+    changes = [e for e in hub.events if e.event_type is ET.TELEMETRY_LEVEL_CHANGED]
+    assert [(c.data["to_level"], c.data["until_epoch"]) for c in changes] == [
+        ("debug", 6),
+        ("normal", 6),
+    ]
+    assert types.index(ET.TELEMETRY_LEVEL_CHANGED, types.index(changes[0].event_type) + 1) < (
+        types.index(ET.TRAINING_COMPLETED)
+    )
+
+
+def test_summarize_says_when_the_record_ends_inside_a_window(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from esper.nissa import FileOutput
+    from esper.scripts import cli
+
+    out = FileOutput(tmp_path / "e.jsonl")
+    esc = Escalation(3, NORMAL, out.emit)
+    esc.begin_batch()
+    _epochs(esc, 1, 2)
+    esc.watch(0, out.emit)(_anomaly("host"))
+    out.close()  # killed before the window closed
+    assert cli.main(["telemetry", "summarize", str(tmp_path / "e.jsonl")]) == 0
+    assert "env 0 at debug from epoch 2; the record ends inside the window" in (
+        capsys.readouterr().out
+    )

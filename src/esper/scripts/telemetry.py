@@ -99,6 +99,9 @@ def anomaly_report(events: Sequence[TelemetryEvent]) -> list[str]:
             if isinstance(trigger, str):
                 windows[trigger] = (start.data.get("env_id"), start.epoch,
                                     int(e.data.get("until_epoch", 0)))  # fmt: skip
+    unclosed = {  # the record ends inside these windows (a killed run): say so, not "none"
+        s.data.get("trigger_event_id"): s for s in opened.values()
+    }
     lines = []
     for e in events:
         what = _anomaly(e)
@@ -108,7 +111,13 @@ def anomaly_report(events: Sequence[TelemetryEvent]) -> list[str]:
         env = "policy" if d.get("env_id") is None else f"env {d.get('env_id')}"
         rank = "" if e.rank is None else f"rank {e.rank} "
         window = windows.get(e.event_id)
-        if window is None:
+        still_open = unclosed.get(e.event_id)
+        if still_open is not None:
+            who = "every env" if still_open.data.get("env_id") is None else (
+                f"env {still_open.data.get('env_id')}")  # fmt: skip
+            detail = (f"{who} at debug from epoch {still_open.epoch}; the record ends inside "
+                      "the window")  # fmt: skip
+        elif window is None:
             detail = "no escalation"
         else:
             who = "every env" if window[0] is None else f"env {window[0]}"

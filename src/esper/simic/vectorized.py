@@ -421,61 +421,67 @@ class VectorizedPPO:
         results: list[EpochResult] = []
         escalation = self.escalation
         escalation.begin_batch()
-        for epoch in range(1, epochs + 1):
-            cfg.check_stop()
-            escalation.begin_epoch(epoch)
-            started = time.perf_counter()
-            results = [env.run_epoch(epoch, batch_idx, epochs) for env in envs]
-            epoch_seconds = time.perf_counter() - started
-            plateaus = [
-                t.update(r.val_accuracy, epoch) for t, r in zip(trackers, results, strict=True)
-            ]
-            for i, (env, r) in enumerate(zip(envs, results, strict=True)):
-                stats.step_seconds[i].append(r.step_seconds)
-                stats.wait_seconds[i].append(r.dataloader_wait_seconds)
-                stats.samples[i] += r.samples
-                p = pending[i]
-                if p is not None:
-                    self._reward(
-                        rollout,
-                        stats,
-                        i=i,
-                        env=env,
-                        p=p,
-                        after=r,
-                        episode=episode0 + i,
-                        terminal=epoch == epochs,
+        # A window still open when the episode ends, or when the run stops inside it (a
+        # stop request, a signal, an error), is closed: its end is in the record either way.
+        try:
+            for epoch in range(1, epochs + 1):
+                cfg.check_stop()
+                escalation.begin_epoch(epoch)
+                started = time.perf_counter()
+                results = [env.run_epoch(epoch, batch_idx, epochs) for env in envs]
+                epoch_seconds = time.perf_counter() - started
+                plateaus = [
+                    t.update(r.val_accuracy, epoch) for t, r in zip(trackers, results, strict=True)
+                ]
+                for i, (env, r) in enumerate(zip(envs, results, strict=True)):
+                    stats.step_seconds[i].append(r.step_seconds)
+                    stats.wait_seconds[i].append(r.dataloader_wait_seconds)
+                    stats.samples[i] += r.samples
+                    p = pending[i]
+                    if p is not None:
+                        self._reward(
+                            rollout,
+                            stats,
+                            i=i,
+                            env=env,
+                            p=p,
+                            after=r,
+                            episode=episode0 + i,
+                            terminal=epoch == epochs,
+                        )
+                if tel.analytics:
+                    emit_aggregate_epoch(
+                        hub.emit, results, batch_idx, any(plateaus), epoch_seconds=epoch_seconds
                     )
-            if tel.analytics:
-                emit_aggregate_epoch(
-                    hub.emit, results, batch_idx, any(plateaus), epoch_seconds=epoch_seconds
-                )
-            if epoch == epochs:
-                break
-            obs = [
-                observe(
-                    env,
-                    r,
-                    previous_accuracy=(p.before.val_accuracy if p else r.val_accuracy),
-                    best_accuracy=t.best,
-                    plateau=pl,
-                    param_budget=cfg.param_budget,
-                )
-                for env, r, p, t, pl in zip(envs, results, pending, trackers, plateaus, strict=True)
-            ]
-            obs_t, batch = self._decide(obs, [action_masks(env) for env in envs])
-            hits = torch.stack([(~batch.masks[h]).any(dim=-1) for h in ACTION_HEADS], dim=1)
-            mask_hits += hits.sum(dim=0)
-            decisions += len(envs)
-            # The host must know the actions to carry them out: one read-back, masks included.
-            rows = torch.cat([batch.actions, hits.long()], dim=1).tolist()
-            actions = [row[: len(ACTION_HEADS)] for row in rows]
-            hit_rows = [[bool(h) for h in row[len(ACTION_HEADS) :]] for row in rows]
-            for i, env in enumerate(envs):
-                rollout.add(i, obs_t, batch, i)
-                masked = dict(zip(ACTION_HEADS, hit_rows[i], strict=True))
-                pending[i] = self._act(env, actions[i], masked, results[i], stats)
-        escalation.end_batch()
+                if epoch == epochs:
+                    break
+                obs = [
+                    observe(
+                        env,
+                        r,
+                        previous_accuracy=(p.before.val_accuracy if p else r.val_accuracy),
+                        best_accuracy=t.best,
+                        plateau=pl,
+                        param_budget=cfg.param_budget,
+                    )
+                    for env, r, p, t, pl in zip(
+                        envs, results, pending, trackers, plateaus, strict=True
+                    )
+                ]
+                obs_t, batch = self._decide(obs, [action_masks(env) for env in envs])
+                hits = torch.stack([(~batch.masks[h]).any(dim=-1) for h in ACTION_HEADS], dim=1)
+                mask_hits += hits.sum(dim=0)
+                decisions += len(envs)
+                # The host must know the actions to carry them out: one read-back, masks included.
+                rows = torch.cat([batch.actions, hits.long()], dim=1).tolist()
+                actions = [row[: len(ACTION_HEADS)] for row in rows]
+                hit_rows = [[bool(h) for h in row[len(ACTION_HEADS) :]] for row in rows]
+                for i, env in enumerate(envs):
+                    rollout.add(i, obs_t, batch, i)
+                    masked = dict(zip(ACTION_HEADS, hit_rows[i], strict=True))
+                    pending[i] = self._act(env, actions[i], masked, results[i], stats)
+        finally:
+            escalation.end_batch()
         self._finish_batch(
             batch_idx, rollout, stats, results, mask_hits=mask_hits, decisions=decisions
         )
