@@ -246,6 +246,9 @@ class _Launch:
         except (KeyboardInterrupt, SystemExit) as exc:
             stop.request(describe_stop(exc)[1])
             stopped_by = exc
+        except Exception as exc:  # noqa: BLE001 - a broken UI must not end the run under it
+            self.request.warn(f"{self.request.prog}: the UI failed ({type(exc).__name__}: "
+                              f"{exc}); training continues (Ctrl-C stops it)")  # fmt: skip
         while not finished.is_set():
             try:
                 finished.wait()

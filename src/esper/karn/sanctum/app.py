@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical, VerticalScroll
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Sparkline, Static
 
 from esper.karn.sanctum.schema import EnvState, EventLogEntry, SanctumSnapshot
@@ -246,7 +247,12 @@ class SanctumApp(App[None]):
                 self._sparks[name].data = plottable(getattr(e, f"{key}_history"))
 
     def action_refresh_view(self) -> None:
-        s = self.source()
+        # The refresh timer can fire while the app exits (a live run that just ended): its
+        # widgets are being removed then, and there is nothing left to draw.
+        with contextlib.suppress(NoMatches):
+            self._refresh(self.source())
+
+    def _refresh(self, s: SanctumSnapshot) -> None:
         self._refresh_histories(s)
         self.query_one("#run-header", Static).update(run_header(s, live=self.live))
         self.query_one("#tamiyo", Static).update(tamiyo_panel(s))
