@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from esper.leyline import (
     CATALOGUE,
+    COLLECTIVE_OPS,
     BackendConfigError,
     TelemetryEvent,
     TelemetryEventType,
@@ -231,6 +232,17 @@ def test_a_slot_that_empties_loses_its_series_and_stage_counts_follow() -> None:
     assert _value(out.registry, "esper_seed_alpha", env_id="0", slot_id="mid") is None
     assert _value(out.registry, "esper_seed_alpha", env_id="0", slot_id="late") == 0.0
     assert _value(out.registry, "esper_seeds", stage="TRAINING") == 1
+
+
+def test_a_rank_serves_its_collective_series_before_the_first_collective() -> None:
+    # A run that trains for less than two scrape intervals still gives rate() two samples:
+    # one of the empty series before the first collective, one after (seen once in CI: a
+    # 2-second run showed only rank 1 in the collective panels).
+    ranked = generate_latest(PrometheusOutput(cuda=False, multi_rank=True).registry).decode()
+    for op in COLLECTIVE_OPS:
+        assert f'esper_collective_wait_seconds_count{{op="{op}"}} 0.0' in ranked
+    single = generate_latest(PrometheusOutput(cuda=False).registry).decode()
+    assert "esper_collective_wait_seconds_count" not in single  # no empty series in one process
 
 
 def test_labelled_children_are_bound_once(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -76,7 +76,8 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoRanks]:
     sd = tmp / "targets"
     receiver = OTLPReceiver()
     try:
-        with prometheus(tmp / "prom", sd_dir=sd) as base:
+        # Every 500 ms: the run trains for about 2 s, and rate() needs two samples of a series.
+        with prometheus(tmp / "prom", sd_dir=sd, interval="500ms") as base:
             started = time.time()
             proc = run([
                 *standalone(), *RUN, "--episodes", "8", "--telemetry-dir", str(tmp / "runs"),

@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import math
 import statistics
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
+import torch
+import torch.distributed as dist
 
-from esper.leyline import ACTION_HEADS, Op
-from esper.simic.collectives import LocalCollectives
+from esper.leyline import ACTION_HEADS, COLLECTIVE_OPS, Op
+from esper.simic.collectives import LocalCollectives, ProcessGroupCollectives
 from esper.simic.vectorized import VectorizedPPO, _BatchStats
 
 
@@ -109,3 +112,24 @@ def test_two_ranks_concatenate_envs_sum_counts_and_reduce_the_vitals() -> None:
     )
     assert m["grad_norm"] == 0.4  # the same on every rank: not reduced
     assert m["early_stop_epoch"] is None
+
+
+def test_a_process_group_times_exactly_the_catalogued_operations(tmp_path: Path) -> None:
+    # A real gloo group of one rank: every call runs its collective and is timed under an
+    # op the exporter knows in advance (COLLECTIVE_OPS), so no rank's series is born late.
+    dist.init_process_group(
+        "gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1
+    )
+    try:
+        comm = ProcessGroupCollectives()
+        comm.broadcast_parameters(torch.nn.Linear(2, 2))
+        layer = torch.nn.Linear(2, 1)
+        layer(torch.ones(1, 2)).sum().backward()
+        comm.average_gradients(layer.parameters())
+        assert comm.mean(3.0) == 3.0
+        assert comm.gather([1.0, 2.0]) == [[1.0, 2.0]]
+        waits = comm.take_waits()
+    finally:
+        dist.destroy_process_group()
+    assert {op for op, _ in waits} == set(COLLECTIVE_OPS)
+    assert all(seconds >= 0 for _, seconds in waits)

@@ -45,7 +45,7 @@ from esper.leyline._events import (
     TelemetryLevel,
     new_event_id,
 )
-from esper.leyline._ranks import RankInfo
+from esper.leyline._ranks import COLLECTIVE_OPS, RankInfo
 from esper.leyline._seed_telemetry import SeedTelemetry
 from esper.leyline._stages import (
     VALID_TRANSITIONS,
@@ -61,6 +61,7 @@ __all__ = [
     "ACTION_HEADS",
     "CATALOGUE",
     "CATALOGUE_SPECS",
+    "COLLECTIVE_OPS",
     "DEFAULT_BUDGETS",
     "DISCRIMINATORS",
     "LIFECYCLE_EVENT_TYPES",

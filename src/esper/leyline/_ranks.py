@@ -7,6 +7,15 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+COLLECTIVE_OPS: tuple[str, ...] = (
+    "broadcast",
+    "all_reduce_gradients",
+    "all_reduce_scalar",
+    "all_gather_batch",
+)
+"""The cross-rank operations a multi-rank PPO run times (the ``op`` label of
+``esper_collective_wait_seconds``)."""
+
 
 @dataclass(frozen=True, slots=True)
 class RankInfo:

@@ -101,7 +101,7 @@ def attach_backends(
         announce(f"Telemetry will be saved to: {dir_out.output_dir}")
         setup.destinations.append(f"run directory: {dir_out.output_dir}")
     if spec.metrics_port is not None:
-        prom = PrometheusOutput(hub_stats=hub.stats)
+        prom = PrometheusOutput(hub_stats=hub.stats, multi_rank=rank is not None)
         wanted = spec.metrics_port
         if rank is not None and wanted:
             wanted += rank.local_rank  # one port per rank of this node

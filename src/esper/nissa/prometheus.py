@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from esper.leyline import (
     ACTION_HEADS,
+    COLLECTIVE_OPS,
     DISCRIMINATORS,
     BackendConfigError,
     Op,
@@ -196,7 +197,11 @@ class PrometheusOutput(OutputBackend):
         *,
         hub_stats: Callable[[], HubStats] | None = None,
         cuda: bool | CudaStatsSource | None = None,
+        multi_rank: bool = False,
     ) -> None:
+        """``multi_rank``: this process is one rank of several, so its collective series
+        exist (empty) from the first scrape; ``rate()`` then has a sample from before the
+        first collective even in a run that trains for less than two scrape intervals."""
         self.registry = registry if registry is not None else CollectorRegistry()
         self._lock = threading.Lock()  # the hub lane and direct callers may both emit
         register_fork_resource(self)
@@ -236,6 +241,9 @@ class PrometheusOutput(OutputBackend):
         self._sd_file: Path | None = None
         self._closed = False
         self._preinitialise()
+        if multi_rank:
+            for op in COLLECTIVE_OPS:
+                self._child("esper_collective_wait_seconds", op)
         self._handlers: dict[TelemetryEventType, Callable[[TelemetryEvent], None]] = {
             ET.TRAINING_STARTED: self._on_training_started,
             ET.TRAINING_COMPLETED: self._on_training_completed,
