@@ -22,7 +22,8 @@ from esper.leyline import (
     example_payload,
     make_event,
 )
-from esper.nissa import NissaHub, prometheus
+from esper.nissa import NissaHub, metric_mapping
+from esper.nissa.cuda_metrics import CudaCollector
 from esper.nissa.metric_catalogue import (
     CUDA_STATS,
     EVENT_COUNT,
@@ -35,13 +36,9 @@ from esper.nissa.metric_catalogue import (
     derived,
     render_metrics_markdown,
 )
-from esper.nissa.prometheus import (
-    _READ_AT_SCRAPE,
-    PrometheusOutput,
-    _CudaCollector,
-    families,
-    process_start_ticks,
-)
+from esper.nissa.metric_mapping import event_fed, families
+from esper.nissa.prometheus import PrometheusOutput
+from esper.nissa.scrape_target import process_start_ticks
 from tests._tls import self_signed
 
 ET = TelemetryEventType
@@ -83,7 +80,7 @@ def test_every_metric_source_is_a_catalogue_field() -> None:
         if not m.source or m.source == "event_type":
             continue
         if m.source.startswith(HUB_STATS):  # read from the hub's counts when scraped
-            assert m.name in _READ_AT_SCRAPE, m.name
+            assert m not in event_fed(), m.name
             continue
         if m.source.endswith((f" {EVENT_COUNT}", f" {EVENT_TIME}")):  # no payload field
             where = m.source.rsplit(" (", 1)[0]
@@ -92,7 +89,7 @@ def test_every_metric_source_is_a_catalogue_field() -> None:
             continue
         if m.source.startswith(CUDA_STATS):  # read from torch's allocator when scraped
             key = m.source.removeprefix(f"{CUDA_STATS}: ")
-            assert (m.name, key) in _CudaCollector._FIELDS, m.name
+            assert (m.name, key) in CudaCollector._FIELDS, m.name
             continue
         where, _, field = m.source.partition(".")
         event, _, variant = where.partition(":")
@@ -248,7 +245,7 @@ def test_a_rank_serves_its_collective_series_before_the_first_collective() -> No
 def test_labelled_children_are_bound_once(monkeypatch: pytest.MonkeyPatch) -> None:
     out = PrometheusOutput(cuda=False)
     calls = 0
-    gauge = out._m["esper_env_val_loss"]
+    gauge = out.mapping.metric("esper_env_val_loss")
     real = gauge.labels
 
     def labels(*values: str) -> object:
@@ -352,7 +349,7 @@ def test_a_metric_derived_from_one_field_is_one_catalogue_entry(
         "esper_env_train_loss", MetricKind.GAUGE, "Training loss of one env.", ("env_id",), "",
         "EPOCH_COMPLETED:env.train_loss", update=Update.SET,
     )  # fmt: skip
-    monkeypatch.setattr(prometheus, "METRICS", (*prometheus.METRICS, extra))
+    monkeypatch.setattr(metric_mapping, "METRICS", (*metric_mapping.METRICS, extra))
     out = PrometheusOutput(cuda=False)
     out.emit(_sample((ET.EPOCH_COMPLETED, "env"), env_id=4, train_loss=0.75, seeds={}))
     assert _value(out.registry, "esper_env_train_loss", env_id="4") == 0.75

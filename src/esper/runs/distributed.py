@@ -27,6 +27,7 @@ import torch.distributed as dist
 
 from esper.leyline import RankInfo, UsageError
 from esper.nissa import start_daemon_thread
+from esper.nissa.scrape_target import process_stat
 from esper.simic.collectives import ProcessGroupCollectives
 
 STORE_PREFIX = "esper"
@@ -221,19 +222,18 @@ class _StallWatch:
 
 
 def _process_state(pid: int) -> str | None:
-    """The state letter of process ``pid`` in ``/proc`` (R, S, D, T for stopped, Z for a
-    zombie...), or None when there is no such process."""
+    """The state letter of process ``pid`` (R, S, D, T for stopped, Z for a zombie...), or
+    None when there is no such process ('?' when it exists but /proc cannot tell)."""
+    stat = process_stat(pid)
+    if stat is not None:
+        return stat.state
     try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return None
-        except PermissionError:
-            return "?"
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
         return "?"
+    return "?"
 
 
 def _alive(pid: int) -> bool:
