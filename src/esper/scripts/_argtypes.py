@@ -146,3 +146,38 @@ def fault(text: str) -> FaultSpec:
     if epoch < 1:
         raise argparse.ArgumentTypeError(f"EPOCH must be >= 1 in {text!r}")
     return FaultSpec(kind, epoch)
+
+
+def instant(text: str) -> float:
+    """A point in time: RFC 3339 (``2026-12-01T09:00:00Z``; no zone means UTC) or Unix
+    seconds. Returns Unix seconds."""
+    from datetime import UTC, datetime  # noqa: PLC0415 - only this parser needs it
+
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an RFC 3339 time (2026-12-01T09:00:00Z) or Unix seconds, got {text!r}"
+        ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return when.timestamp()
+
+
+_DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w|y)$")
+_DURATION_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800,
+                     "y": 31536000}  # fmt: skip
+
+
+def prometheus_duration(text: str) -> float:
+    """A duration as Prometheus spells one (``15d``, ``12h``, ``90m``); returns seconds."""
+    m = _DURATION.match(text.strip())
+    if m is None or int(m.group(1)) == 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a Prometheus duration such as 15d, 12h or 90m, got {text!r}"
+        )
+    return int(m.group(1)) * _DURATION_SECONDS[m.group(2)]

@@ -1,9 +1,12 @@
-"""``esper telemetry``: summarise a recorded run, or replay it into backends."""
+"""``esper telemetry``: summarise a recorded run, replay it into backends, or backfill its
+metrics into Prometheus TSDB blocks."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
+import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -17,8 +20,11 @@ from esper.leyline import (
 )
 from esper.nissa import NissaHub, iter_events, read_events
 from esper.nissa.backends import BackendSpec
+from esper.nissa.backfill import BackfilledRun, backfill_runs, write_openmetrics
 from esper.nissa.replay import LineProblem, RunTracker, resolve_events_files
+from esper.runs import tsdb
 from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
+from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
 
 _PATH_HELP = (
@@ -190,6 +196,140 @@ def _replay(args: argparse.Namespace) -> int:
     return summary.exit_status(code)
 
 
+SHIPPED_RULES = Path(__file__).resolve().parents[3] / "deploy" / "prometheus"
+"""The shipped rule files, in a checkout of the repository."""
+
+STACK_RETENTION = "15d"
+"""``--storage.tsdb.retention.time`` of the shipped stack's Prometheus (docker-compose.yml)."""
+
+
+def _rule_files(rules: Path | None) -> tuple[Path, Path]:
+    """(alerts.yml, recording.yml) in ``--rules`` or the shipped ones."""
+    where = rules if rules is not None else SHIPPED_RULES
+    files = (where / "alerts.yml", where / "recording.yml")
+    for f in files:
+        if not f.is_file():
+            hint = "" if rules is not None else " (not a checkout of the repository?)"
+            raise UsageError(
+                f"--rules {where}: no {f.name} there{hint}; give the directory that holds "
+                "alerts.yml and recording.yml (deploy/prometheus in the repository)"
+            )
+    return files
+
+
+def _check_empty_out(out: Path) -> None:
+    if out.exists() and out.is_dir() and any(out.iterdir()):
+        raise UsageError(
+            f"--out {out}: is not empty; backfill writes its blocks into a new or empty "
+            "directory (move the blocks of an earlier backfill into Prometheus's data "
+            "directory, or choose another --out)"
+        )
+    check_output_dir("--out", out)
+
+
+def _when(seconds: float) -> str:
+    return (
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+        + f".{int(seconds * 1000) % 1000:03d}Z"
+    )
+
+
+def _size(out: Path) -> int:
+    return sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+
+
+def _backfill(args: argparse.Namespace) -> int:
+    # Everything that can be checked is checked before any work starts.
+    tsdb.tool("promtool")
+    tsdb.tool("prometheus")
+    alerts_file, recording_file = _rule_files(args.rules)
+    _check_empty_out(args.out)
+    if args.openmetrics is not None:
+        check_output_file("--openmetrics", args.openmetrics)
+    replay = read_events(args.path, strict=args.strict)
+    where = _where(args.path)
+    if not replay.events:
+        raise UsageError(f"{where}: holds no events to backfill")
+    align_ns = None if args.align_start is None else int(args.align_start * 1e9)
+    runs = backfill_runs(replay.events, align_start_ns=align_ns)
+    if align_ns is not None:
+        late = [r for r in runs if r.end_ms / 1000 > time.time()]
+        if late:
+            raise UsageError(
+                f"--align-start {_when(args.align_start)}: run {late[0].run_id} would end in "
+                f"the future (it lasts {(late[0].last_ns - late[0].first_ns) / 1e9:.0f} s); "
+                "choose an earlier instant"
+            )
+    with tempfile.TemporaryDirectory(prefix="esper-backfill-") as tmp:
+        om = args.openmetrics if args.openmetrics is not None else Path(tmp) / "samples.om"
+        with om.open("w", encoding="utf-8") as fh:
+            samples = write_openmetrics(runs, fh)
+        args.out.mkdir(parents=True, exist_ok=True)
+        tsdb.create_blocks(om, args.out)
+    fired: dict[str, list[tsdb.FiredAlert]] = {}
+    with tsdb.scratch_prometheus(args.out, [alerts_file]) as prom:
+        for run in runs:
+            start, end = run.start_ms / 1000, run.end_ms / 1000
+            tsdb.backfill_recording_rules(prom, recording_file, args.out, start, end)
+            if args.alerts:
+                fired[run.run_id] = tsdb.evaluate_alerts(prom, start, end)
+    _report_backfill(args, runs, samples, fired)
+    for problem in replay.problems:
+        print(f"  warning: {problem}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _report_backfill(
+    args: argparse.Namespace,
+    runs: list[BackfilledRun],
+    samples: int,
+    fired: dict[str, list[tsdb.FiredAlert]],
+) -> None:
+    for run in runs:
+        ranks = [r for r in run.ranks if r is not None]
+        who = f"ranks {', '.join(map(str, ranks))}" if ranks else "one process"
+        start, end = run.start_ms / 1000 + 0.001, run.end_ms / 1000
+        print(f"run {run.run_id} ({who}): {run.events} events, {len(run.samples)} series, "
+              f"{_when(start)} to {_when(end)} ({end - start:.1f} s)")  # fmt: skip
+        print(f"  status: {run.status}")
+        if run.shift_ns:
+            print(f"  placed at --align-start (moved {run.shift_ns / 1e9:+.0f} s; its real "
+                  f"start is in the label recorded_start)")  # fmt: skip
+        if not run.status.finished and run.status.state != "unknown":
+            print(f"warning: run {run.run_id} did not finish: its series stop at its last "
+                  "event", file=sys.stderr)  # fmt: skip
+        age = time.time() - end
+        if age > args.retention:
+            print(
+                f"warning: run {run.run_id} ended {age / 86400:.1f} days ago, longer than "
+                f"the retention of {args.retention / 86400:g} days: a Prometheus started with "
+                f"--storage.tsdb.retention.time={args.retention_text} deletes these blocks at "
+                "its next compaction; backfill with --align-start, or raise the retention",
+                file=sys.stderr,
+            )
+    blocks = tsdb.blocks(args.out)
+    print(f"{samples} samples in {len(blocks)} blocks in {args.out} "
+          f"({_size(args.out) / 1024:.0f} KiB), with the recording rules")  # fmt: skip
+    if args.openmetrics is not None:
+        print(f"OpenMetrics text: {args.openmetrics}")
+    print(f"serve them: prometheus --storage.tsdb.path={args.out}, or see the README "
+          "('Look at a recorded run in Grafana')")  # fmt: skip
+    if not args.alerts:
+        return
+    print("alerts the shipped rules would have fired:")
+    for run in runs:
+        alerts = fired.get(run.run_id, [])
+        if not alerts:
+            print(f"  run {run.run_id}: none")
+            continue
+        for a in alerts:
+            offset = a.fired_at - (run.start_ms / 1000 + 0.001)
+            labels = ", ".join(f'{k}="{v}"' for k, v in sorted(a.labels.items())
+                               if k not in ("job", "run_id", "mode", "task"))  # fmt: skip
+            print(f"  run {run.run_id}: {a.name} at {_when(a.fired_at)} "
+                  f"(+{offset:.1f} s) {{{labels}}}")  # fmt: skip
+
+
 def _same_file(a: Path, b: Path) -> bool:
     try:
         return a.exists() and a.samefile(b)
@@ -212,14 +352,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     r.add_argument("--telemetry-file", type=Path, help="append the events to this JSONL file")
     r.add_argument("--telemetry-dir", type=Path, help="write them to a new run directory here")
+    b = sub.add_parser(
+        "backfill",
+        help="write a recorded run's metrics (and recording rules) as Prometheus TSDB blocks",
+        description="Replay each run's events through the live exporter's mapping and write "
+        "a sample at every event that changed a series, as TSDB blocks a Prometheus serves.",
+    )
+    b.add_argument("path", type=Path, nargs="+", help=_PATH_HELP + "; several runs each")
+    b.add_argument("--out", type=Path, required=True, help="a new or empty directory")
+    b.add_argument("--openmetrics", type=Path, help="also keep the samples as OpenMetrics text")
+    b.add_argument(
+        "--alerts", action="store_true", help="list the alerts the shipped rules would have fired"
+    )
+    b.add_argument(
+        "--align-start",
+        type=at.instant,
+        metavar="TIME",
+        help="place each run's first event at TIME (RFC 3339 or Unix seconds), to overlay runs "
+        "recorded apart; the real start is kept in the label recorded_start",
+    )
+    b.add_argument(
+        "--rules",
+        type=Path,
+        help="directory with alerts.yml and recording.yml (default: deploy/prometheus)",
+    )
+    b.add_argument(
+        "--retention",
+        default=STACK_RETENTION,
+        help="the target Prometheus's --storage.tsdb.retention.time, to warn about runs it "
+        f"would delete (default {STACK_RETENTION}, the shipped stack's)",
+    )
+    b.add_argument("--strict", action="store_true", help="fail on the first corrupt line")
     args = p.parse_args(argv)
     if args.command == "replay" and not (args.telemetry_file or args.telemetry_dir):
         p.error("replay needs --telemetry-file or --telemetry-dir")
+    if args.command == "backfill":
+        try:
+            args.retention_text = args.retention
+            args.retention = at.prometheus_duration(args.retention)
+        except argparse.ArgumentTypeError as exc:
+            p.error(f"argument --retention: {exc}")
+    commands = {"summarize": _summarize, "replay": _replay, "backfill": _backfill}
     try:
-        return int(_summarize(args) if args.command == "summarize" else _replay(args))
+        return int(commands[args.command](args))
     except (UsageError, BackendConfigError) as exc:
         print(f"esper telemetry: error: {exc}", file=sys.stderr)
         return 2
-    except ReplayError as exc:
+    except (ReplayError, tsdb.ToolError) as exc:
         print(f"esper telemetry: error: {exc}", file=sys.stderr)
         return 1

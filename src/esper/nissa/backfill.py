@@ -1,0 +1,254 @@
+"""A recorded run as Prometheus samples: the record replayed through the live mapping.
+
+``backfill_runs(events)`` splits a record into runs (by run id) and their ranks, replays each
+rank's events in timestamp order through its own ``MetricMapping`` (the one the live exporter
+uses, so a metric means the same thing live and afterwards) and keeps a sample, at the event's
+timestamp, of every series the event changed, plus:
+
+- a sample of every series that exists before the first event (the counters the mapping starts
+  at zero) 1 ms before it, so ``increase()`` sees the run's first step as it does live;
+- a closing sample of every series at the last event of its process (the run's last event,
+  unless a rank stopped before the others).
+
+Series carry the labels the shipped scrape job gives a live run (``job="esper-trainer"``,
+``run_id``, ``mode``, ``task``, and ``rank``, ``local_rank`` and ``node`` for a rank of a
+multi-rank run) and an ``instance`` that names the recording (``recorded:<run_id>``, with
+``:rank<R>``). What the record cannot tell (CUDA memory, hub drop counts, ``*_created``
+timestamps, which are read when scraped) is left out, never invented.
+
+Two samples of one series in the same millisecond keep the later value (the TSDB keeps
+milliseconds). A series the mapping removes (a slot that emptied) stops at its last sample:
+a block has no staleness markers, so queries still see it for the lookback (5 minutes).
+
+``write_openmetrics`` writes the samples as timestamped OpenMetrics text, the input of
+``promtool tsdb create-blocks-from openmetrics``: one family at a time, each series' samples in
+time order, ``# EOF`` last.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import IO, Any
+
+from prometheus_client import CollectorRegistry
+
+from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.nissa.metric_mapping import MetricMapping, SeriesKey
+from esper.nissa.replay import RunStatus, run_status
+
+JOB = "esper-trainer"
+"""The job label of the shipped scrape job (deploy/prometheus/prometheus.yml)."""
+
+START_LABEL = "recorded_start"
+"""The label ``--align-start`` adds: the run's real first event (RFC 3339), so the shift that
+placed the run elsewhere on the time axis is never hidden."""
+
+_NS_PER_MS = 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class SeriesId:
+    """One sample series: its OpenMetrics family, type, sample name and labels."""
+
+    family: str
+    kind: str
+    name: str
+    labels: tuple[tuple[str, str], ...]
+
+
+@dataclass(slots=True)
+class BackfilledRun:
+    """One run of a record, as samples."""
+
+    run_id: str
+    status: RunStatus
+    events: int
+    first_ns: int
+    last_ns: int
+    """The run's first and last event, as recorded (before any shift)."""
+    shift_ns: int = 0
+    """Added to every timestamp (``--align-start``)."""
+    ranks: list[int | None] = field(default_factory=list)
+    samples: dict[SeriesId, list[tuple[int, float]]] = field(default_factory=dict)
+    """series -> [(timestamp in ms, value)] in time order."""
+    helps: dict[str, str] = field(default_factory=dict)
+    """family -> its help text."""
+
+    @property
+    def start_ms(self) -> int:
+        """The first sample's time (ms, shifted): 1 ms before the run's first event."""
+        return (self.first_ns + self.shift_ns) // _NS_PER_MS - 1
+
+    @property
+    def end_ms(self) -> int:
+        """The closing samples' time (ms, shifted): the run's last event."""
+        return (self.last_ns + self.shift_ns) // _NS_PER_MS
+
+    def counter_value(self, family: str, **labels: str) -> float:
+        """The final value of a counter, summed over the series whose labels include
+        ``labels`` (0 when there is none)."""
+        total = 0.0
+        for sid, points in self.samples.items():
+            if sid.name == f"{family}_total" and labels.items() <= dict(sid.labels).items():
+                total += points[-1][1]
+        return total
+
+
+def _rfc3339(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds")
+
+
+def _target_labels(run_id: str, rank: int | None, started: TelemetryEvent | None,
+                   multi_rank: bool, real_start: str | None) -> dict[str, str]:  # fmt: skip
+    """The labels a live scrape of this process through the shipped job would carry."""
+    labels = {"job": JOB, "run_id": run_id}
+    instance = f"recorded:{run_id}"
+    if started is not None:
+        labels["mode"] = str(started.data["mode"])
+        labels["task"] = str(started.data["task"])
+    if multi_rank:
+        labels["rank"] = str(rank or 0)
+        instance += f":rank{rank or 0}"
+        if started is not None:
+            labels["local_rank"] = str(started.data["local_rank"])
+            labels["node"] = str(started.data["node"])
+    labels["instance"] = instance
+    if real_start is not None:
+        labels[START_LABEL] = real_start
+    return labels
+
+
+class _RankSamples:
+    """One process's series, sampled after every event through its own mapping."""
+
+    def __init__(self, run: BackfilledRun, target: dict[str, str], multi_rank: bool) -> None:
+        self.run = run
+        self.target = target
+        self.mapping = MetricMapping(CollectorRegistry(), multi_rank=multi_rank)
+        self.changed: set[SeriesKey] = set()
+        self.removed: set[SeriesKey] = set()
+        self.mapping.changed, self.mapping.removed = self.changed, self.removed
+        self._ids: dict[SeriesKey, list[tuple[SeriesId, Any]]] = {}
+
+    def _series(self, key: SeriesKey) -> list[tuple[SeriesId, Any]]:
+        """(sample series, how to read its value) for each sample of a mapping series."""
+        ids = self._ids.get(key)
+        if ids is None:
+            name, values = key
+            metric = self.mapping.metric(name)
+            child = self.mapping.child(key)
+            own = dict(zip(metric._labelnames, values, strict=True))
+            family, kind = metric._name, metric._type
+            self.run.helps.setdefault(family, metric._documentation)
+            ids = []
+            # honor_labels: the series' own labels win over the target's (esper_run_info).
+            for sample in child._samples():
+                if sample.name == "_created":
+                    continue  # the time the exporter created it: unknowable from the record
+                labels = {**self.target, **own, **sample.labels}
+                sid = SeriesId(family, kind, family + sample.name, tuple(sorted(labels.items())))
+                ids.append((sid, child))
+            self._ids[key] = ids
+        return ids
+
+    def record(self, key: SeriesKey, t_ms: int) -> None:
+        ids = self._series(key)
+        values = [s.value for s in ids[0][1]._samples() if s.name != "_created"]
+        for (sid, _child), value in zip(ids, values, strict=True):
+            points = self.run.samples.setdefault(sid, [])
+            if points and points[-1][0] >= t_ms:
+                points[-1] = (points[-1][0], value)  # the same millisecond: the later value
+            else:
+                points.append((t_ms, value))
+
+    def replay(self, events: list[TelemetryEvent], shift_ns: int) -> None:
+        mapping = self.mapping
+        first_ms = (events[0].timestamp_ns + shift_ns) // _NS_PER_MS
+        for key in mapping.series():
+            self.record(key, first_ms - 1)
+        for event in events:
+            self.changed.clear()
+            self.removed.clear()
+            mapping.apply(event)
+            t_ms = (event.timestamp_ns + shift_ns) // _NS_PER_MS
+            for key in self.changed:
+                self.record(key, t_ms)
+            for key in self.removed:
+                self._ids.pop(key, None)
+        end_ms = (events[-1].timestamp_ns + shift_ns) // _NS_PER_MS  # this process's last
+        for key in mapping.series():
+            self.record(key, end_ms)
+
+
+def backfill_runs(
+    events: Iterable[TelemetryEvent], *, align_start_ns: int | None = None
+) -> list[BackfilledRun]:
+    """Every run of a record as samples (see the module docstring), in the order of their
+    first events. ``align_start_ns`` places each run's first event at that instant (every rank
+    of a run shifted alike) and labels its series with the real start (``START_LABEL``)."""
+    by_run: dict[str, dict[int | None, list[TelemetryEvent]]] = defaultdict(
+        lambda: defaultdict(list)
+    )
+    for e in events:
+        by_run[e.run_id or "unknown"][e.rank].append(e)
+    runs = []
+    for run_id, ranks in by_run.items():
+        every = sorted((e for evs in ranks.values() for e in evs), key=lambda e: e.timestamp_ns)
+        first, last = every[0].timestamp_ns, every[-1].timestamp_ns
+        shift = 0 if align_start_ns is None else align_start_ns - first
+        run = BackfilledRun(run_id, run_status(every), len(every), first, last, shift)
+        real_start = None if align_start_ns is None else _rfc3339(first)
+        for rank in sorted(ranks, key=lambda r: -1 if r is None else r):
+            rank_events = sorted(ranks[rank], key=lambda e: e.timestamp_ns)
+            started = next(
+                (e for e in rank_events if e.event_type is TelemetryEventType.TRAINING_STARTED),
+                None,
+            )
+            world = int(started.data.get("world_size") or 1) if started is not None else 1
+            multi = rank is not None or world > 1
+            target = _target_labels(run_id, rank, started, multi, real_start)
+            _RankSamples(run, target, multi).replay(rank_events, shift)
+            run.ranks.append(rank)
+        runs.append(run)
+    runs.sort(key=lambda r: r.first_ns)
+    return runs
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _number(value: float) -> str:
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value))
+
+
+def write_openmetrics(runs: Iterable[BackfilledRun], out: IO[str]) -> int:
+    """Write the runs' samples as timestamped OpenMetrics; returns the samples written."""
+    families: dict[str, list[tuple[SeriesId, list[tuple[int, float]]]]] = defaultdict(list)
+    helps: dict[str, str] = {}
+    kinds: dict[str, str] = {}
+    for run in runs:
+        helps.update(run.helps)
+        for sid, points in run.samples.items():
+            families[sid.family].append((sid, points))
+            kinds[sid.family] = sid.kind
+    n = 0
+    for family in sorted(families):
+        out.write(f"# TYPE {family} {kinds[family]}\n")
+        if family in helps:
+            out.write(f"# HELP {family} {_escape(helps[family])}\n")
+        for sid, points in families[family]:
+            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sid.labels)
+            prefix = f"{sid.name}{{{labels}}} "
+            out.writelines(f"{prefix}{_number(v)} {t // 1000}.{t % 1000:03d}\n" for t, v in points)
+            n += len(points)
+    out.write("# EOF\n")
+    return n

@@ -1,0 +1,220 @@
+"""Recorded runs into Prometheus TSDB blocks, and the rules evaluated over them afterwards.
+
+Real tools do the work: ``promtool tsdb create-blocks-from openmetrics`` writes the blocks,
+a scratch ``prometheus`` (loopback, a free port, its own copy of the blocks, the shipped rule
+files) serves them, ``promtool tsdb create-blocks-from rules`` backfills the recording rules
+from it, and the alert rules are read from that Prometheus's rules API and evaluated with range
+queries: an alert fires at the first evaluation at which its expression has held for the
+rule's ``for``, as the rule manager would have decided live.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from esper.leyline import UsageError
+
+DEBIAN_PACKAGE = "prometheus"
+"""The Debian package that installs ``prometheus`` and ``promtool``."""
+
+READY_SECONDS = 60.0
+"""How long a scratch Prometheus may take to load the blocks and answer."""
+
+MAX_STEPS = 10_000
+"""Evaluations per range: Prometheus answers at most 11,000 points per series."""
+
+
+class ToolError(RuntimeError):
+    """A Prometheus tool failed; the message names the command and quotes its error."""
+
+
+def tool(name: str) -> str:
+    """The path of ``name`` on PATH; a UsageError naming the Debian package when absent."""
+    path = shutil.which(name)
+    if path is None:
+        raise UsageError(
+            f"{name} is not on PATH: install the Debian package {DEBIAN_PACKAGE} "
+            f"(apt-get install {DEBIAN_PACKAGE}) or put Prometheus's {name} on PATH"
+        )
+    return path
+
+
+def step_seconds(start: float, end: float) -> float:
+    """The evaluation step over [start, end]: every second, coarser past ``MAX_STEPS``."""
+    return float(max(1, math.ceil((end - start) / MAX_STEPS)))
+
+
+def _run(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        detail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
+        raise ToolError(f"{' '.join(cmd[:4])} failed ({proc.returncode}): " + " / ".join(detail))
+    return proc.stdout
+
+
+def create_blocks(openmetrics: Path, out: Path) -> None:
+    """TSDB blocks in ``out`` from a timestamped OpenMetrics file."""
+    _run([tool("promtool"), "tsdb", "create-blocks-from", "openmetrics", "-q",
+          str(openmetrics), str(out)])  # fmt: skip
+
+
+def blocks(directory: Path) -> list[Path]:
+    """The TSDB blocks in ``directory`` (each a folder with a meta.json)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir() if (p / "meta.json").is_file())
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ScratchPrometheus:
+    """A Prometheus on loopback serving a copy of some blocks, with rule files loaded (see
+    ``scratch_prometheus``)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        url = f"{self.base}{path}" + ("?" + urllib.parse.urlencode(params) if params else "")
+        with urllib.request.urlopen(url, timeout=60) as resp:  # noqa: S310 - loopback
+            body = json.loads(resp.read())
+        if body.get("status") != "success":
+            raise ToolError(f"Prometheus {path}: {body.get('error', body)}")
+        return body["data"]
+
+    def query_range(self, expr: str, start: float, end: float, step: float) -> list[Any]:
+        data = self._get(
+            "/api/v1/query_range", {"query": expr, "start": start, "end": end, "step": step}
+        )
+        return list(data["result"])
+
+    def alerting_rules(self) -> list[dict[str, Any]]:
+        """The alerting rules Prometheus loaded (name, query, duration in seconds, labels)."""
+        groups = self._get("/api/v1/rules", {"type": "alert"})["groups"]
+        return [r for g in groups for r in g["rules"] if r["type"] == "alerting"]
+
+
+@contextmanager
+def scratch_prometheus(block_dir: Path, rule_files: list[Path]) -> Iterator[ScratchPrometheus]:
+    """Start a Prometheus serving a copy of ``block_dir``'s blocks (so nothing it writes, and
+    no compaction, touches them) with ``rule_files`` loaded; stop it and remove the copy."""
+    binary = tool("prometheus")
+    with tempfile.TemporaryDirectory(prefix="esper-backfill-") as tmp_name:
+        tmp = Path(tmp_name)
+        data = tmp / "data"
+        data.mkdir()
+        for block in blocks(block_dir):
+            shutil.copytree(block, data / block.name)
+        # An evaluation interval longer than any run: Prometheus's own evaluations (at "now",
+        # over no data) add nothing; every rule is evaluated over the past by range queries.
+        config = {
+            "global": {"evaluation_interval": "24h"},
+            "rule_files": [str(p.resolve()) for p in rule_files],
+        }
+        (tmp / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+        log_path = tmp / "prometheus.log"
+        port = _free_port()
+        cmd = [
+            binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={data}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--storage.tsdb.retention.time=36500d",  # never delete an old recorded run
+        ]  # fmt: skip
+        with log_path.open("w") as log:
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        base = f"http://127.0.0.1:{port}"
+        try:
+            _wait_ready(proc, base, log_path)
+            yield ScratchPrometheus(base)
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def _wait_ready(proc: subprocess.Popen[bytes], base: str, log_path: Path) -> None:
+    deadline = time.monotonic() + READY_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            tail = " / ".join(log_path.read_text(errors="replace").strip().splitlines()[-3:])
+            raise ToolError(f"prometheus exited ({proc.returncode}) before it was ready: {tail}")
+        try:
+            with urllib.request.urlopen(f"{base}/-/ready", timeout=2) as resp:  # noqa: S310
+                if resp.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.1)  # polling a server we started for readiness, bounded by the deadline
+    raise ToolError(f"prometheus did not become ready within {READY_SECONDS:.0f} s ({base})")
+
+
+def backfill_recording_rules(
+    prom: ScratchPrometheus, rule_file: Path, out: Path, start: float, end: float
+) -> None:
+    """Blocks in ``out`` for ``rule_file``'s recording rules over [start, end], evaluated by
+    ``promtool tsdb create-blocks-from rules`` against ``prom``."""
+    step = step_seconds(start, end)
+    _run([
+        tool("promtool"), "tsdb", "create-blocks-from", "rules", "-q",
+        f"--url={prom.base}", f"--start={math.floor(start)}", f"--end={math.ceil(end)}",
+        f"--eval-interval={step:g}s", f"--output-dir={out}", str(rule_file),
+    ])  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class FiredAlert:
+    """An alert the rules would have fired."""
+
+    name: str
+    labels: dict[str, str]
+    """The alert's labels: the expression's series and the rule's own (severity)."""
+    fired_at: float
+    """Unix seconds of the first evaluation at which it fired."""
+    pending_at: float
+    """When its expression first held (the ``for`` clock started)."""
+
+
+def evaluate_alerts(prom: ScratchPrometheus, start: float, end: float) -> list[FiredAlert]:
+    """Every alert the loaded alerting rules would have fired over [start, end], evaluated at
+    every step (``step_seconds``): an alert fires once its expression has returned its series
+    at consecutive evaluations for the rule's ``for``; once more after each gap. In the order
+    they fired."""
+    step = step_seconds(start, end)
+    fired = []
+    for rule in prom.alerting_rules():
+        hold = float(rule.get("duration", 0))
+        for series in prom.query_range(rule["query"], start, end, step):
+            labels = {k: v for k, v in series["metric"].items() if k != "__name__"}
+            labels.update(rule.get("labels") or {})
+            since: float | None = None
+            previous: float | None = None
+            firing = False
+            for t_text, _value in series["values"]:
+                t = float(t_text)
+                if since is None or previous is None or t - previous > step * 1.5:
+                    since, firing = t, False  # a gap: resolved, and the for clock restarts
+                previous = t
+                if not firing and t - since >= hold:
+                    fired.append(FiredAlert(rule["name"], labels, t, since))
+                    firing = True
+    return sorted(fired, key=lambda a: (a.fired_at, a.name))
