@@ -65,6 +65,8 @@ class Stack:
     train: subprocess.CompletedProcess[str]
     started: float
     finished: float
+    run_dir: Path
+    """The run's telemetry directory (events.jsonl)."""
 
 
 class JsonReceiver:
@@ -213,6 +215,24 @@ def prometheus(
     cmd = [
         binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s",
+    ]  # fmt: skip
+    with _process(cmd, tmp / "prometheus.log", f"{base}/-/ready", "Prometheus"):
+        yield base
+
+
+@contextmanager
+def serving_blocks(tmp: Path, blocks: Path) -> Iterator[str]:
+    """A real Prometheus that scrapes nothing and serves only the TSDB blocks in ``blocks``
+    (copied, so nothing it writes touches them). Yields its base URL."""
+    binary = shutil.which("prometheus")
+    assert binary, "Prometheus is not installed (Debian package prometheus)"
+    shutil.copytree(blocks, tmp / "data")
+    (tmp / "prometheus.yml").write_text("global: {}\n")
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    cmd = [
+        binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
+        f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=36500d",
     ]  # fmt: skip
     with _process(cmd, tmp / "prometheus.log", f"{base}/-/ready", "Prometheus"):
         yield base

@@ -65,6 +65,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                 capture_output=True, text=True, timeout=600, check=False,
             )  # fmt: skip
             assert train.returncode == 0, train.stderr
-            yield Stack(base, webhook, train, start, time.time())
+            (run_dir,) = (tmp / "runs").iterdir()
+            yield Stack(base, webhook, train, start, time.time(), run_dir)
     finally:
         webhook.close()

@@ -218,7 +218,8 @@ def backfill_runs(
     return runs
 
 
-def _escape(value: str) -> str:
+def escape_label_value(value: str) -> str:
+    """A label value (or help text) escaped for the exposition formats."""
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
@@ -244,9 +245,9 @@ def write_openmetrics(runs: Iterable[BackfilledRun], out: IO[str]) -> int:
     for family in sorted(families):
         out.write(f"# TYPE {family} {kinds[family]}\n")
         if family in helps:
-            out.write(f"# HELP {family} {_escape(helps[family])}\n")
+            out.write(f"# HELP {family} {escape_label_value(helps[family])}\n")
         for sid, points in families[family]:
-            labels = ",".join(f'{k}="{_escape(v)}"' for k, v in sid.labels)
+            labels = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sid.labels)
             prefix = f"{sid.name}{{{labels}}} "
             out.writelines(f"{prefix}{_number(v)} {t // 1000}.{t % 1000:03d}\n" for t, v in points)
             n += len(points)

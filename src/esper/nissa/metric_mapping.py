@@ -94,7 +94,10 @@ class MetricMapping:
                     spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets
                 )
             self._m[spec.name] = metric
-        self._children: dict[SeriesKey, Any] = {}
+        # A family without labels is one series from the start (at zero), as it is served.
+        self._children: dict[SeriesKey, Any] = {
+            (spec.name, ()): self._m[spec.name] for spec in specs if not spec.labels
+        }
         # Metrics the catalogue derives from one event field (MetricSpec.update): applied by
         # _apply_derived with no handler code; the handlers below do the rest.
         self._derived: dict[tuple[str, str | None], list[tuple[MetricSpec, Derived]]] = {}

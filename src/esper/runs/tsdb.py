@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from esper.leyline import UsageError
+from esper.nissa.backfill import escape_label_value
 
 DEBIAN_PACKAGE = "prometheus"
 """The Debian package that installs ``prometheus`` and ``promtool``."""
@@ -181,40 +182,60 @@ def backfill_recording_rules(
     ])  # fmt: skip
 
 
-@dataclass(frozen=True, slots=True)
-class FiredAlert:
-    """An alert the rules would have fired."""
+@dataclass(slots=True)
+class AlertActivity:
+    """One alert (rule and series) over the past: when it fired, and its ``ALERTS`` samples."""
 
     name: str
     labels: dict[str, str]
     """The alert's labels: the expression's series and the rule's own (severity)."""
-    fired_at: float
-    """Unix seconds of the first evaluation at which it fired."""
-    pending_at: float
-    """When its expression first held (the ``for`` clock started)."""
+    fired_at: list[float]
+    """Unix seconds of each evaluation at which it started firing (again, after a gap)."""
+    states: list[tuple[float, str]]
+    """(evaluation time, ``pending`` or ``firing``) at every evaluation it was active."""
 
 
-def evaluate_alerts(prom: ScratchPrometheus, start: float, end: float) -> list[FiredAlert]:
-    """Every alert the loaded alerting rules would have fired over [start, end], evaluated at
-    every step (``step_seconds``): an alert fires once its expression has returned its series
-    at consecutive evaluations for the rule's ``for``; once more after each gap. In the order
-    they fired."""
+def evaluate_alerts(prom: ScratchPrometheus, start: float, end: float) -> list[AlertActivity]:
+    """Every alert the loaded alerting rules raise over [start, end], evaluated at every step
+    (``step_seconds``) as the rule manager evaluates live: pending while the expression returns
+    the series, firing once it has for the rule's ``for``; a gap resolves it and restarts the
+    clock. In the order they first became active."""
     step = step_seconds(start, end)
-    fired = []
+    found = []
     for rule in prom.alerting_rules():
         hold = float(rule.get("duration", 0))
         for series in prom.query_range(rule["query"], start, end, step):
             labels = {k: v for k, v in series["metric"].items() if k != "__name__"}
             labels.update(rule.get("labels") or {})
+            activity = AlertActivity(rule["name"], labels, [], [])
             since: float | None = None
             previous: float | None = None
-            firing = False
             for t_text, _value in series["values"]:
                 t = float(t_text)
                 if since is None or previous is None or t - previous > step * 1.5:
-                    since, firing = t, False  # a gap: resolved, and the for clock restarts
+                    since = t  # a gap: resolved, and the for clock restarts
                 previous = t
-                if not firing and t - since >= hold:
-                    fired.append(FiredAlert(rule["name"], labels, t, since))
-                    firing = True
-    return sorted(fired, key=lambda a: (a.fired_at, a.name))
+                firing = t - since >= hold
+                if firing and (not activity.states or activity.states[-1][1] != "firing"
+                               or t - activity.states[-1][0] > step * 1.5):  # fmt: skip
+                    activity.fired_at.append(t)
+                activity.states.append((t, "firing" if firing else "pending"))
+            found.append(activity)
+    return sorted(found, key=lambda a: (a.states[0][0], a.name))
+
+
+def write_alerts_openmetrics(activities: list[AlertActivity], out: Path) -> int:
+    """The ``ALERTS`` series Prometheus would have written (1 at every evaluation an alert was
+    pending or firing), as timestamped OpenMetrics; returns the samples written."""
+    n = 0
+    with out.open("w", encoding="utf-8") as fh:
+        fh.write("# TYPE ALERTS gauge\n")
+        for a in activities:
+            for state in ("pending", "firing"):
+                points = [t for t, s in a.states if s == state]
+                labels = {**a.labels, "alertname": a.name, "alertstate": state}
+                text = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sorted(labels.items()))
+                fh.writelines(f"ALERTS{{{text}}} 1 {t:.3f}\n" for t in points)
+                n += len(points)
+        fh.write("# EOF\n")
+    return n

@@ -266,13 +266,21 @@ def _backfill(args: argparse.Namespace) -> int:
             samples = write_openmetrics(runs, fh)
         args.out.mkdir(parents=True, exist_ok=True)
         tsdb.create_blocks(om, args.out)
-    fired: dict[str, list[tsdb.FiredAlert]] = {}
+    # The rules over the past, against a Prometheus serving the new blocks: the recording
+    # rules (the quantile panels read them) and the alert rules, whose ALERTS series are
+    # backfilled too, as Prometheus would have written them live.
+    fired: dict[str, list[tsdb.AlertActivity]] = {}
     with tsdb.scratch_prometheus(args.out, [alerts_file]) as prom:
         for run in runs:
             start, end = run.start_ms / 1000, run.end_ms / 1000
             tsdb.backfill_recording_rules(prom, recording_file, args.out, start, end)
-            if args.alerts:
-                fired[run.run_id] = tsdb.evaluate_alerts(prom, start, end)
+            fired[run.run_id] = tsdb.evaluate_alerts(prom, start, end)
+    activities = [a for alerts in fired.values() for a in alerts]
+    if activities:
+        with tempfile.TemporaryDirectory(prefix="esper-backfill-") as tmp:
+            alerts_om = Path(tmp) / "alerts.om"
+            samples += tsdb.write_alerts_openmetrics(activities, alerts_om)
+            tsdb.create_blocks(alerts_om, args.out)
     _report_backfill(args, runs, samples, fired)
     for problem in replay.problems:
         print(f"  warning: {problem}", file=sys.stderr)
@@ -283,7 +291,7 @@ def _report_backfill(
     args: argparse.Namespace,
     runs: list[BackfilledRun],
     samples: int,
-    fired: dict[str, list[tsdb.FiredAlert]],
+    fired: dict[str, list[tsdb.AlertActivity]],
 ) -> None:
     for run in runs:
         ranks = [r for r in run.ranks if r is not None]
@@ -309,7 +317,7 @@ def _report_backfill(
             )
     blocks = tsdb.blocks(args.out)
     print(f"{samples} samples in {len(blocks)} blocks in {args.out} "
-          f"({_size(args.out) / 1024:.0f} KiB), with the recording rules")  # fmt: skip
+          f"({_size(args.out) / 1024:.0f} KiB), with the recording rules and ALERTS")  # fmt: skip
     if args.openmetrics is not None:
         print(f"OpenMetrics text: {args.openmetrics}")
     print(f"serve them: prometheus --storage.tsdb.path={args.out}, or see the README "
@@ -318,16 +326,20 @@ def _report_backfill(
         return
     print("alerts the shipped rules would have fired:")
     for run in runs:
-        alerts = fired.get(run.run_id, [])
+        alerts = [a for a in fired.get(run.run_id, []) if a.fired_at]
         if not alerts:
             print(f"  run {run.run_id}: none")
-            continue
         for a in alerts:
-            offset = a.fired_at - (run.start_ms / 1000 + 0.001)
             labels = ", ".join(f'{k}="{v}"' for k, v in sorted(a.labels.items())
                                if k not in ("job", "run_id", "mode", "task"))  # fmt: skip
-            print(f"  run {run.run_id}: {a.name} at {_when(a.fired_at)} "
-                  f"(+{offset:.1f} s) {{{labels}}}")  # fmt: skip
+            for when in a.fired_at:
+                offset = when - (run.start_ms / 1000 + 0.001)
+                print(f"  run {run.run_id}: {a.name} at {_when(when)} (+{offset:.1f} s) "
+                      f"{{{labels}}}")  # fmt: skip
+        pending = sorted({a.name for a in fired.get(run.run_id, []) if not a.fired_at})
+        if pending:
+            print(f"  run {run.run_id}: pending but never firing (the run ended inside their "
+                  f"for:): {', '.join(pending)}")  # fmt: skip
 
 
 def _same_file(a: Path, b: Path) -> bool:
