@@ -29,7 +29,15 @@ from esper.nissa import read_events
 from esper.nissa.otel import run_trace_ids
 from esper.scripts import sanctum, telemetry, train
 from tests._otlp import OTLPReceiver
-from tests._stack import REPO, free_port, prometheus, query, query_range, wait_until
+from tests._stack import (
+    REPO,
+    free_port,
+    prometheus,
+    query,
+    query_range,
+    serving_blocks,
+    wait_until,
+)
 
 ET = TelemetryEventType
 pytestmark = pytest.mark.slow
@@ -533,3 +541,46 @@ def test_what_a_multi_rank_run_cannot_do_is_a_usage_error_before_it_starts(
         train.main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_a_two_rank_run_backfilled_from_its_run_directory(
+    two_ranks: TwoRanks, tmp_path: Path
+) -> None:
+    """Rank labels as the live scrape gives them, the Ranks row answered from the blocks
+    alone, and the batch totals counted once for the run (rank 0's)."""
+    out = subprocess.run(
+        [sys.executable, "-m", "esper.scripts.cli", "telemetry", "backfill",
+         str(two_ranks.run_dir), "--out", str(tmp_path / "blocks")],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "(ranks 0, 1)" in out.stdout
+    events = two_ranks.events
+    start, end = events[0].timestamp_ns / 1e9, events[-1].timestamp_ns / 1e9 + 1
+    with serving_blocks(tmp_path / "prom", tmp_path / "blocks") as base:
+        info = query(base, f"esper_run_info @ {end}")
+        assert {(s["metric"]["rank"], s["metric"]["local_rank"]) for s in info} == {
+            ("0", "0"), ("1", "1")
+        }  # fmt: skip
+        assert len({s["metric"]["instance"] for s in info}) == 2
+        nodes = {e.data["node"] for e in by_type(events, ET.TRAINING_STARTED)}
+        assert {s["metric"]["node"] for s in info} == nodes
+        live = query(two_ranks.prometheus, "sum(max_over_time(esper_episodes_completed_total[1h]))")
+        episodes = query(base, f"sum(max_over_time(esper_episodes_completed_total[1h] @ {end}))")
+        assert float(episodes[0]["value"][1]) == float(live[0]["value"][1]) == 8
+        rank_panels = [
+            (title, expr)
+            for name in DASHBOARDS if name != "esper-gpu.json"
+            for title, _desc, _uid, expr in panel_queries((REPO / "dashboards" / name).read_text())
+            if "rank" in expr.replace('rank=~"$rank"', "")
+        ]  # fmt: skip
+        assert len(rank_panels) >= 4
+        for title, expr in rank_panels:
+            promql = (
+                expr.replace("$__rate_interval", "30s").replace('"$instance"', '".*"')
+                .replace('"$rank"', '".*"').replace('"$env"', '".*"')
+            )  # fmt: skip
+            answered = query_range(base, promql, start, end)
+            assert answered, (title, promql)
+            ranks = {s["metric"].get("rank") for s in answered}
+            assert ranks in ({"0", "1"}, {None}), (title, ranks)
