@@ -584,3 +584,30 @@ def test_a_two_rank_run_backfilled_from_its_run_directory(
             assert answered, (title, promql)
             ranks = {s["metric"].get("rank") for s in answered}
             assert ranks in ({"0", "1"}, {None}), (title, ranks)
+
+
+def _trace_view(spans: list[Any]) -> list[tuple[Any, ...]]:
+    """What a trace store shows of each span, resource aside (a replay is another process)."""
+    return sorted(
+        (s.trace_id, s.span_id, s.parent_span_id, s.name, s.start_ns, s.end_ns,
+         repr(sorted(s.attributes.items())), s.status_code, repr(s.events),
+         s.resource.get("esper.rank"), s.resource.get("host.name"))
+        for s in spans
+    )  # fmt: skip
+
+
+def test_the_run_replayed_over_otlp_is_the_live_trace(two_ranks: TwoRanks) -> None:
+    """Replayed from its run directory into a real OTLP/HTTP receiver, the 2-rank run's
+    spans (ids, parents, times, attributes, events) equal those it exported live."""
+    receiver = OTLPReceiver()
+    try:
+        code = telemetry.main(
+            ["replay", str(two_ranks.run_dir), "--otlp-endpoint", receiver.endpoint]
+        )
+        assert code == 0
+        replayed = list(receiver.spans)
+    finally:
+        receiver.close()
+    assert len(replayed) == len(two_ranks.spans) > 20
+    assert _trace_view(replayed) == _trace_view(two_ranks.spans)
+    assert len({s.trace_id for s in replayed}) == 1

@@ -22,7 +22,7 @@ from esper.nissa._file import (
     rank_file_name,
 )
 from esper.nissa._hub import NissaHub
-from esper.nissa.otel import OTelOutput, otlp_configured, traces_endpoint
+from esper.nissa.otel import OTelOutput, RecordedTraces, otlp_configured, traces_endpoint
 from esper.nissa.prometheus import PrometheusOutput
 
 __all__ = [
@@ -52,6 +52,9 @@ class BackendSpec:
     metrics_sd_labels: Mapping[str, str] = field(default_factory=dict)
     otlp_endpoint: str | None = None
     otlp_from_environment: bool = False
+    otlp_recorded: bool = False
+    """The events come from a record: one trace exporter per recorded process, with the
+    recorded times (``esper.nissa.otel.RecordedTraces``)."""
     """Also export traces when only ``OTEL_EXPORTER_OTLP_*`` names an endpoint."""
     rank: RankInfo | None = None
     """One rank of a multi-rank run: a JSONL file per rank (``<stem>.rank<R><suffix>``, in
@@ -127,7 +130,11 @@ def attach_backends(
             )
             setup.destinations.append(f"scrape target registered in {sd}")
     if spec.otlp_endpoint is not None or (spec.otlp_from_environment and otlp_configured()):
-        otel = OTelOutput(endpoint=spec.otlp_endpoint, run_id=hub.run_id, rank=rank)
+        otel: OTelOutput | RecordedTraces = (
+            RecordedTraces(endpoint=spec.otlp_endpoint)
+            if spec.otlp_recorded
+            else OTelOutput(endpoint=spec.otlp_endpoint, run_id=hub.run_id, rank=rank)
+        )
         hub.add_backend(otel)
         where = (
             traces_endpoint(spec.otlp_endpoint)

@@ -144,16 +144,28 @@ def run_trace_ids(run_id: str) -> tuple[int, int]:
     return trace_id, span_id
 
 
+def span_id_for(run_id: str, key: str) -> int:
+    """The id of the span ``key`` names in run ``run_id``: the same live and replayed."""
+    digest = hashlib.sha256(f"esper.span/{run_id}/{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") or 1
+
+
 class _RunIds(RandomIdGenerator):
-    """Every root span gets the run's trace id; the next span asked for with ``claim_run``
-    gets the run span's id. Other span ids are random."""
+    """Every root span gets the run's trace id. The span started next after ``claim`` gets
+    the id ``claim`` named: the run span's (``claim_run``), or one derived from the run and
+    the span's key (``span_id_for``), so a run exported live and replayed from its record is
+    one trace with the same spans."""
 
     def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
         self.trace_id, self.run_span_id = run_trace_ids(run_id)
         self._next_span: int | None = None
 
     def claim_run(self) -> None:
         self._next_span = self.run_span_id
+
+    def claim(self, key: str) -> None:
+        self._next_span = span_id_for(self.run_id, key)
 
     def generate_trace_id(self) -> int:
         return self.trace_id
@@ -197,10 +209,13 @@ class OTelOutput(OutputBackend):
         rank: RankInfo | None = None,
         batch: bool = True,
         max_queue_size: int = 4096,
+        recorded: bool = False,
     ) -> None:
         """``run_id`` fixes the trace id (see ``run_trace_ids``); ``rank``, for a rank of a
         multi-rank run: a rank other than 0 exports no run span of its own, its spans join
-        rank 0's."""
+        rank 0's. ``recorded``: the events come from a record (``esper telemetry replay``),
+        so spans still open at close end at the last event, not at the time of the replay."""
+        self._recorded = recorded
         self._counting = _CountingExporter(exporter or otlp_exporter(endpoint))
         attributes: dict[str, Any] = {
             "service.name": os.environ.get("OTEL_SERVICE_NAME")
@@ -223,6 +238,9 @@ class OTelOutput(OutputBackend):
             )
         self.resource = Resource.create(attributes)
         self._ids = _RunIds(run_id) if run_id else None
+        self._key_prefix = "" if rank is None else f"rank{rank.rank}/"
+        self._key_counts: dict[str, int] = {}
+        self._last_ns: int | None = None
         self._follower = rank is not None and rank.rank != 0
         """A rank other than 0: the run span is rank 0's, referred to by id."""
         self.provider = TracerProvider(
@@ -287,8 +305,20 @@ class OTelOutput(OutputBackend):
             self.spans_ended += 1
 
     def _start(
-        self, name: str, start_ns: int, parent: Span | None, attributes: dict[str, Any]
+        self,
+        name: str,
+        start_ns: int,
+        parent: Span | None,
+        attributes: dict[str, Any],
+        key: str | None = None,
     ) -> Span:
+        """Start a span; ``key`` (what it is, e.g. ``seed/<id>``) derives its id from the run
+        and how many spans of that key this process started before it."""
+        if key is not None and self._ids is not None:
+            key = self._key_prefix + key
+            n = self._key_counts.get(key, 0)
+            self._key_counts[key] = n + 1
+            self._ids.claim(f"{key}#{n}")
         context = None if parent is None else trace.set_span_in_context(parent)
         return self.tracer.start_span(
             name, context=context, start_time=start_ns, attributes=attributes
@@ -320,11 +350,13 @@ class OTelOutput(OutputBackend):
         st = self._state
         span = st.episodes.get(env_id)
         if span is None:
+            parent = self._run_span(e)
             span = self._start(
                 "esper.episode",
                 st.batch_start_ns or e.timestamp_ns,
-                self._run_span(e),
+                parent,
                 {"esper.run.id": e.run_id or "", "esper.env.id": env_id},
+                key=f"episode/{env_id}",
             )
             st.episodes[env_id] = span
         return span
@@ -355,6 +387,7 @@ class OTelOutput(OutputBackend):
     def emit(self, event: TelemetryEvent) -> None:
         if self._closed:
             return
+        self._last_ns = event.timestamp_ns
         handler = self._handlers.get(event.event_type)
         if handler is not None:
             handler(event)
@@ -365,7 +398,7 @@ class OTelOutput(OutputBackend):
         if self._closed:
             return
         self._closed = True
-        now = time.time_ns()
+        now = self._last_ns if self._recorded and self._last_ns is not None else time.time_ns()
         st = self._state
         for seed_id in list(st.seeds):
             self._end_seed(seed_id, now, "unfinished")
@@ -441,10 +474,12 @@ class OTelOutput(OutputBackend):
         d = e.data
         env_id = int(d["env_id"])
         attrs = self._seed_attrs(e)
-        span = self._start("esper.seed", e.timestamp_ns, self._episode(env_id, e), attrs)
-        stage = self._start(
-            "esper.seed.stage", e.timestamp_ns, span, {**attrs, "esper.stage": "GERMINATED"}
-        )
+        seed_id = str(d["seed_id"])
+        episode = self._episode(env_id, e)
+        span = self._start("esper.seed", e.timestamp_ns, episode, attrs, key=f"seed/{seed_id}")
+        stage = self._start("esper.seed.stage", e.timestamp_ns, span,
+                            {**attrs, "esper.stage": "GERMINATED"},
+                            key=f"stage/{seed_id}")  # fmt: skip
         self._state.seeds[str(d["seed_id"])] = _Seed(span, stage, env_id)
 
     def _on_stage_changed(self, e: TelemetryEvent) -> None:
@@ -461,6 +496,7 @@ class OTelOutput(OutputBackend):
                 "esper.stage": str(e.data["to_stage"]),
                 "esper.from_stage": str(e.data["from_stage"]),
             },
+            key=f"stage/{e.data['seed_id']}",
         )
 
     def _on_gate(self, e: TelemetryEvent) -> None:
@@ -502,10 +538,11 @@ class OTelOutput(OutputBackend):
     def _on_ppo_update(self, e: TelemetryEvent) -> None:
         d = e.data
         start = e.timestamp_ns - int(float(d["update_time_ms"]) * 1e6)
+        parent = self._run_span(e)
         span = self._start(
             "esper.ppo.update",
             start,
-            self._run_span(e),
+            parent,
             {
                 "esper.run.id": e.run_id or "",
                 "esper.ppo.batch": int(d["batch"]),
@@ -515,6 +552,7 @@ class OTelOutput(OutputBackend):
                 "esper.ppo.kl_divergence": float(d["kl_divergence"]),
                 "esper.ppo.grad_norm": float(d["grad_norm"]),
             },
+            key="ppo",
         )
         self._end(span, e.timestamp_ns)
 
@@ -532,3 +570,61 @@ class OTelOutput(OutputBackend):
             timestamp=e.timestamp_ns,
         )
         episode.set_status(Status(StatusCode.ERROR, f"governor rollback: {d['reason']}"))
+
+
+class RecordedTraces(OutputBackend):
+    """A recorded run's traces, sent again (``esper telemetry replay --otlp-endpoint``).
+
+    Each process of the record (each run id and rank) gets an ``OTelOutput`` of its own, as it
+    had live: the run's trace id, the span ids derived from the run, the rank's resource (from
+    its TRAINING_STARTED), and the recorded times; so the spans equal the live export's, and a
+    trace store sees one trace per run however often it is sent.
+    """
+
+    deliver_in_forked_child = False
+
+    def __init__(self, endpoint: str | None = None, **options: Any) -> None:
+        self._endpoint = endpoint
+        self._options = options
+        self._outputs: dict[tuple[str | None, int | None], OTelOutput] = {}
+
+    @property
+    def name(self) -> str:
+        return "otel"
+
+    def _output(self, e: TelemetryEvent) -> OTelOutput:
+        key = (e.run_id, e.rank)
+        out = self._outputs.get(key)
+        if out is None:
+            rank = None
+            if e.rank is not None:
+                d = e.data if e.event_type is ET.TRAINING_STARTED else {}
+                rank = RankInfo(
+                    rank=e.rank,
+                    local_rank=int(d.get("local_rank", 0)),
+                    world_size=int(d.get("world_size", 1)),
+                    node_rank=int(d.get("node_rank", 0)),
+                    node=str(d.get("node", "")),
+                    restart_count=int(d.get("restart_count", 0)),
+                )
+            out = OTelOutput(endpoint=self._endpoint, run_id=e.run_id, rank=rank,
+                             recorded=True, **self._options)  # fmt: skip
+            self._outputs[key] = out
+        return out
+
+    def emit(self, event: TelemetryEvent) -> None:
+        self._output(event).emit(event)
+
+    @property
+    def lost(self) -> int:
+        return sum(o.lost for o in self._outputs.values())
+
+    @property
+    def exported(self) -> int:
+        return sum(o.exported for o in self._outputs.values())
+
+    def close(self, timeout: float | None = None) -> None:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        for out in self._outputs.values():
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            out.close(timeout=left)

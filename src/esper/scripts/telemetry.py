@@ -170,7 +170,12 @@ def _replay(args: argparse.Namespace) -> int:
     else:
         source = iter_events(files, problems=problems)
     session = RunSession(
-        BackendSpec(telemetry_file=args.telemetry_file, telemetry_dir=args.telemetry_dir),
+        BackendSpec(
+            telemetry_file=args.telemetry_file,
+            telemetry_dir=args.telemetry_dir,
+            otlp_endpoint=args.otlp_endpoint,
+            otlp_recorded=True,
+        ),
         hub=NissaHub(),
     )
     n = 0
@@ -364,6 +369,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     r.add_argument("--telemetry-file", type=Path, help="append the events to this JSONL file")
     r.add_argument("--telemetry-dir", type=Path, help="write them to a new run directory here")
+    r.add_argument(
+        "--otlp-endpoint",
+        type=at.http_url,
+        help="send the run's spans, with their recorded times and ids, to this OTLP/HTTP "
+        "endpoint (the same trace as the live export)",
+    )
     b = sub.add_parser(
         "backfill",
         help="write a recorded run's metrics (and recording rules) as Prometheus TSDB blocks",
@@ -396,8 +407,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     b.add_argument("--strict", action="store_true", help="fail on the first corrupt line")
     args = p.parse_args(argv)
-    if args.command == "replay" and not (args.telemetry_file or args.telemetry_dir):
-        p.error("replay needs --telemetry-file or --telemetry-dir")
+    if args.command == "replay" and not (
+        args.telemetry_file or args.telemetry_dir or args.otlp_endpoint
+    ):
+        p.error("replay needs --telemetry-file, --telemetry-dir or --otlp-endpoint")
     if args.command == "backfill":
         try:
             args.retention_text = args.retention
