@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -239,15 +240,57 @@ def test_alerts_lists_what_fired_live_at_the_faults_time(backfilled: Backfilled)
     assert names <= webhook_alerts | {"EsperLossSpikes", "EsperGovernorRollbackStorm"}
 
 
-def test_a_clean_run_would_have_fired_no_training_alert(tmp_path: Path) -> None:
-    run = esper("train", "ppo", "--n-envs", "2", "--episodes", "2", "--max-epochs", "5",
-                "--seed", "4", "--telemetry-dir", str(tmp_path / "runs"))  # fmt: skip
-    assert run.returncode == 0, run.stderr
-    out = esper("telemetry", "backfill", str(tmp_path / "runs"), "--out",
-                str(tmp_path / "blocks"), "--alerts")  # fmt: skip
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Two clean short runs, recorded one after the other."""
+    tmp = tmp_path_factory.mktemp("two-runs")
+    dirs = []
+    for seed in ("4", "5"):
+        run = esper("train", "ppo", "--n-envs", "2", "--episodes", "2", "--max-epochs", "5",
+                    "--seed", seed, "--telemetry-dir", str(tmp / seed))  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        (run_dir,) = (tmp / seed).iterdir()
+        dirs.append(run_dir)
+    return dirs
+
+
+def test_a_clean_run_would_have_fired_no_training_alert(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    out = esper("telemetry", "backfill", str(two_runs[0]), "--out", str(tmp_path / "blocks"),
+                "--alerts")  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert re.search(r"alerts the shipped rules would have fired:\n  run \S+: none\n", out.stdout)
     assert not re.search(r"Esper\w+ at ", out.stdout), out.stdout
+
+
+def test_runs_recorded_apart_overlay_from_one_instant_keeping_their_real_starts(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    records = [read_events(d).events for d in two_runs]
+    assert records[1][0].timestamp_ns > records[0][-1].timestamp_ns  # one after the other
+    at = round(time.time()) - 3600
+    out = esper("telemetry", "backfill", *map(str, two_runs), "--out", str(tmp_path / "blocks"),
+                "--align-start", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(at)))  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("placed at --align-start") == 2
+    with serving_blocks(tmp_path / "prom", tmp_path / "blocks") as base:
+        info = query(base, f"esper_run_info @ {at + 0.5}")
+        starts = {s["metric"]["run_id"]: s["metric"]["recorded_start"] for s in info}
+        assert starts == {
+            events[0].run_id: datetime.fromtimestamp(events[0].timestamp_ns / 1e9, UTC)
+            .isoformat(timespec="milliseconds")
+            for events in records
+        }  # fmt: skip
+        for events in records:  # each run's shape, moved and not stretched
+            run_id = events[0].run_id
+            batches = [e for e in events if e.event_type is ET.BATCH_EPOCH_COMPLETED]
+            offset = (batches[-1].timestamp_ns - events[0].timestamp_ns) / 1e9
+            promql = f'esper_episodes_completed_total{{run_id="{run_id}"}} @ {at + offset + 0.01}'
+            (series,) = query(base, promql)
+            assert float(series["value"][1]) == batches[-1].data["episodes_completed"]
+            before = f'esper_episodes_completed_total{{run_id="{run_id}"}} @ {at + offset - 0.01}'
+            assert float(query(base, before)[0]["value"][1]) < float(series["value"][1])
 
 
 def test_a_killed_run_is_backfilled_up_to_its_last_event(tmp_path: Path) -> None:
