@@ -432,6 +432,12 @@ class NissaHub:
         return self._closed
 
     @property
+    def safe_burst(self) -> int:
+        """How many events may be emitted back to back, with nothing delivered meanwhile,
+        before any queue (the hub's or a backend's) could fill: half the smallest."""
+        return max(1, min(self._capacity, self._backend_capacity) // 2)
+
+    @property
     def ingress_depth(self) -> int:
         """Items waiting for the pump (events not yet routed to any backend)."""
         return len(self._queue)

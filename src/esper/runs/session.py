@@ -35,6 +35,9 @@ from esper.nissa.metrics_server import LingerResult
 
 CLOSE_TIMEOUT_SECONDS = 30.0
 """How long delivering and closing the telemetry may take at the end of a run."""
+REPLAY_FLUSH_SECONDS = 60.0
+"""How long a replay waits for its backends to take a burst of events (a backend that hangs
+longer loses what overflows, and the summary names the loss)."""
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -87,6 +90,7 @@ class RunSession:
         """What the wait for the final scrape found (None: no wait)."""
         self.linger_seconds = 0.0
         self._sink_failures_before = sink_failures()[0]
+        self._since_flush = 0
         try:
             if announce:
                 self.setup: TelemetrySetup = attach_backends(self.hub, spec)
@@ -95,6 +99,17 @@ class RunSession:
         except BaseException:
             self.hub.close()
             raise
+
+    def emit_recorded(self, event: TelemetryEvent) -> None:
+        """Emit an event read from a record (``esper telemetry replay``). No training waits on
+        a replay, so instead of letting the hub drop what a full queue cannot hold (a record
+        is read far faster than a backend writes it), the caller waits for delivery every
+        ``hub.safe_burst`` events: a replay keeps every event."""
+        self.hub.emit(event)
+        self._since_flush += 1
+        if self._since_flush >= self.hub.safe_burst:
+            self._since_flush = 0
+            self.hub.flush(timeout=REPLAY_FLUSH_SECONDS)
 
     def warn_if_telemetry_is_off(self, config: TelemetryConfig) -> None:
         """One TELEMETRY_WARNING when the level is off (what is kept, if anything)."""

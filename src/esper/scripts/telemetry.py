@@ -183,7 +183,7 @@ def _replay(args: argparse.Namespace) -> int:
     code = EXIT_FAILURE
     try:
         for event, _seq in source:
-            session.hub.emit(event)
+            session.emit_recorded(event)
             n += 1
             runs.observe(event)
         code = EXIT_OK
