@@ -41,8 +41,10 @@ def _esper(*args: str) -> float:
                           capture_output=True, text=True, check=False)  # fmt: skip
     wall = time.perf_counter() - t0
     if done.returncode != 0:
-        raise SystemExit(f"esper {' '.join(args)} failed ({done.returncode}):\n"
-                         f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        raise SystemExit(
+            f"esper {' '.join(args)} failed ({done.returncode}):\n"
+            f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
+        )
     return wall
 
 
