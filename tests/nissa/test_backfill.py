@@ -4,6 +4,7 @@ against a live Prometheus: tests/runs/test_backfill.py)."""
 from __future__ import annotations
 
 import io
+import itertools
 import os
 from datetime import UTC, datetime
 from pathlib import Path
@@ -220,3 +221,20 @@ def test_an_old_run_warns_that_the_stacks_retention_would_delete_it(
     assert "days ago, longer than the retention of 1 days" in err
     assert "--storage.tsdb.retention.time=1d" in err
     assert os.listdir(tmp_path / "b")
+
+
+def test_every_series_is_restated_every_minute_between_sparse_events() -> None:
+    # PPO updates ten minutes apart: without restating, a query's 5-minute lookback would
+    # find nothing between them, where a live scrape shows the value all along.
+    events = _run()
+    events[3] = _event((ET.SEED_GERMINATED, None), T0 + 600 * 10**9)
+    events[4] = _event((ET.TRAINING_COMPLETED, None), T0 + 601 * 10**9, status="completed")
+    (run,) = backfill_runs(events)
+    t0 = T0 // 1_000_000
+    points = _points(run, "esper_telemetry_events_total", event_type="SEED_GERMINATED")
+    times = [t for t, _ in points]
+    assert times[:3] == [t0 - 1, t0 + 1, t0 + 2]
+    assert times[3:13] == [t0 + 60_000 * k for k in range(1, 11)]  # the value known, restated
+    assert [v for t, v in points if t0 + 60_000 <= t <= t0 + 540_000] == [2.0] * 9
+    assert points[-2:] == [(t0 + 600_000, 3.0), (t0 + 601_000, 3.0)]
+    assert all(b - a <= 60_000 for a, b in itertools.pairwise(times))

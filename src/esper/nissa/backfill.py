@@ -7,6 +7,8 @@ timestamp, of every series the event changed, plus:
 
 - a sample of every series that exists before the first event (the counters the mapping starts
   at zero) 1 ms before it, so ``increase()`` sees the run's first step as it does live;
+- a sample of every series every ``RESTATE_SECONDS`` of the run, as a scrape would take one
+  (a query's 5-minute lookback then never finds a gap in a run whose events are sparse);
 - a closing sample of every series at the last event of its process (the run's last event,
   unless a rank stopped before the others).
 
@@ -48,6 +50,11 @@ START_LABEL = "recorded_start"
 placed the run elsewhere on the time axis is never hidden."""
 
 _NS_PER_MS = 1_000_000
+
+RESTATE_SECONDS = 60
+"""Every series is restated this often while its process runs, as a scrape would restate it:
+a query looks back 5 minutes for a series' last sample, so a run whose events are sparse (a
+PPO update every 10 minutes) would otherwise show gaps no live run has."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,11 +177,16 @@ class _RankSamples:
         first_ms = (events[0].timestamp_ns + shift_ns) // _NS_PER_MS
         for key in mapping.series():
             self.record(key, first_ms - 1)
+        restate_ms = first_ms + RESTATE_SECONDS * 1000
         for event in events:
+            t_ms = (event.timestamp_ns + shift_ns) // _NS_PER_MS
+            while restate_ms < t_ms:  # nothing changed since: the state is known exactly
+                for key in mapping.series():
+                    self.record(key, restate_ms)
+                restate_ms += RESTATE_SECONDS * 1000
             self.changed.clear()
             self.removed.clear()
             mapping.apply(event)
-            t_ms = (event.timestamp_ns + shift_ns) // _NS_PER_MS
             for key in self.changed:
                 self.record(key, t_ms)
             for key in self.removed:
