@@ -139,6 +139,13 @@ class MetricMapping:
         """Every series that exists now."""
         return list(self._children)
 
+    def has_series(self, key: SeriesKey) -> bool:
+        return key in self._children
+
+    def family_names(self) -> list[str]:
+        """The catalogue names of the families, in the order they were registered."""
+        return list(self._m)
+
     def child(self, key: SeriesKey) -> Any:
         """The prometheus_client child of an existing series."""
         return self._children[key]

@@ -1,6 +1,7 @@
 """Serving ``/metrics``: an HTTP(S) server that no one client can stall, and scrape tracking.
 
-``MetricsServer`` serves a registry with a thread per connection. With TLS, the handshake runs
+``MetricsServer`` serves what a render function returns (the exporter's cached exposition,
+``esper.nissa.exposition``) with a thread per connection. With TLS, the handshake runs
 in that connection's thread under ``HANDSHAKE_TIMEOUT_SECONDS`` (the standard library's wrapped
 listening socket would run it in the accept loop with no timeout, so one idle TCP connection,
 a health check or a half-open client, would block every scrape). Every connection reads and
@@ -25,9 +26,6 @@ from pathlib import Path
 from socketserver import ThreadingMixIn
 from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
-
-from prometheus_client import make_wsgi_app
-from prometheus_client.registry import Collector
 
 from esper.leyline import BackendConfigError
 
@@ -194,6 +192,31 @@ class _Response:
         self._done()
 
 
+def metrics_app(render: Callable[[], bytes], content_type: str) -> Callable[..., Iterable[bytes]]:
+    """A WSGI app serving ``render()`` on GET at any path (as prometheus_client's does), the
+    Prometheus text format whatever the Accept header asks, uncompressed (a scrape on loopback
+    or the node's network is cheaper sent than gzipped)."""
+
+    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        method = environ["REQUEST_METHOD"]
+        if method == "OPTIONS":
+            start_response("200 OK", [("Allow", "OPTIONS,GET")])
+            return [b""]
+        if method != "GET":
+            start_response("405 Method Not Allowed", [("Allow", "OPTIONS,GET")])
+            return [f"# HTTP 405 Method Not Allowed: {method}; use OPTIONS or GET\n".encode()]
+        if environ.get("PATH_INFO") == "/favicon.ico":
+            start_response("200 OK", [])
+            return [b""]
+        body = render()
+        start_response(
+            "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
+        )
+        return [body]
+
+    return app
+
+
 class _QuietHandler(WSGIRequestHandler):
     timeout = IO_TIMEOUT_SECONDS  # StreamRequestHandler sets it on the connection
 
@@ -222,10 +245,15 @@ class _Server(ThreadingMixIn, WSGIServer):
 
 
 class MetricsServer:
-    """``/metrics`` of ``registry`` on addr:port (0 picks a free port), optionally over TLS."""
+    """``/metrics`` (what ``app`` serves) on addr:port (0 picks a free port), optionally over
+    TLS."""
 
     def __init__(
-        self, registry: Collector, port: int, addr: str, tls: TlsFiles | None = None
+        self,
+        app: Callable[..., Iterable[bytes]],
+        port: int,
+        addr: str,
+        tls: TlsFiles | None = None,
     ) -> None:
         """Binds at once: a port in use or a bad TLS file is a BackendConfigError."""
         context = tls.context() if tls is not None else None
@@ -237,7 +265,7 @@ class MetricsServer:
         class Server(_Server):
             address_family = family
 
-        self.tracker = ScrapeTracker(make_wsgi_app(registry))
+        self.tracker = ScrapeTracker(app)
         try:
             self._httpd = make_server(addr, port, self.tracker, Server, handler_class=_QuietHandler)
         except OSError as exc:

@@ -29,9 +29,10 @@ from esper.nissa._backend import OutputBackend
 from esper.nissa._fork import register_fork_resource
 from esper.nissa._hub import HubStats, block_shutdown_signals
 from esper.nissa.cuda_metrics import CudaCollector, CudaStatsSource, cuda_available
+from esper.nissa.exposition import CONTENT_TYPE, CachedExposition
 from esper.nissa.metric_catalogue import METRICS_BY_NAME
 from esper.nissa.metric_mapping import MetricMapping
-from esper.nissa.metrics_server import LingerResult, MetricsServer, TlsFiles
+from esper.nissa.metrics_server import LingerResult, MetricsServer, TlsFiles, metrics_app
 from esper.nissa.scrape_target import write_target_file
 
 
@@ -72,12 +73,16 @@ class PrometheusOutput(OutputBackend):
         self._lock = threading.Lock()  # the hub lane and direct callers may both emit
         register_fork_resource(self)
         self.mapping = MetricMapping(self.registry, multi_rank=multi_rank)
+        scraped: list[Collector] = []
         if hub_stats is not None:
-            self.registry.register(_HubCollector(hub_stats))
+            scraped.append(_HubCollector(hub_stats))
         if isinstance(cuda, CudaStatsSource):
-            self.registry.register(CudaCollector(cuda))
+            scraped.append(CudaCollector(cuda))
         elif cuda if cuda is not None else cuda_available():
-            self.registry.register(CudaCollector())
+            scraped.append(CudaCollector())
+        for collector in scraped:
+            self.registry.register(collector)
+        self.exposition = CachedExposition(self.mapping, scraped)
         self._server: MetricsServer | None = None
         self._sd_file: Path | None = None
         self._closed = False
@@ -94,6 +99,12 @@ class PrometheusOutput(OutputBackend):
     def emit(self, event: TelemetryEvent) -> None:
         with self._lock:
             self.mapping.apply(event)
+
+    def render(self) -> bytes:
+        """``/metrics`` now: the registry in the text format, from cached lines (only the
+        series written since the last render are formatted again)."""
+        with self._lock:
+            return self.exposition.render()
 
     def close(self) -> None:
         with self._lock:
@@ -124,7 +135,7 @@ class PrometheusOutput(OutputBackend):
         if certfile is not None and keyfile is not None:
             ca = Path(client_cafile) if client_cafile is not None else None
             tls = TlsFiles(Path(certfile), Path(keyfile), ca)
-        server = MetricsServer(self.registry, port, addr, tls)
+        server = MetricsServer(metrics_app(self.render, CONTENT_TYPE), port, addr, tls)
         # The server's threads inherit this thread's signal mask: keep Ctrl-C for the main one.
         previous_mask = block_shutdown_signals()
         try:
