@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
+from math import isfinite
 from typing import Any, cast
 
 from prometheus_client import generate_latest
@@ -29,8 +30,18 @@ from esper.nissa.metric_mapping import MetricMapping, SeriesKey
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-_fmt = cast(Callable[[float], str], floatToGoString)
-"""A value as the text format writes it (Go's float formatting)."""
+_go_string = cast(Callable[[float], str], floatToGoString)
+
+
+def _fmt(d: float) -> str:
+    """A value as the text format writes it: prometheus_client's ``floatToGoString``, with the
+    common case (a finite value below a million) first."""
+    if not isfinite(d):
+        return _go_string(d)
+    s = repr(d)
+    if d > 0 and s.find(".") > 6:  # Go switches to an exponent sooner than Python
+        return _go_string(d)
+    return s
 
 
 def _escape(value: str) -> str:
@@ -87,6 +98,7 @@ class CachedExposition:
         if mapping.removed is None:
             mapping.removed = set()
         self._families: dict[str, _Family] = {}
+        self._by_key: dict[SeriesKey, tuple[_Family, _Series]] = {}
         for name in mapping.family_names():
             metric = mapping.metric(name)
             doc = metric._documentation.replace("\\", "\\\\").replace("\n", "\\n")
@@ -137,30 +149,33 @@ class CachedExposition:
             acc = 0.0
             lines = []
             for prefix, bucket in zip(bucket_prefixes, buckets, strict=True):
-                acc += bucket.get()
+                acc += bucket._value
                 lines.append(f"{prefix}{fmt(acc)}\n")
             lines.append(f"{count_prefix}{fmt(acc)}\n")
             if has_sum:
-                lines.append(f"{sum_prefix}{fmt(total.get())}\n")
+                lines.append(f"{sum_prefix}{fmt(total._value)}\n")
             made = f"{created}{fmt(child._created)}\n" if client_metrics._use_created else ""
             return "".join(lines), made
 
         return histogram
 
     def _changed(self, key: SeriesKey) -> None:
-        name, values = key
-        family = self._families[name]
-        series = family.series.get(values)
-        if series is None:
-            series = _Series(self._renderer(family.metric, values, self.mapping.child(key)))
-            family.series[values] = series
+        known = self._by_key.get(key)
+        if known is None:
+            family = self._families[key[0]]
+            series = _Series(self._renderer(family.metric, key[1], self.mapping.child(key)))
+            family.series[key[1]] = series
+            self._by_key[key] = known = (family, series)
+        family, series = known
         series.main, series.created = series.render()
         family.text = None
 
     def _removed(self, key: SeriesKey) -> None:
-        family = self._families[key[0]]
-        family.series.pop(key[1], None)
-        family.text = None
+        known = self._by_key.pop(key, None)
+        if known is not None:
+            family = known[0]
+            family.series.pop(key[1], None)
+            family.text = None
 
     def _family_text(self, family: _Family) -> str:
         if family.text is None:
@@ -185,8 +200,9 @@ class CachedExposition:
         changed, mapping.changed = mapping.changed, set()
         for key in removed:
             self._removed(key)
+        exists = mapping.has_series
         for key in changed:
-            if mapping.has_series(key):
+            if exists(key):
                 self._changed(key)
         parts = [self._family_text(f) for f in self._families.values()]
         head = "".join(parts).encode("utf-8")
