@@ -261,6 +261,7 @@ def build_envs(
             telemetry=config.telemetry,
             fast_mode=fast_mode,
             faults=() if fast_mode else config.faults,
+            straggler=config.env_offset + i == config.n_envs - 1,
             **kwargs,
         )
         for i, device in enumerate(config.env_devices)

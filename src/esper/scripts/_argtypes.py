@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
-FAULT_KINDS: tuple[str, ...] = ("exploding-gradients", "nan-loss", "loss-spike")
+FAULT_KINDS: tuple[str, ...] = ("exploding-gradients", "nan-loss", "loss-spike", "slow-rank")
 
 
 def int_range(lo: int, hi: int | None = None) -> Callable[[str], int]:

@@ -135,7 +135,8 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KIND@EPOCH",
-        help=f"inject a fault at EPOCH of each episode's first env; KIND is one of "
+        help=f"inject a fault at EPOCH of each episode's first env (slow-rank: the run's last "
+        f"env, on the last rank, takes 4x as long from EPOCH on); KIND is one of "
         f"{', '.join(at.FAULT_KINDS)} (repeatable)",
     )
 

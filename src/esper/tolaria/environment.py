@@ -51,11 +51,16 @@ LOSS_SPIKE_RATIO = 2.5
 """The ``loss-spike`` fault raises an epoch's mean training loss about this many times."""
 EXPLODING_FAULT_SCALE = 1e4
 """How much the exploding-gradients fault scales the loss before backward."""
+SLOW_RANK = "slow-rank"
+"""The fault of a straggling node: from its epoch on, the run's last env (on the last rank)
+takes ``STRAGGLER_FACTOR`` + 1 times as long over every epoch."""
+STRAGGLER_FACTOR = 3.0
 
 
 @dataclass(frozen=True, slots=True)
 class Fault:
-    """A fault injected at ``epoch`` (1-based inner epoch) of env 0 of every episode."""
+    """A fault injected at ``epoch`` (1-based inner epoch) of env 0 of every episode (a
+    ``slow-rank`` fault: of the run's last env, from that epoch on)."""
 
     kind: str
     epoch: int
@@ -110,7 +115,9 @@ class MorphogeneticEnv:
         emit: Callable[[TelemetryEvent], None] = hub_emit,
         fast_mode: bool = False,
         faults: tuple[Fault, ...] = (),
+        straggler: bool = False,
     ) -> None:
+        """``straggler``: this env is the run's last, where a ``slow-rank`` fault applies."""
         self.env_id = env_id
         self.task = task
         self.device = device
@@ -123,7 +130,9 @@ class MorphogeneticEnv:
             fast_mode=fast_mode,
             emit=emit,
         )
-        self.faults = faults if env_id == 0 else ()
+        self.faults = tuple(f for f in faults if f.kind != SLOW_RANK) if env_id == 0 else ()
+        slow = [f.epoch for f in faults if f.kind == SLOW_RANK]
+        self.slow_from = min(slow) if slow and straggler else None
         self.collector = SeedGradientCollector(
             self.config.vanishing_threshold, self.config.exploding_threshold
         )
@@ -260,6 +269,9 @@ class MorphogeneticEnv:
             ]
         )
         values = packed.tolist()  # the epoch's one host synchronisation
+        if self.slow_from is not None and inner_epoch >= self.slow_from:
+            # The injected straggler: this env's node is slow (not a synchronisation).
+            time.sleep(STRAGGLER_FACTOR * (time.perf_counter() - t0))
         step_seconds = time.perf_counter() - t0
         n_train, n_val = self.task.train_x.shape[0], self.task.val_x.shape[0]
         train_loss = values[0] / n_train
