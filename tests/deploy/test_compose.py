@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -266,3 +267,47 @@ def test_dockerfile_copies_only_what_exists() -> None:
             for source in line.split()[1:-1]:
                 assert (REPO / source).exists(), line
     assert "USER esper" in text
+
+
+def test_the_node_compose_file_validates_and_mounts_what_the_agent_reads(
+    compose: dict[str, Any], tmp_path: Path
+) -> None:
+    path = REPO / "docker-compose.node.yml"
+    result = _check_compose(path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    node = yaml.safe_load(path.read_text())
+    agent = node["services"]["agent"]
+    mounts = {t: s for s, t in _bind_mounts(agent)}
+    for source in mounts.values():
+        assert (REPO / source).exists(), source
+    assert mounts["/etc/prometheus/targets"] == "./targets"  # where esper train registers
+    assert mounts["/etc/prometheus/agent.yml"] == "./deploy/prometheus/agent.yml"
+    assert agent["entrypoint"][-1] == "/etc/prometheus/agent-entrypoint.sh"
+    assert agent["image"] == compose["services"]["prometheus"]["image"]
+    assert node["services"]["dcgm-exporter"]["profiles"] == ["gpu"]
+    # The entrypoint fills the config in; the result is a valid agent config.
+    env = {**os.environ, "ESPER_REMOTE_WRITE_URL": "http://store:9090/api/v1/write?a=1&b=2",
+           "ESPER_NODE": "n1", "ESPER_AGENT_CONFIG": str(DEPLOY / "prometheus" / "agent.yml"),
+           "PROMETHEUS": "echo", "TMPDIR": str(tmp_path)}  # fmt: skip
+    done = subprocess.run(["sh", str(DEPLOY / "prometheus" / "agent-entrypoint.sh")], env=env,
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    filled = Path(done.stdout.split("--config.file=", 1)[1].split()[0])
+    config = yaml.safe_load(filled.read_text())
+    assert config["remote_write"][0]["url"] == "http://store:9090/api/v1/write?a=1&b=2"
+    assert config["global"]["external_labels"] == {"node": "n1"}
+    shipped = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
+    (trainer,) = [j for j in shipped["scrape_configs"] if j["job_name"] == "esper-trainer"]
+    (mine,) = [j for j in config["scrape_configs"] if j["job_name"] == "esper-trainer"]
+    assert mine["honor_labels"] == trainer["honor_labels"] is True
+    assert "/etc/prometheus/targets/*.json" in mine["file_sd_configs"][0]["files"]
+    check = subprocess.run(["promtool", "check", "config", "--agent", str(filled)],
+                           capture_output=True, text=True, check=False)  # fmt: skip
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_the_agent_refuses_to_start_without_a_store() -> None:
+    env = {k: v for k, v in os.environ.items() if k != "ESPER_REMOTE_WRITE_URL"}
+    done = subprocess.run(["sh", str(DEPLOY / "prometheus" / "agent-entrypoint.sh")], env=env,
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert done.returncode != 0
+    assert "set ESPER_REMOTE_WRITE_URL" in done.stderr
