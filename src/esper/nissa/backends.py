@@ -24,6 +24,7 @@ from esper.nissa._file import (
 from esper.nissa._hub import NissaHub
 from esper.nissa.otel import OTelOutput, RecordedTraces, otlp_configured, traces_endpoint
 from esper.nissa.prometheus import PrometheusOutput
+from esper.nissa.series_budget import SERIES_BUDGET_PER_RANK, SeriesEstimate
 
 __all__ = [
     "BackendSpec",
@@ -52,6 +53,8 @@ class BackendSpec:
     metrics_sd_labels: Mapping[str, str] = field(default_factory=dict)
     otlp_endpoint: str | None = None
     otlp_from_environment: bool = False
+    series_estimate: SeriesEstimate | None = None
+    """What this rank's ``/metrics`` will serve (announced, and warned about over budget)."""
     otlp_recorded: bool = False
     """The events come from a record: one trace exporter per recorded process, with the
     recorded times (``esper.nissa.otel.RecordedTraces``)."""
@@ -120,7 +123,16 @@ def attach_backends(
         url = f"{scheme}://{host}:{port}/metrics"
         setup.prometheus = prom
         hub.add_backend(prom)
-        announce(f"Serving Prometheus metrics at {url}")
+        estimate = spec.series_estimate
+        size = "" if estimate is None else f" (up to {estimate.total:,} series on this rank)"
+        announce(f"Serving Prometheus metrics at {url}{size}")
+        if estimate is not None and estimate.over_budget:
+            announce(
+                f"warning: /metrics: up to {estimate.total:,} series on this rank "
+                f"({estimate.per_env} per env x {estimate.envs} envs), over the budget of "
+                f"{SERIES_BUDGET_PER_RANK:,} per rank; fewer envs per rank (more ranks) keep "
+                "a scrape cheap (docs/SCALING.md)"
+            )
         setup.destinations.append(f"Prometheus metrics: {url}")
         if spec.metrics_sd_dir is not None:
             sd = prom.write_sd_file(

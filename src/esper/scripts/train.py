@@ -14,9 +14,11 @@ from pathlib import Path
 
 from esper.karn.sanctum import SanctumAggregator
 from esper.karn.sanctum.app import SanctumApp
+from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.leyline import RankInfo, TelemetryConfig, TelemetryLevel, UsageError
 from esper.nissa import NissaHub
 from esper.nissa.backends import BackendSpec
+from esper.nissa.series_budget import estimate_series
 from esper.runs import distributed
 from esper.runs.config import RunConfig
 from esper.runs.launch import TrainRequest, launch
@@ -301,6 +303,13 @@ def backend_spec(
         otlp_from_environment=True,
         rank=ranks,
         run_dir_name=run_dir_name,
+        series_estimate=estimate_series(
+            envs=args.n_envs // (ranks.world_size if ranks is not None else 1),
+            slots=len(SLOT_IDS),
+            blueprints=len(BLUEPRINT_IDS),
+            multi_rank=ranks is not None and ranks.distributed,
+            gpus=1 if (args.device or "cpu").startswith("cuda") else 0,
+        ),
     )
 
 
