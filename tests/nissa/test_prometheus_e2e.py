@@ -116,10 +116,11 @@ def test_alert_and_recording_rules_pass_promtool() -> None:
     check = subprocess.run(["promtool", "check", "rules", *rules], capture_output=True, text=True,
                            check=False)  # fmt: skip
     assert check.returncode == 0, check.stdout + check.stderr
-    unit = subprocess.run(
-        ["promtool", "test", "rules", str(DEPLOY / "prometheus" / "tests" / "alerts_test.yml")],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+    tests = [
+        str(DEPLOY / "prometheus" / "tests" / f) for f in ("alerts_test.yml", "recording_test.yml")
+    ]
+    unit = subprocess.run(["promtool", "test", "rules", *tests], capture_output=True, text=True,
+                          check=False)  # fmt: skip
     assert unit.returncode == 0, unit.stdout + unit.stderr
 
 
