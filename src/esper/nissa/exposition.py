@@ -125,7 +125,7 @@ class CachedExposition:
             value = child._value
 
             def gauge() -> tuple[str, str]:
-                return f"{prefix}{fmt(value.get())}\n", ""
+                return f"{prefix}{fmt(value._value)}\n", ""
 
             return gauge
         if kind == "counter":
@@ -134,7 +134,7 @@ class CachedExposition:
 
             def counter() -> tuple[str, str]:
                 made = f"{created}{fmt(child._created)}\n" if client_metrics._use_created else ""
-                return f"{prefix}{fmt(value.get())}\n", made
+                return f"{prefix}{fmt(value._value)}\n", made
 
             return counter
         bucket_prefixes = [
