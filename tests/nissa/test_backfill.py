@@ -238,3 +238,30 @@ def test_every_series_is_restated_every_minute_between_sparse_events() -> None:
     assert [v for t, v in points if t0 + 60_000 <= t <= t0 + 540_000] == [2.0] * 9
     assert points[-2:] == [(t0 + 600_000, 3.0), (t0 + 601_000, 3.0)]
     assert all(b - a <= 60_000 for a, b in itertools.pairwise(times))
+
+
+@pytest.mark.parametrize("stop", [KeyboardInterrupt, tsdb.ToolError("promtool failed")])
+def test_a_backfill_that_does_not_finish_leaves_no_half_of_itself(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    stop: BaseException | type[BaseException],
+) -> None:
+    # Ctrl-C (or a tool failing) after the blocks are written, before the rules: blocks
+    # without their recording rules and ALERTS would pass for a whole backfill.
+    run = _recorded(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+
+    def interrupted(*_args: object, **_kwargs: object) -> None:
+        assert tsdb.blocks(out)  # the run's own blocks are there by now
+        raise stop
+
+    monkeypatch.setattr(tsdb, "backfill_recording_rules", interrupted)
+    code = cli.main(["telemetry", "backfill", str(run), "--out", str(out)])
+    assert code == (130 if stop is KeyboardInterrupt else 1)
+    err = capsys.readouterr().err
+    assert f"backfill did not finish; removed the partial {out}" in err
+    assert "Traceback" not in err
+    assert out.is_dir()
+    assert not list(out.iterdir())  # the directory the user made stays, empty

@@ -4,6 +4,7 @@ metrics into Prometheus TSDB blocks."""
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -265,15 +266,36 @@ def _backfill(args: argparse.Namespace) -> int:
                 f"the future (it lasts {(late[0].last_ns - late[0].first_ns) / 1e9:.0f} s); "
                 "choose an earlier instant"
             )
+    existed = args.out.exists()
+    try:
+        samples, fired = _write_blocks(args, runs, alerts_file, recording_file)
+    except BaseException:
+        # --out was new or empty: what is there now is this backfill's, and half of one
+        # would look like a whole. Remove it, so the directory reads as what it holds.
+        for child in args.out.iterdir() if existed else [args.out]:
+            shutil.rmtree(child, ignore_errors=True)
+        print(f"esper telemetry: backfill did not finish; removed the partial {args.out}",
+              file=sys.stderr)  # fmt: skip
+        raise
+    _report_backfill(args, runs, samples, fired)
+    for problem in replay.problems:
+        print(f"  warning: {problem}", file=sys.stderr)
+    return EXIT_OK
+
+
+def _write_blocks(
+    args: argparse.Namespace, runs: list[BackfilledRun], alerts_file: Path, recording_file: Path
+) -> tuple[int, dict[str, list[tsdb.AlertActivity]]]:
+    """The runs' blocks in ``--out``, then the rules over the past, against a Prometheus
+    serving the new blocks: the recording rules (the quantile panels read them) and the alert
+    rules, whose ALERTS series are backfilled too, as Prometheus would have written them
+    live. Returns (samples written, alerts per run id)."""
     with tempfile.TemporaryDirectory(prefix="esper-backfill-") as tmp:
         om = args.openmetrics if args.openmetrics is not None else Path(tmp) / "samples.om"
         with om.open("w", encoding="utf-8") as fh:
             samples = write_openmetrics(runs, fh)
         args.out.mkdir(parents=True, exist_ok=True)
         tsdb.create_blocks(om, args.out)
-    # The rules over the past, against a Prometheus serving the new blocks: the recording
-    # rules (the quantile panels read them) and the alert rules, whose ALERTS series are
-    # backfilled too, as Prometheus would have written them live.
     fired: dict[str, list[tsdb.AlertActivity]] = {}
     with tsdb.scratch_prometheus(args.out, [alerts_file]) as prom:
         for run in runs:
@@ -286,10 +308,7 @@ def _backfill(args: argparse.Namespace) -> int:
             alerts_om = Path(tmp) / "alerts.om"
             samples += tsdb.write_alerts_openmetrics(activities, alerts_om)
             tsdb.create_blocks(alerts_om, args.out)
-    _report_backfill(args, runs, samples, fired)
-    for problem in replay.problems:
-        print(f"  warning: {problem}", file=sys.stderr)
-    return EXIT_OK
+    return samples, fired
 
 
 def _report_backfill(
@@ -426,3 +445,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ReplayError, tsdb.ToolError) as exc:
         print(f"esper telemetry: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"esper telemetry {args.command}: interrupted", file=sys.stderr)
+        return 130
