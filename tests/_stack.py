@@ -238,6 +238,15 @@ def serving_blocks(tmp: Path, blocks: Path) -> Iterator[str]:
         yield base
 
 
+def panel_promql(expr: str, run: str | None = None) -> str:
+    """A dashboard panel's query as Grafana would send it: ``$__rate_interval`` at 30 s, every
+    template variable matching everything (``$run``: ``run``, when given)."""
+    promql = expr.replace("$__rate_interval", "30s")
+    for variable in ("instance", "env", "rank"):
+        promql = promql.replace(f'"${variable}"', '".*"')
+    return promql.replace('"$run"', f'"{run}"' if run is not None else '".*"')
+
+
 def query(base: str, promql: str) -> list[dict[str, Any]]:
     """An instant query's result vector."""
     url = f"{base}/api/v1/query?" + urllib.parse.urlencode({"query": promql})

@@ -19,7 +19,7 @@ from esper.karn.grafana import (
 )
 from esper.nissa.metric_catalogue import METRICS
 from esper.scripts import cli
-from tests._stack import DEPLOY, REPO, Stack, query, query_range, wait_until
+from tests._stack import DEPLOY, REPO, Stack, panel_promql, query, query_range, wait_until
 
 DASHBOARD_DIR = REPO / "dashboards"
 
@@ -79,13 +79,7 @@ def test_units_are_set_on_every_panel() -> None:
 
 def _substitute(expr: str, stack: Stack) -> str:
     run = query(stack.prometheus, "max_over_time(esper_run_info[1h])")[0]["metric"]["run_id"]
-    return (
-        expr.replace("$__rate_interval", "30s")
-        .replace('"$instance"', '".*"')
-        .replace('"$env"', '".*"')
-        .replace('"$rank"', '".*"')
-        .replace('"$run"', f'"{run}"')
-    )
+    return panel_promql(expr, run)
 
 
 @pytest.mark.slow

@@ -33,7 +33,7 @@ from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import read_events
 from esper.nissa.metric_catalogue import METRICS, MetricKind
 from esper.nissa.metric_mapping import read_at_scrape
-from tests._stack import REPO, Stack, query, query_range, serving_blocks
+from tests._stack import REPO, Stack, panel_promql, query, query_range, serving_blocks
 
 ET = TelemetryEventType
 pytestmark = pytest.mark.slow
@@ -110,11 +110,7 @@ def test_every_panel_of_the_four_dashboards_answers_from_the_blocks_alone(
         for title, desc, uid, expr in panel_queries((REPO / "dashboards" / name).read_text()):
             if uid != "esper-prometheus" or REQUIRES_CUDA in desc or REQUIRES_RANKS in desc:
                 continue  # traces: Tempo; ranks: tests/runs/test_distributed.py
-            promql = (
-                expr.replace("$__rate_interval", "30s").replace('"$instance"', '".*"')
-                .replace('"$env"', '".*"').replace('"$rank"', '".*"')
-                .replace('"$run"', f'"{run}"')
-            )  # fmt: skip
+            promql = panel_promql(expr, run)
             answered = query_range(b.blocks, promql, start, end)
             if re.search("|".join(NOT_IN_THE_RECORD), expr):
                 unknowable.append(title)

@@ -32,6 +32,7 @@ from tests._otlp import OTLPReceiver
 from tests._stack import (
     REPO,
     free_port,
+    panel_promql,
     prometheus,
     query,
     query_range,
@@ -198,6 +199,17 @@ def test_the_merged_summary_counts_each_rank(
     assert "status: completed" in out
 
 
+def _rank_panels(dashboards: list[str]) -> list[tuple[str, str]]:
+    """(title, query) of every panel of ``dashboards`` that reads the rank label (beyond
+    the ``rank`` variable's filter)."""
+    return [
+        (title, expr)
+        for name in dashboards
+        for title, _desc, _uid, expr in panel_queries((REPO / "dashboards" / name).read_text())
+        if "rank" in expr.replace('rank=~"$rank"', "")
+    ]
+
+
 def test_prometheus_scrapes_every_rank_and_the_rank_panels_show_both(
     two_ranks: TwoRanks,
 ) -> None:
@@ -222,18 +234,10 @@ def test_prometheus_scrapes_every_rank_and_the_rank_panels_show_both(
     # Episodes are counted once for the run, not once per rank.
     episodes = query(base, "sum(max_over_time(esper_episodes_completed_total[1h]))")
     assert float(episodes[0]["value"][1]) == 8
-    text = (REPO / "dashboards" / "esper-throughput.json").read_text()
-    rank_panels = [
-        (title, expr)
-        for title, _desc, _uid, expr in panel_queries(text)
-        if "rank" in expr.replace('rank=~"$rank"', "")
-    ]
+    rank_panels = _rank_panels(["esper-throughput.json"])
     assert len(rank_panels) >= 4
     for title, expr in rank_panels:
-        promql = (
-            expr.replace("$__rate_interval", "30s").replace('"$instance"', '".*"')
-            .replace('"$rank"', '".*"').replace('"$env"', '".*"')
-        )  # fmt: skip
+        promql = panel_promql(expr)
 
         def answered(q: str = promql) -> list[dict[str, Any]]:
             return query_range(base, q, start, time.time())
@@ -244,6 +248,7 @@ def test_prometheus_scrapes_every_rank_and_the_rank_panels_show_both(
         wait_until(has_data, 30, f"data for {title}: {promql}")
         ranks = {s["metric"].get("rank") for s in answered()}
         assert ranks in ({"0", "1"}, {None}), (title, ranks)  # per rank, or over the ranks
+    text = (REPO / "dashboards" / "esper-throughput.json").read_text()
     variable = json.loads(text)["templating"]["list"]
     (rank_var,) = [v for v in variable if v["name"] == "rank"]
     assert "esper_run_info" in rank_var["query"]
@@ -568,18 +573,10 @@ def test_a_two_rank_run_backfilled_from_its_run_directory(
         live = query(two_ranks.prometheus, "sum(max_over_time(esper_episodes_completed_total[1h]))")
         episodes = query(base, f"sum(max_over_time(esper_episodes_completed_total[1h] @ {end}))")
         assert float(episodes[0]["value"][1]) == float(live[0]["value"][1]) == 8
-        rank_panels = [
-            (title, expr)
-            for name in DASHBOARDS if name != "esper-gpu.json"
-            for title, _desc, _uid, expr in panel_queries((REPO / "dashboards" / name).read_text())
-            if "rank" in expr.replace('rank=~"$rank"', "")
-        ]  # fmt: skip
+        rank_panels = _rank_panels([name for name in DASHBOARDS if name != "esper-gpu.json"])
         assert len(rank_panels) >= 4
         for title, expr in rank_panels:
-            promql = (
-                expr.replace("$__rate_interval", "30s").replace('"$instance"', '".*"')
-                .replace('"$rank"', '".*"').replace('"$env"', '".*"')
-            )  # fmt: skip
+            promql = panel_promql(expr)
             answered = query_range(base, promql, start, end)
             assert answered, (title, promql)
             ranks = {s["metric"].get("rank") for s in answered}

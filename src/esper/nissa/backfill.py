@@ -29,7 +29,6 @@ time order, ``# EOF`` last.
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -39,6 +38,7 @@ from typing import IO, Any
 from prometheus_client import CollectorRegistry
 
 from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.nissa.exposition import escape, format_value, label_text
 from esper.nissa.metric_mapping import MetricMapping, SeriesKey
 from esper.nissa.replay import RunStatus, run_status
 
@@ -230,19 +230,6 @@ def backfill_runs(
     return runs
 
 
-def escape_label_value(value: str) -> str:
-    """A label value (or help text) escaped for the exposition formats."""
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _number(value: float) -> str:
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return repr(float(value))
-
-
 def write_openmetrics(runs: Iterable[BackfilledRun], out: IO[str]) -> int:
     """Write the runs' samples as timestamped OpenMetrics; returns the samples written."""
     families: dict[str, list[tuple[SeriesId, list[tuple[int, float]]]]] = defaultdict(list)
@@ -257,11 +244,12 @@ def write_openmetrics(runs: Iterable[BackfilledRun], out: IO[str]) -> int:
     for family in sorted(families):
         out.write(f"# TYPE {family} {kinds[family]}\n")
         if family in helps:
-            out.write(f"# HELP {family} {escape_label_value(helps[family])}\n")
+            out.write(f"# HELP {family} {escape(helps[family])}\n")
         for sid, points in families[family]:
-            labels = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sid.labels)
-            prefix = f"{sid.name}{{{labels}}} "
-            out.writelines(f"{prefix}{_number(v)} {t // 1000}.{t % 1000:03d}\n" for t, v in points)
+            prefix = f"{sid.name}{label_text(dict(sid.labels))} "
+            out.writelines(
+                f"{prefix}{format_value(v)} {t // 1000}.{t % 1000:03d}\n" for t, v in points
+            )
             n += len(points)
     out.write("# EOF\n")
     return n

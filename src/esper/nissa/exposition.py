@@ -33,9 +33,9 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _go_string = cast(Callable[[float], str], floatToGoString)
 
 
-def _fmt(d: float) -> str:
-    """A value as the text format writes it: prometheus_client's ``floatToGoString``, with the
-    common case (a finite value below a million) first."""
+def format_value(d: float) -> str:
+    """A value as the text format writes it (OpenMetrics reads it too): prometheus_client's
+    ``floatToGoString``, with the common case (a finite value below a million) first."""
     if not isfinite(d):
         return _go_string(d)
     s = repr(d)
@@ -44,15 +44,16 @@ def _fmt(d: float) -> str:
     return s
 
 
-def _escape(value: str) -> str:
+def escape(value: str) -> str:
+    """A label value (or OpenMetrics help text) escaped for the exposition formats."""
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def _label_text(labels: dict[str, str]) -> str:
+def label_text(labels: dict[str, str]) -> str:
     """``{a="1",b="2"}`` with sorted names, as the text format writes it ('' for none)."""
     if not labels:
         return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in sorted(labels.items())) + "}"
+    return "{" + ",".join(f'{k}="{escape(v)}"' for k, v in sorted(labels.items())) + "}"
 
 
 class _One:
@@ -117,9 +118,9 @@ class CachedExposition:
         """What formats one series now: label text built here, once; values read per call."""
         own = dict(zip(metric._labelnames, values, strict=True))
         base, kind = metric._name, metric._type
-        labels = _label_text(own)
+        labels = label_text(own)
         created = f"{base}_created{labels} "
-        fmt = _fmt
+        fmt = format_value
         if kind == "gauge":
             prefix = f"{base}{labels} "
             value = child._value
@@ -138,7 +139,7 @@ class CachedExposition:
 
             return counter
         bucket_prefixes = [
-            f"{base}_bucket{_label_text({**own, 'le': _fmt(bound)})} "
+            f"{base}_bucket{label_text({**own, 'le': format_value(bound)})} "
             for bound in child._upper_bounds
         ]
         count_prefix, sum_prefix = f"{base}_count{labels} ", f"{base}_sum{labels} "

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from esper.leyline import UsageError
-from esper.nissa.backfill import escape_label_value
+from esper.nissa.exposition import label_text
 
 DEBIAN_PACKAGE = "prometheus"
 """The Debian package that installs ``prometheus`` and ``promtool``."""
@@ -234,8 +234,7 @@ def write_alerts_openmetrics(activities: list[AlertActivity], out: Path) -> int:
             for state in ("pending", "firing"):
                 points = [t for t, s in a.states if s == state]
                 labels = {**a.labels, "alertname": a.name, "alertstate": state}
-                text = ",".join(f'{k}="{escape_label_value(v)}"' for k, v in sorted(labels.items()))
-                fh.writelines(f"ALERTS{{{text}}} 1 {t:.3f}\n" for t in points)
+                fh.writelines(f"ALERTS{label_text(labels)} 1 {t:.3f}\n" for t in points)
                 n += len(points)
         fh.write("# EOF\n")
     return n
