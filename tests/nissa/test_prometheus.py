@@ -30,6 +30,7 @@ from esper.nissa.metric_catalogue import (
     EVENT_TIME,
     HUB_STATS,
     METRICS,
+    MetricDetail,
     MetricKind,
     MetricSpec,
     Update,
@@ -353,6 +354,11 @@ def test_a_metric_derived_from_one_field_is_one_catalogue_entry(
     out = PrometheusOutput(cuda=False)
     out.emit(_sample((ET.EPOCH_COMPLETED, "env"), env_id=4, train_loss=0.75, seeds={}))
     assert _value(out.registry, "esper_env_train_loss", env_id="4") == 0.75
+    folded = PrometheusOutput(cuda=False, detail=MetricDetail.RANK)  # and it folds, as a gauge
+    for env, loss in ((4, 0.75), (5, 0.25)):
+        folded.emit(_sample((ET.EPOCH_COMPLETED, "env"), env_id=env, train_loss=loss, seeds={}))
+    assert _value(folded.registry, "esper_env_train_loss", stat="mean") == 0.5
+    assert _value(folded.registry, "esper_env_train_loss", stat="max") == 0.75
 
 
 def test_every_derived_metric_reads_a_real_field_and_labels_it_by_payload_fields() -> None:

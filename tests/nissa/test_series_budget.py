@@ -10,6 +10,7 @@ import pytest
 from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.nissa import NissaHub
 from esper.nissa.backends import BackendSpec, attach_backends
+from esper.nissa.metric_catalogue import MetricDetail
 from esper.nissa.prometheus import PrometheusOutput
 from esper.nissa.series_budget import SERIES_BUDGET_PER_RANK, estimate_series
 
@@ -46,7 +47,26 @@ def test_the_startup_line_states_it_and_warns_over_budget() -> None:
     assert big.over_budget
     setup = attach_backends(NissaHub(), BackendSpec(metrics_port=0, series_estimate=big),
                             announce=lines.append)  # fmt: skip
-    assert f"(up to {big.total:,} series on this rank)" in lines[0]
+    assert f"(up to {big.total:,} series on this rank, env detail)" in lines[0]
     assert lines[1].startswith(f"warning: /metrics: up to {big.total:,} series")
     assert f"over the budget of {SERIES_BUDGET_PER_RANK:,} per rank" in lines[1]
+    # The way out, with what it would serve.
+    folded = estimate_series(envs=400, slots=len(SLOT_IDS), blueprints=len(BLUEPRINT_IDS),
+                             detail=MetricDetail.RANK)  # fmt: skip
+    assert "--metrics-detail rank folds the per-env series" in lines[1]
+    assert f"({folded.total:,} series; the JSONL keeps every env)" in lines[1]
+    setup.hub.close()
+
+
+def test_at_rank_detail_the_same_envs_are_within_budget_and_say_so() -> None:
+    lines: list[str] = []
+    folded = estimate_series(envs=400, slots=len(SLOT_IDS), blueprints=len(BLUEPRINT_IDS),
+                             detail=MetricDetail.RANK)  # fmt: skip
+    assert not folded.over_budget
+    spec = BackendSpec(metrics_port=0, series_estimate=folded, metrics_detail=MetricDetail.RANK)
+    setup = attach_backends(NissaHub(), spec, announce=lines.append)
+    assert f"(up to {folded.total:,} series on this rank, rank detail)" in lines[0]
+    assert len(lines) == 1 or not lines[1].startswith("warning")
+    assert setup.prometheus is not None
+    assert setup.prometheus.mapping.detail is MetricDetail.RANK
     setup.hub.close()

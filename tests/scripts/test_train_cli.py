@@ -34,7 +34,7 @@ def test_parser_accepts_every_contract_flag(tmp_path: Path) -> None:
             "--telemetry-level", "debug", "--telemetry-lifecycle-only", "--metrics-addr",
             "0.0.0.0", "--metrics-port", "0", "--otlp-endpoint", "http://127.0.0.1:4318",
             "--inject-fault", "nan-loss@4", "--inject-fault", "exploding-gradients@2",
-            "--sanctum",
+            "--sanctum", "--metrics-detail", "rank",
         ]
     )  # fmt: skip
     assert (args.mode, args.task, args.device, args.seed, args.episodes) == (
@@ -42,6 +42,8 @@ def test_parser_accepts_every_contract_flag(tmp_path: Path) -> None:
     )  # fmt: skip
     assert [str(f) for f in args.inject_fault] == ["nan-loss@4", "exploding-gradients@2"]
     assert args.metrics_port == 0
+    assert backend_spec(args, "run-1").metrics_detail == "rank"
+    assert backend_spec(args, "run-1").series_estimate.detail == "rank"  # type: ignore[union-attr]
     assert args.sanctum
     assert args.telemetry_lifecycle_only
 
@@ -79,6 +81,8 @@ def test_lifecycle_only_parses_for_heuristic_and_defaults_are_safe() -> None:
         (["ppo", "--task", "cifar10"], "--task cifar10 needs --data-dir"),
         (["ppo", "--metrics-addr", "bad host!"], "argument --metrics-addr: not an IP address"),
         (["dqn"], "argument mode: invalid choice: 'dqn'"),
+        (["ppo", "--metrics-detail", "slot"], "argument --metrics-detail: invalid choice"),
+        (["ppo", "--metrics-detail", "rank"], "--metrics-detail need --metrics-port"),
     ],
 )  # fmt: skip
 def test_bad_values_exit_2_naming_the_flag(

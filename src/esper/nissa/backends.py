@@ -22,6 +22,7 @@ from esper.nissa._file import (
     rank_file_name,
 )
 from esper.nissa._hub import NissaHub
+from esper.nissa.metric_catalogue import MetricDetail
 from esper.nissa.otel import OTelOutput, RecordedTraces, otlp_configured, traces_endpoint
 from esper.nissa.prometheus import PrometheusOutput
 from esper.nissa.series_budget import SERIES_BUDGET_PER_RANK, SeriesEstimate
@@ -53,6 +54,8 @@ class BackendSpec:
     metrics_sd_labels: Mapping[str, str] = field(default_factory=dict)
     otlp_endpoint: str | None = None
     otlp_from_environment: bool = False
+    metrics_detail: MetricDetail = MetricDetail.ENV
+    """Per-env series, or folded over the rank's envs (``--metrics-detail``)."""
     series_estimate: SeriesEstimate | None = None
     """What this rank's ``/metrics`` will serve (announced, and warned about over budget)."""
     otlp_recorded: bool = False
@@ -74,6 +77,22 @@ class TelemetrySetup:
     hub: NissaHub
     destinations: list[str] = field(default_factory=list)
     prometheus: PrometheusOutput | None = None
+
+
+def over_budget_warning(estimate: SeriesEstimate) -> str:
+    """The startup warning of a rank whose ``/metrics`` passes the series budget."""
+    head = (
+        f"warning: /metrics: up to {estimate.total:,} series on this rank, over the budget of "
+        f"{SERIES_BUDGET_PER_RANK:,} per rank"
+    )
+    if estimate.detail is MetricDetail.ENV:
+        return (
+            f"{head} ({estimate.per_env} per env x {estimate.envs} envs); --metrics-detail rank "
+            f"folds the per-env series over the rank's envs ({estimate.rank_detail_total:,} "
+            "series; the JSONL keeps every env), or fewer envs per rank keep a scrape cheap "
+            "(docs/SCALING.md)"
+        )
+    return f"{head} at rank detail (docs/SCALING.md)"
 
 
 def _opt(path: Path | None) -> str | None:
@@ -107,7 +126,9 @@ def attach_backends(
         announce(f"Telemetry will be saved to: {dir_out.output_dir}")
         setup.destinations.append(f"run directory: {dir_out.output_dir}")
     if spec.metrics_port is not None:
-        prom = PrometheusOutput(hub_stats=hub.stats, multi_rank=rank is not None)
+        prom = PrometheusOutput(
+            hub_stats=hub.stats, multi_rank=rank is not None, detail=spec.metrics_detail
+        )
         wanted = spec.metrics_port
         if rank is not None and wanted:
             wanted += rank.local_rank  # one port per rank of this node
@@ -124,15 +145,12 @@ def attach_backends(
         setup.prometheus = prom
         hub.add_backend(prom)
         estimate = spec.series_estimate
-        size = "" if estimate is None else f" (up to {estimate.total:,} series on this rank)"
+        size = ""
+        if estimate is not None:
+            size = f" (up to {estimate.total:,} series on this rank, {estimate.detail} detail)"
         announce(f"Serving Prometheus metrics at {url}{size}")
         if estimate is not None and estimate.over_budget:
-            announce(
-                f"warning: /metrics: up to {estimate.total:,} series on this rank "
-                f"({estimate.per_env} per env x {estimate.envs} envs), over the budget of "
-                f"{SERIES_BUDGET_PER_RANK:,} per rank; fewer envs per rank (more ranks) keep "
-                "a scrape cheap (docs/SCALING.md)"
-            )
+            announce(over_budget_warning(estimate))
         setup.destinations.append(f"Prometheus metrics: {url}")
         if spec.metrics_sd_dir is not None:
             sd = prom.write_sd_file(

@@ -18,6 +18,10 @@ multi-rank run) and an ``instance`` that names the recording (``recorded:<run_id
 ``:rank<R>``). What the record cannot tell (CUDA memory, hub drop counts, ``*_created``
 timestamps, which are read when scraped) is left out, never invented.
 
+``detail`` is the live exporter's ``--metrics-detail``: per env by default (the record keeps
+every env, and one run's blocks are small), or folded over each rank's envs, as a big job's
+live ``/metrics`` served them.
+
 Two samples of one series in the same millisecond keep the later value (the TSDB keeps
 milliseconds). A series the mapping removes (a slot that emptied) stops at its last sample:
 a block has no staleness markers, so queries still see it for the lookback (5 minutes).
@@ -39,6 +43,7 @@ from prometheus_client import CollectorRegistry
 
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa.exposition import escape, format_value, label_text
+from esper.nissa.metric_catalogue import MetricDetail
 from esper.nissa.metric_mapping import MetricMapping, SeriesKey
 from esper.nissa.replay import RunStatus, run_status
 
@@ -132,10 +137,12 @@ def _target_labels(run_id: str, rank: int | None, started: TelemetryEvent | None
 class _RankSamples:
     """One process's series, sampled after every event through its own mapping."""
 
-    def __init__(self, run: BackfilledRun, target: dict[str, str], multi_rank: bool) -> None:
+    def __init__(
+        self, run: BackfilledRun, target: dict[str, str], multi_rank: bool, detail: MetricDetail
+    ) -> None:
         self.run = run
         self.target = target
-        self.mapping = MetricMapping(CollectorRegistry(), multi_rank=multi_rank)
+        self.mapping = MetricMapping(CollectorRegistry(), multi_rank=multi_rank, detail=detail)
         self.changed: set[SeriesKey] = set()
         self.removed: set[SeriesKey] = set()
         self.mapping.changed, self.mapping.removed = self.changed, self.removed
@@ -197,11 +204,15 @@ class _RankSamples:
 
 
 def backfill_runs(
-    events: Iterable[TelemetryEvent], *, align_start_ns: int | None = None
+    events: Iterable[TelemetryEvent],
+    *,
+    align_start_ns: int | None = None,
+    detail: MetricDetail = MetricDetail.ENV,
 ) -> list[BackfilledRun]:
     """Every run of a record as samples (see the module docstring), in the order of their
     first events. ``align_start_ns`` places each run's first event at that instant (every rank
-    of a run shifted alike) and labels its series with the real start (``START_LABEL``)."""
+    of a run shifted alike) and labels its series with the real start (``START_LABEL``);
+    ``detail`` is the exporter's detail level."""
     by_run: dict[str, dict[int | None, list[TelemetryEvent]]] = defaultdict(
         lambda: defaultdict(list)
     )
@@ -223,7 +234,7 @@ def backfill_runs(
             world = int(started.data.get("world_size") or 1) if started is not None else 1
             multi = rank is not None or world > 1
             target = _target_labels(run_id, rank, started, multi, real_start)
-            _RankSamples(run, target, multi).replay(rank_events, shift)
+            _RankSamples(run, target, multi, detail).replay(rank_events, shift)
             run.ranks.append(rank)
         runs.append(run)
     runs.sort(key=lambda r: r.first_ns)

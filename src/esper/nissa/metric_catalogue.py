@@ -39,6 +39,31 @@ class Update(StrEnum):
     """counter + 1 per event"""
 
 
+class MetricDetail(StrEnum):
+    """How much per-env detail ``/metrics`` serves (``--metrics-detail``). The JSONL keeps
+    every env's events at both levels."""
+
+    ENV = "env"
+    """Every per-env family by ``env_id``: series grow with the envs a rank steps."""
+    RANK = "rank"
+    """Per-env families folded over the rank's envs (see ``Fold``): series do not grow with
+    the envs. For big jobs (docs/SCALING.md)."""
+
+
+class Fold(StrEnum):
+    """How a family labelled ``env_id`` is served at ``MetricDetail.RANK``."""
+
+    SUM = "sum"
+    """The ``env_id`` label dropped and the envs' series summed: exactly what
+    ``sum without (env_id)`` gives at env detail (counters, histograms, counts of envs)."""
+    STATS = "stats"
+    """The ``env_id`` label dropped and three series labelled ``stat``: the ``mean``, ``min``
+    and ``max`` of the envs' current values (gauges)."""
+
+
+FOLD_STATS = ("mean", "min", "max")
+"""The ``stat`` label's values of a family folded with ``Fold.STATS``."""
+
 _SOURCE = re.compile(r"^([A-Z_]+)(?::(\w+))?(?:\.(\w+)| \(counts the events\))$")
 
 
@@ -74,6 +99,9 @@ class MetricSpec:
     update: Update | None = None
     """How the exporter derives it from ``source`` (see ``Update``); None: by code of its
     own, for metrics that fold several fields or keep state."""
+    fold: Fold | None = None
+    """How it is served at ``MetricDetail.RANK`` when labelled ``env_id`` (see
+    ``fold_of``); None: counters and histograms ``SUM``, gauges ``STATS``."""
 
     @property
     def family(self) -> str:
@@ -226,7 +254,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("esper_env_telemetry_escalated", G,
                "1 while the env's telemetry runs at debug after something went wrong in it "
                "(escalation; a window over every env sets every env seen), else 0.",
-               ("env_id",), "", "TELEMETRY_LEVEL_CHANGED.to_level"),
+               ("env_id",), "", "TELEMETRY_LEVEL_CHANGED.to_level", fold=Fold.SUM),
     MetricSpec("esper_reward_component", G,
                "Reward component summed over an episode, mean over the batch's envs.",
                ("component",), "", "ANALYTICS_SNAPSHOT:reward_summary.summary"),
@@ -251,6 +279,34 @@ METRICS: tuple[MetricSpec, ...] = (
 METRICS_BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}
 
 
+def fold_of(spec: MetricSpec) -> Fold | None:
+    """How ``spec`` folds at ``MetricDetail.RANK``; None for a family without ``env_id``."""
+    if "env_id" not in spec.labels:
+        return None
+    if spec.fold is not None:
+        return spec.fold
+    return Fold.STATS if spec.kind is MetricKind.GAUGE else Fold.SUM
+
+
+def served_labels(spec: MetricSpec, detail: MetricDetail) -> tuple[str, ...]:
+    """The labels ``/metrics`` gives ``spec``'s series at ``detail``."""
+    fold = fold_of(spec) if detail is MetricDetail.RANK else None
+    if fold is None:
+        return spec.labels
+    kept = tuple(label for label in spec.labels if label != "env_id")
+    return (*kept, "stat") if fold is Fold.STATS else kept
+
+
+def served_help(spec: MetricSpec, detail: MetricDetail) -> str:
+    """``spec``'s help text at ``detail``: at rank detail a folded family says how."""
+    fold = fold_of(spec) if detail is MetricDetail.RANK else None
+    if fold is Fold.STATS:
+        return f"{spec.help} Folded over this rank's envs: stat is mean, min or max."
+    if fold is Fold.SUM:
+        return f"{spec.help} Folded over this rank's envs: their sum."
+    return spec.help
+
+
 def render_metrics_markdown() -> str:
     """The whole of ``docs/METRICS.md``, generated from the metric catalogue."""
     out = [
@@ -267,14 +323,28 @@ def render_metrics_markdown() -> str:
         "/ 1000), `count` (+1 per event); `code` marks those that fold several fields or keep",
         "state.",
         "",
-        "| name | type | labels | unit | source | update | meaning |",
-        "|---|---|---|---|---|---|---|",
+        "The last column is what a family labelled `env_id` becomes at `--metrics-detail rank`",
+        "(for big jobs; the default, `env`, serves every env): `sum` drops `env_id` and sums",
+        "the rank's envs (exactly `sum without (env_id)` at env detail); `stats` drops `env_id`",
+        "and serves three series labelled `stat`: the `mean`, `min` and `max` of the envs'",
+        "current values. Every other family is the same at both levels.",
+        "",
+        "| name | type | labels | unit | source | update | meaning | at rank detail |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for m in METRICS:
         labels = ", ".join(f"`{label}`" for label in m.labels)
         source = f"`{m.source}`" if m.source else "(read at scrape)"
         how = m.update.value if m.update is not None else "code"
+        fold = fold_of(m)
+        folded = (
+            ""
+            if fold is None
+            else f"{fold.value}: "
+            + ", ".join(f"`{label}`" for label in served_labels(m, MetricDetail.RANK))
+        )
         out.append(
-            f"| `{m.name}` | {m.kind.value} | {labels} | {m.unit} | {source} | {how} | {m.help} |"
+            f"| `{m.name}` | {m.kind.value} | {labels} | {m.unit} | {source} | {how} | {m.help} "
+            f"| {folded} |"
         )
     return "\n".join(out) + "\n"

@@ -36,13 +36,19 @@ from esper.leyline import (
 )
 from esper.nissa.metric_catalogue import (
     CUDA_STATS,
+    FOLD_STATS,
     HUB_STATS,
     METRICS,
     Derived,
+    Fold,
+    MetricDetail,
     MetricKind,
     MetricSpec,
     Update,
     derived,
+    fold_of,
+    served_help,
+    served_labels,
 )
 
 ET = TelemetryEventType
@@ -51,8 +57,9 @@ _ANOMALY_KINDS = allowed_values(TelemetryEventType.GRADIENT_ANOMALY, "kind")
 _INACTIVE = frozenset({"DORMANT"})
 
 SeriesKey = tuple[str, tuple[str, ...]]
-"""(metric name in the catalogue, label values in the catalogue's order): one series (one
-labelled child; a histogram's child is its buckets, sum and count)."""
+"""(metric name in the catalogue, label values in the order of the family's served labels,
+``served_labels``): one series (one labelled child; a histogram's child is its buckets, sum
+and count). At env detail the served labels are the catalogue's."""
 
 
 def read_at_scrape(spec: MetricSpec) -> bool:
@@ -74,30 +81,48 @@ class MetricMapping:
     (empty) from the start; ``rate()`` then has a sample from before the first collective
     even in a run that trains for less than two scrape intervals.
 
+    ``detail``: at ``MetricDetail.RANK`` the families labelled ``env_id`` are served folded
+    over the envs (``esper.nissa.metric_catalogue.Fold``); the handlers below write per env
+    all the same, and ``_child`` hands them a writer that folds.
+
     ``changed`` and ``removed``, when set to sets, collect the series each ``apply`` wrote
     to or removed (backfill reads them after every event).
     """
 
-    def __init__(self, registry: CollectorRegistry, *, multi_rank: bool = False) -> None:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        multi_rank: bool = False,
+        detail: MetricDetail = MetricDetail.ENV,
+    ) -> None:
         self.registry = registry
+        self.detail = detail
         self.changed: set[SeriesKey] | None = None
         self.removed: set[SeriesKey] | None = None
         self._m: dict[str, Any] = {}
         specs = event_fed()
+        self._specs = {spec.name: spec for spec in specs}
         for spec in specs:
+            labels, doc = served_labels(spec, detail), served_help(spec, detail)
             if spec.kind is MetricKind.GAUGE:
-                metric: Any = Gauge(spec.name, spec.help, spec.labels, registry=registry)
+                metric: Any = Gauge(spec.name, doc, labels, registry=registry)
             elif spec.kind is MetricKind.COUNTER:
-                metric = Counter(spec.family, spec.help, spec.labels, registry=registry)
+                metric = Counter(spec.family, doc, labels, registry=registry)
             else:
-                metric = Histogram(
-                    spec.name, spec.help, spec.labels, registry=registry, buckets=spec.buckets
-                )
+                metric = Histogram(spec.name, doc, labels, registry=registry, buckets=spec.buckets)
             self._m[spec.name] = metric
-        # A family without labels is one series from the start (at zero), as it is served.
+        # What /metrics serves, by served key. A family without labels is one series from
+        # the start (at zero), as it is served.
         self._children: dict[SeriesKey, Any] = {
-            (spec.name, ()): self._m[spec.name] for spec in specs if not spec.labels
+            (spec.name, ()): self._m[spec.name] for spec in specs if not served_labels(spec, detail)
         }
+        # What the handlers write to, by catalogue key: (the writer, the served key it
+        # changes, or None for a folding writer, which reports its own).
+        self._writers: dict[SeriesKey, tuple[Any, SeriesKey | None]] = {
+            key: (child, key) for key, child in self._children.items()
+        }
+        self._folded: dict[SeriesKey, _FoldGroup] = {}
         # Metrics the catalogue derives from one event field (MetricSpec.update): applied by
         # _apply_derived with no handler code; the handlers below do the rest.
         self._derived: dict[tuple[str, str | None], list[tuple[MetricSpec, Derived]]] = {}
@@ -157,25 +182,64 @@ class MetricMapping:
     # -- children, bound once --------------------------------------------------------------
 
     def _child(self, name: str, *labels: str) -> Any:
-        """The series' child, bound once; every caller writes to it."""
+        """What a handler writes the series (catalogue labels) to, bound once: its child, or
+        at rank detail a writer that folds it over the envs."""
+        writer = self._writers.get((name, labels))
+        if writer is None:
+            writer = self._bind(name, labels)
+        child, served = writer
+        if served is not None and self.changed is not None:
+            self.changed.add(served)
+        return child
+
+    def _serve(self, name: str, labels: tuple[str, ...]) -> tuple[Any, SeriesKey]:
+        """The served series (served labels), made when first needed."""
         key = (name, labels)
         child = self._children.get(key)
         if child is None:
             metric = self._m[name]
-            child = metric.labels(*labels) if labels else metric
-            self._children[key] = child
-        if self.changed is not None:
-            self.changed.add(key)
-        return child
+            child = self._children[key] = metric.labels(*labels) if labels else metric
+        return child, key
 
-    def _remove(self, name: str, *labels: str) -> None:
-        self._m[name].remove(*labels)
-        key = (name, labels)
-        self._children.pop(key, None)
+    def _bind(self, name: str, labels: tuple[str, ...]) -> tuple[Any, SeriesKey | None]:
+        spec = self._specs[name]
+        fold = fold_of(spec) if self.detail is MetricDetail.RANK else None
+        writer: tuple[Any, SeriesKey | None]
+        if fold is None:
+            writer = self._serve(name, labels)
+        else:
+            at = spec.labels.index("env_id")
+            env, rest = labels[at], labels[:at] + labels[at + 1 :]
+            if spec.kind is not MetricKind.GAUGE:  # counters and histograms add up exactly
+                assert fold is Fold.SUM, spec.name
+                writer = self._serve(name, rest)
+            else:
+                group = self._folded.get((name, rest))
+                if group is None:
+                    group = self._folded[(name, rest)] = _FoldGroup(self, name, rest, fold)
+                writer = (_FoldedGauge(group, env), None)
+        self._writers[(name, labels)] = writer
+        return writer
+
+    def _unserve(self, key: SeriesKey) -> None:
+        if self._children.pop(key, None) is None:
+            return
+        self._m[key[0]].remove(*key[1])
         if self.removed is not None:
             self.removed.add(key)
             if self.changed is not None:
                 self.changed.discard(key)
+
+    def _remove(self, name: str, *labels: str) -> None:
+        """Remove the series (catalogue labels); at rank detail, its env from the fold."""
+        writer = self._writers.pop((name, labels), None)
+        if writer is None:
+            return
+        child, served = writer
+        if isinstance(child, _FoldedGauge):
+            child.remove()
+        elif served is not None:
+            self._unserve(served)
 
     def _preinitialise(self) -> None:
         for scope in _ANOMALY_SCOPES:
@@ -339,6 +403,62 @@ class MetricMapping:
         if not e.data["available"]:
             reason = str(e.data["reason"] or "unknown")
             self._child("esper_counterfactual_unavailable_total", reason).inc()
+
+
+class _FoldGroup:
+    """One folded series group at rank detail: a gauge family's series that differ only by
+    ``env_id``, served as their sum or as their mean, min and max (``Fold``)."""
+
+    __slots__ = ("fold", "mapping", "name", "rest", "values")
+
+    def __init__(self, mapping: MetricMapping, name: str, rest: tuple[str, ...], fold: Fold):
+        self.mapping = mapping
+        self.name = name
+        self.rest = rest
+        self.fold = fold
+        self.values: dict[str, float] = {}
+        """Each env's current value."""
+
+    def refresh(self) -> None:
+        """Serve the fold of the envs' values now (nothing once no env has one)."""
+        v = self.values.values()
+        stats: dict[tuple[str, ...], float]
+        if self.fold is Fold.SUM:
+            stats = {(): float(sum(v))} if v else {}
+        else:
+            stats = {("mean",): sum(v) / len(v), ("min",): min(v), ("max",): max(v)} if v else {}
+        mapping = self.mapping
+        suffixes: tuple[tuple[str, ...], ...] = (
+            ((),) if self.fold is Fold.SUM else tuple((s,) for s in FOLD_STATS)
+        )
+        for suffix in suffixes:
+            labels = self.rest + suffix
+            value = stats.get(suffix)
+            if value is None:
+                mapping._unserve((self.name, labels))
+                continue
+            child, key = mapping._serve(self.name, labels)
+            child.set(value)
+            if mapping.changed is not None:
+                mapping.changed.add(key)
+
+
+class _FoldedGauge:
+    """What a handler writes one env's gauge to at rank detail: the env's value, folded."""
+
+    __slots__ = ("env", "group")
+
+    def __init__(self, group: _FoldGroup, env: str) -> None:
+        self.group = group
+        self.env = env
+
+    def set(self, value: float) -> None:
+        self.group.values[self.env] = float(value)
+        self.group.refresh()
+
+    def remove(self) -> None:
+        if self.group.values.pop(self.env, None) is not None:
+            self.group.refresh()
 
 
 def families(registry: CollectorRegistry) -> set[str]:

@@ -30,7 +30,7 @@ from esper.nissa._fork import register_fork_resource
 from esper.nissa._hub import HubStats, block_shutdown_signals
 from esper.nissa.cuda_metrics import CudaCollector, CudaStatsSource, cuda_available
 from esper.nissa.exposition import CONTENT_TYPE, CachedExposition
-from esper.nissa.metric_catalogue import METRICS_BY_NAME
+from esper.nissa.metric_catalogue import METRICS_BY_NAME, MetricDetail
 from esper.nissa.metric_mapping import MetricMapping
 from esper.nissa.metrics_server import LingerResult, MetricsServer, TlsFiles, metrics_app
 from esper.nissa.scrape_target import write_target_file
@@ -67,12 +67,14 @@ class PrometheusOutput(OutputBackend):
         hub_stats: Callable[[], HubStats] | None = None,
         cuda: bool | CudaStatsSource | None = None,
         multi_rank: bool = False,
+        detail: MetricDetail = MetricDetail.ENV,
     ) -> None:
-        """``multi_rank``: this process is one rank of several (see ``MetricMapping``)."""
+        """``multi_rank``: this process is one rank of several; ``detail``: per env, or folded
+        over the rank's envs (see ``MetricMapping``)."""
         self.registry = registry if registry is not None else CollectorRegistry()
         self._lock = threading.Lock()  # the hub lane and direct callers may both emit
         register_fork_resource(self)
-        self.mapping = MetricMapping(self.registry, multi_rank=multi_rank)
+        self.mapping = MetricMapping(self.registry, multi_rank=multi_rank, detail=detail)
         scraped: list[Collector] = []
         if hub_stats is not None:
             scraped.append(_HubCollector(hub_stats))

@@ -8,6 +8,10 @@ one, a counter two (``_total`` and ``_created``), a histogram its buckets, ``+In
 ``_sum`` and ``_created``. Label sets the exporter creates only when they occur (culls by
 reason, rollbacks by reason) are counted in full, so this is an upper bound, and the figure a
 user can plan with: series per rank = fixed + per_env x envs (+ CUDA series per GPU).
+
+At ``--metrics-detail rank`` the families labelled ``env_id`` are folded over the envs
+(``esper.nissa.metric_catalogue.Fold``): a summed family is one env's worth of lines, a
+family folded to mean, min and max three; ``per_env`` is then 0.
 """
 
 from __future__ import annotations
@@ -24,7 +28,14 @@ from esper.leyline import (
     TelemetryEventType,
     allowed_values,
 )
-from esper.nissa.metric_catalogue import METRICS, MetricKind, MetricSpec
+from esper.nissa.metric_catalogue import (
+    METRICS,
+    Fold,
+    MetricDetail,
+    MetricKind,
+    MetricSpec,
+    fold_of,
+)
 
 ET = TelemetryEventType
 
@@ -45,6 +56,10 @@ class SeriesEstimate:
     envs: int
     per_gpu: int
     gpus: int
+    detail: MetricDetail = MetricDetail.ENV
+    rank_detail_total: int = 0
+    """The total at ``MetricDetail.RANK``, where the envs are folded (what a warning at env
+    detail offers)."""
 
     @property
     def total(self) -> int:
@@ -71,6 +86,7 @@ def estimate_series(
     multi_rank: bool = False,
     gpus: int = 0,
     backends: int = 3,
+    detail: MetricDetail = MetricDetail.ENV,
 ) -> SeriesEstimate:
     """The lines of one rank's ``/metrics`` (see the module docstring)."""
     closed = {
@@ -89,34 +105,40 @@ def estimate_series(
         "mode": 1,
         "reward_mode": 1,
     }
-    fixed = per_env = per_gpu = 0
+    fixed = per_env = per_gpu = folded = 0
     for spec in METRICS:
-        labels = set(spec.labels)
-        n = _lines_per_series(spec)
-        if {"device", "gpu", "UUID"} <= labels:
+        n = _lines_per_series(spec) * _label_sets(spec, closed)
+        fold = fold_of(spec)
+        if {"device", "gpu", "UUID"} <= set(spec.labels):
             per_gpu += n
-            continue
-        if spec.name == "esper_collective_wait_seconds":
-            fixed += n * len(COLLECTIVE_OPS) if multi_rank else 0
-            continue
-        for label in spec.labels:
-            if label == "env_id":
-                continue
-            if label == "op":
-                n *= len(Op)
-            elif label == "reason":
-                n *= _reasons(spec)
-            elif label in ("from_stage", "to_stage"):
-                continue  # counted once below, as transitions
-            else:
-                n *= closed[label]
-        if "from_stage" in labels:
-            n *= sum(len(targets) for targets in VALID_TRANSITIONS.values())
-        if "env_id" in labels:
-            per_env += n
-        else:
+        elif spec.name == "esper_collective_wait_seconds":
+            fixed += n if multi_rank else 0
+        elif fold is None:
             fixed += n
-    return SeriesEstimate(fixed, per_env, envs, per_gpu, gpus)
+        else:  # n is one env's; folded over the envs: one set of series, or three (stats)
+            folded += 3 * n if fold is Fold.STATS else n
+            per_env += n if detail is MetricDetail.ENV else 0
+    if detail is MetricDetail.RANK:
+        fixed += folded
+    rank_total = (fixed if detail is MetricDetail.RANK else fixed + folded) + per_gpu * gpus
+    return SeriesEstimate(fixed, per_env, envs, per_gpu, gpus, detail, rank_total)
+
+
+def _label_sets(spec: MetricSpec, closed: dict[str, int]) -> int:
+    """How many label sets ``spec`` can have, for one env (and one GPU)."""
+    n = 1
+    for label in spec.labels:
+        if label in ("env_id", "device", "gpu", "UUID"):
+            continue
+        if label == "op":  # a controller's op, or a collective's
+            n *= len(Op) if spec.name == "esper_actions_total" else len(COLLECTIVE_OPS)
+        elif label == "reason":
+            n *= _reasons(spec)
+        elif label not in ("from_stage", "to_stage"):  # counted once below, as transitions
+            n *= closed[label]
+    if "from_stage" in spec.labels:
+        n *= sum(len(targets) for targets in VALID_TRANSITIONS.values())
+    return n
 
 
 _REASON_SOURCES = {

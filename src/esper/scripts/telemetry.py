@@ -22,6 +22,7 @@ from esper.leyline import (
 from esper.nissa import NissaHub, iter_events, read_events
 from esper.nissa.backends import BackendSpec
 from esper.nissa.backfill import BackfilledRun, backfill_runs, write_openmetrics
+from esper.nissa.metric_catalogue import MetricDetail
 from esper.nissa.replay import LineProblem, RunTracker, resolve_events_files
 from esper.runs import tsdb
 from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
@@ -257,7 +258,9 @@ def _backfill(args: argparse.Namespace) -> int:
     if not replay.events:
         raise UsageError(f"{where}: holds no events to backfill")
     align_ns = None if args.align_start is None else int(args.align_start * 1e9)
-    runs = backfill_runs(replay.events, align_start_ns=align_ns)
+    runs = backfill_runs(
+        replay.events, align_start_ns=align_ns, detail=MetricDetail(args.metrics_detail)
+    )
     if align_ns is not None:
         late = [r for r in runs if r.end_ms / 1000 > time.time()]
         if late:
@@ -412,6 +415,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="TIME",
         help="place each run's first event at TIME (RFC 3339 or Unix seconds), to overlay runs "
         "recorded apart; the real start is kept in the label recorded_start",
+    )
+    b.add_argument(
+        "--metrics-detail",
+        choices=[d.value for d in MetricDetail],
+        default=MetricDetail.ENV.value,
+        help="env: every per-env series (default: the record keeps them); rank: folded over "
+        "each rank's envs, as esper train --metrics-detail rank serves them",
     )
     b.add_argument(
         "--rules",

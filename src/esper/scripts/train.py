@@ -18,6 +18,7 @@ from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.leyline import RankInfo, TelemetryConfig, TelemetryLevel, UsageError
 from esper.nissa import NissaHub
 from esper.nissa.backends import BackendSpec
+from esper.nissa.metric_catalogue import MetricDetail
 from esper.nissa.series_budget import estimate_series
 from esper.runs import distributed
 from esper.runs.config import RunConfig
@@ -206,6 +207,14 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
         default=0.0,
         help="after training, keep /metrics up until one more scrape, at most this many seconds",
     )
+    t.add_argument(
+        "--metrics-detail",
+        choices=[d.value for d in MetricDetail],
+        default=MetricDetail.ENV.value,
+        help="env: /metrics serves every per-env series (default); rank: folds them over this "
+        "rank's envs (sums, or mean/min/max), so series do not grow with the envs, for big "
+        "jobs (the JSONL keeps every env)",
+    )
     t.add_argument("--otlp-endpoint", type=at.http_url, help="OTLP/HTTP endpoint for traces")
     t.add_argument("--sanctum", action="store_true", help="show the Sanctum terminal dashboard")
     return p
@@ -256,11 +265,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         args.metrics_sd_host,
         args.metrics_tls_cert,
         args.metrics_linger,
+        args.metrics_detail != MetricDetail.ENV.value,
     )
     if args.metrics_port is None and any(metrics_only):
         parser.error(
-            "--metrics-sd-dir, --metrics-sd-host, --metrics-tls-* and --metrics-linger need "
-            "--metrics-port"
+            "--metrics-sd-dir, --metrics-sd-host, --metrics-tls-*, --metrics-linger and "
+            "--metrics-detail need --metrics-port"
         )
     _check_ranks(parser, args)
     if args.mode == "ppo" and args.baseline:
@@ -301,6 +311,7 @@ def backend_spec(
         metrics_sd_labels={"run_id": run_id, "mode": args.mode, "task": args.task},
         otlp_endpoint=args.otlp_endpoint,
         otlp_from_environment=True,
+        metrics_detail=MetricDetail(args.metrics_detail),
         rank=ranks,
         run_dir_name=run_dir_name,
         series_estimate=estimate_series(
@@ -309,6 +320,7 @@ def backend_spec(
             blueprints=len(BLUEPRINT_IDS),
             multi_rank=ranks is not None and ranks.distributed,
             gpus=1 if (args.device or "cpu").startswith("cuda") else 0,
+            detail=MetricDetail(args.metrics_detail),
         ),
     )
 

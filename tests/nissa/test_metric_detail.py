@@ -1,0 +1,205 @@
+"""``--metrics-detail rank``: per-env families folded over a rank's envs, exactly.
+
+The same events go through an exporter at env detail and one at rank detail; after every event
+each folded series must equal the fold of the env-level series: a summed family the sum over
+``env_id`` (counters and histograms add up), a gauge folded to stats the mean, min and max of
+the envs that have the series. The rendered text stays what ``generate_latest`` writes, and a
+64-env rank serves no more series than a one-env rank.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
+from esper.leyline import TelemetryEvent, TelemetryEventType, example_payload, make_event
+from esper.nissa.metric_catalogue import (
+    FOLD_STATS,
+    METRICS,
+    METRICS_BY_NAME,
+    Fold,
+    MetricDetail,
+    fold_of,
+    served_labels,
+)
+from esper.nissa.prometheus import PrometheusOutput
+from esper.nissa.series_budget import estimate_series
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+from bench_prometheus import _load
+
+ET = TelemetryEventType
+ENV, RANK = MetricDetail.ENV, MetricDetail.RANK
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def _event(kind: tuple[TelemetryEventType, str | None], **over: object) -> TelemetryEvent:
+    return make_event(kind[0], example_payload(*kind, **over))
+
+
+def _seed(rng: random.Random) -> dict[str, object]:
+    return {"stage": rng.choice(["TRAINING", "BLENDING"]), "blueprint_id": "norm",
+            "alpha": rng.random(), "accuracy_delta": 1.0, "epochs_in_stage": 2,
+            "gradient_norm": rng.random(), "gradient_total_norm": rng.uniform(0, 5),
+            "gradient_health": rng.random(), "has_vanishing": False,
+            "has_exploding": False}  # fmt: skip
+
+
+def _script(envs: int, epochs: int, seed: int = 7) -> list[TelemetryEvent]:
+    """A run's worth of per-env writes with different values per env: seeds that come and go
+    (series born and removed), rollbacks, step times, escalations of one env and of all."""
+    rng = random.Random(seed)
+    events = [_event((ET.TRAINING_STARTED, None), slot_ids=list(SLOT_IDS),
+                     blueprint_ids=list(BLUEPRINT_IDS))]  # fmt: skip
+    for epoch in range(epochs):
+        for env in range(envs):
+            slots = rng.sample(list(SLOT_IDS), rng.randint(0, len(SLOT_IDS)))
+            events.append(_event(
+                (ET.EPOCH_COMPLETED, "env"), env_id=env, val_accuracy=rng.uniform(0, 100),
+                val_loss=rng.uniform(0, 3), host_grad_norm=rng.uniform(0, 50),
+                seeds={slot: _seed(rng) for slot in slots}))  # fmt: skip
+            events.append(_event(
+                (ET.ANALYTICS_SNAPSHOT, "throughput"), env_id=env, fps=rng.uniform(10, 1000),
+                step_time_ms=rng.uniform(1, 900),
+                dataloader_wait_ms=rng.uniform(0, 20)))  # fmt: skip
+            if rng.random() < 0.2:
+                events.append(_event((ET.GOVERNOR_ROLLBACK, None), env_id=env,
+                                     reason=rng.choice(["nan_loss", "divergence"])))  # fmt: skip
+        if epoch == 1:
+            events.append(_event((ET.TELEMETRY_LEVEL_CHANGED, None), env_id=envs - 1,
+                                 from_level="normal", to_level="debug"))  # fmt: skip
+        if epoch == 2:
+            events.append(_event((ET.TELEMETRY_LEVEL_CHANGED, None), env_id=None,
+                                 from_level="normal", to_level="debug"))  # fmt: skip
+        if epoch == 3:
+            events.append(_event((ET.TELEMETRY_LEVEL_CHANGED, None), env_id=None,
+                                 from_level="debug", to_level="normal"))  # fmt: skip
+    return events
+
+
+def _samples(registry: CollectorRegistry) -> Samples:
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def _family_of(sample_name: str) -> str | None:
+    for suffix in ("", "_total", "_bucket", "_count", "_sum"):
+        base = sample_name.removesuffix(suffix) if suffix else sample_name
+        spec = METRICS_BY_NAME.get(base) or METRICS_BY_NAME.get(base + "_total")
+        if spec is not None and (suffix or sample_name == spec.name):
+            return spec.name
+    return None
+
+
+def _folded(env_level: Samples) -> Samples:
+    """What rank detail must serve, computed from the env-level samples."""
+    groups: dict[tuple[str, frozenset[tuple[str, str]]], list[float]] = defaultdict(list)
+    out: Samples = {}
+    for (name, labels), value in env_level.items():
+        family = _family_of(name)
+        spec = METRICS_BY_NAME[family] if family is not None else None
+        if spec is None or fold_of(spec) is None:
+            out[(name, labels)] = value
+            continue
+        rest = frozenset((k, v) for k, v in labels if k != "env_id")
+        groups[(name, rest)].append(value)
+    for (name, rest), values in groups.items():
+        spec = METRICS_BY_NAME[_family_of(name) or ""]
+        if fold_of(spec) is Fold.SUM:
+            out[(name, rest)] = sum(values)
+            continue
+        stats = {"mean": sum(values) / len(values), "min": min(values), "max": max(values)}
+        for stat in FOLD_STATS:
+            out[(name, rest | {("stat", stat)})] = stats[stat]
+    return out
+
+
+def test_every_folded_series_equals_the_fold_of_the_env_series_after_every_event() -> None:
+    env_out, rank_out = PrometheusOutput(cuda=False), PrometheusOutput(cuda=False, detail=RANK)
+    events = _script(envs=5, epochs=6)
+    folded_families = {s.name for s in METRICS if fold_of(s) is not None}
+    seen_folds: set[str] = set()
+    for event in events:
+        env_out.emit(event)
+        rank_out.emit(event)
+        want, got = _folded(_samples(env_out.registry)), _samples(rank_out.registry)
+        assert want.keys() <= got.keys(), (event.event_type, want.keys() - got.keys())
+        for name, labels in got.keys() - want.keys():
+            # A summed family left with no labels is one series from the start, at zero, as
+            # every unlabelled counter is; at env detail it has no env yet.
+            assert not labels - {("le", v) for _, v in labels}, (name, labels)
+            assert fold_of(METRICS_BY_NAME[_family_of(name) or ""]) is Fold.SUM
+            assert got[(name, labels)] == 0, (event.event_type, name, labels)
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-12), (event.event_type, key)
+        seen_folds |= {_family_of(name) or "" for name, _ in got} & folded_families
+    assert seen_folds == folded_families  # every folded family was written and checked
+    assert not any(("env_id", "0") in labels for _, labels in _samples(rank_out.registry))
+
+
+def test_a_slot_emptied_in_every_env_leaves_no_stats_behind() -> None:
+    out = PrometheusOutput(cuda=False, detail=RANK)
+    seed = _seed(random.Random(1))
+    for env in range(3):
+        out.emit(_event((ET.EPOCH_COMPLETED, "env"), env_id=env, seeds={SLOT_IDS[0]: seed}))
+    text = out.render().decode()
+    assert f'esper_seed_alpha{{slot_id="{SLOT_IDS[0]}",stat="mean"}}' in text
+    out.emit(_event((ET.EPOCH_COMPLETED, "env"), env_id=0, seeds={}))
+    assert f'esper_seed_alpha{{slot_id="{SLOT_IDS[0]}",stat="mean"}}' in out.render().decode()
+    for env in (1, 2):
+        out.emit(_event((ET.EPOCH_COMPLETED, "env"), env_id=env, seeds={}))
+    assert "esper_seed_alpha{" not in out.render().decode()
+    assert out.render() == generate_latest(out.registry)
+
+
+def test_rank_detail_renders_what_generate_latest_does_and_promtool_accepts(
+    tmp_path: Path,
+) -> None:
+    out = PrometheusOutput(cuda=False, multi_rank=True, detail=RANK)
+    assert out.render() == generate_latest(out.registry)
+    for event in _script(envs=4, epochs=5):
+        out.emit(event)
+        assert out.render() == generate_latest(out.registry), event.event_type
+    text = out.render()
+    assert b"Folded over this rank's envs: stat is mean, min or max." in text
+    check = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True,
+                           check=False)  # fmt: skip
+    assert b"error" not in check.stderr.lower(), check.stderr
+
+
+def _served_lines(envs: int, detail: MetricDetail) -> int:
+    """Lines served after the render benchmark's load: every labelled family for ``envs``."""
+    out = PrometheusOutput(cuda=False, detail=detail)
+    _load(out, envs)
+    text = out.render().decode()
+    return sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+
+
+def test_rank_detail_does_not_grow_with_the_envs_and_the_estimate_bounds_it() -> None:
+    one, many = _served_lines(1, RANK), _served_lines(64, RANK)
+    assert one == many
+    estimate = estimate_series(envs=64, slots=len(SLOT_IDS), blueprints=len(BLUEPRINT_IDS),
+                               detail=RANK)  # fmt: skip
+    assert estimate.per_env == 0
+    assert many <= estimate.total <= 1.25 * many + 250
+    assert _served_lines(64, ENV) > 5 * many
+
+
+def test_served_labels_drop_env_id_and_add_stat_only_to_gauges_folded_to_stats() -> None:
+    for spec in METRICS:
+        labels = served_labels(spec, RANK)
+        assert "env_id" not in labels
+        assert ("stat" in labels) == (fold_of(spec) is Fold.STATS), spec.name
+        assert served_labels(spec, ENV) == spec.labels
+    assert fold_of(METRICS_BY_NAME["esper_env_telemetry_escalated"]) is Fold.SUM
