@@ -8,6 +8,8 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -46,11 +48,11 @@ STACK_TRAIN = [
 first env, so the alert, rollback and anomaly panels have data."""
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """A real Alertmanager (delivering to a loopback webhook) and a real Prometheus that
-    scraped a real ``esper train ppo`` run, shared by the end-to-end tests."""
-    tmp = tmp_path_factory.mktemp("stack")
+@contextmanager
+def _scraped_run(tmp: Path, *extra: str) -> Iterator[Stack]:
+    """A real Alertmanager (delivering to a loopback webhook) and a real Prometheus with the
+    shipped rules, which scraped a real ``esper train ppo`` run of ``STACK_TRAIN`` (and
+    ``extra`` flags) to its end."""
     sd = tmp / "targets"
     webhook = Webhook()
     try:
@@ -60,7 +62,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         ):
             start = time.time()
             train = subprocess.run(
-                [sys.executable, "-m", "esper.scripts.train", "ppo", *STACK_TRAIN,
+                [sys.executable, "-m", "esper.scripts.train", "ppo", *STACK_TRAIN, *extra,
                  "--metrics-sd-dir", str(sd), "--telemetry-dir", str(tmp / "runs")],
                 capture_output=True, text=True, timeout=600, check=False,
             )  # fmt: skip
@@ -69,3 +71,17 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             yield Stack(base, webhook, train, start, time.time(), run_dir)
     finally:
         webhook.close()
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The end-to-end tests' shared run, at the default detail (every env's series)."""
+    with _scraped_run(tmp_path_factory.mktemp("stack")) as run:
+        yield run
+
+
+@pytest.fixture(scope="session")
+def rank_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The same run at ``--metrics-detail rank``: per-env series folded over the envs."""
+    with _scraped_run(tmp_path_factory.mktemp("rank-stack"), "--metrics-detail", "rank") as run:
+        yield run

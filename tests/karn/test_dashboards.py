@@ -83,9 +83,14 @@ def _substitute(expr: str, stack: Stack) -> str:
 
 
 @pytest.mark.slow
-def test_every_panel_query_returns_data_from_a_real_run(stack: Stack) -> None:
+@pytest.mark.parametrize("detail", ["env", "rank"])
+def test_every_panel_query_returns_data_from_a_real_run(
+    detail: str, request: pytest.FixtureRequest
+) -> None:
     """Each Prometheus panel query, template variables substituted, answers at least one
-    series over the run's window (the run injects faults, so fault panels have data too)."""
+    series over the run's window (the run injects faults, so fault panels have data too), at
+    each ``--metrics-detail``: every env's series, and the envs folded over the rank."""
+    stack: Stack = request.getfixturevalue("stack" if detail == "env" else "rank_stack")
     checked = 0
     for name, title, desc, uid, expr in _all_queries():
         if uid != "esper-prometheus" or REQUIRES_CUDA in desc or name == GPU_DASHBOARD:
@@ -132,3 +137,27 @@ def test_the_escalation_annotations_evaluate_against_the_real_run(stack: Stack) 
             assert query_range(stack.prometheus, promql, stack.started, time.time()) == []
             drawn += 1
     assert drawn >= 2  # the overview and the PPO dashboards
+
+
+@pytest.mark.slow
+def test_the_rank_detail_run_served_folded_series_and_no_env_ids(rank_stack: Stack) -> None:
+    """What the panels read at rank detail is the fold: stats for gauges, sums for counters,
+    and not one series of a folded family by env_id."""
+    window = "[1h]"
+    by_env = query(
+        rank_stack.prometheus, f'count(last_over_time({{env_id!="", job="esper-trainer"}}{window}))'
+    )
+    assert by_env == []
+    stats = query(rank_stack.prometheus,
+                  f"group by (stat) (last_over_time(esper_env_val_accuracy{window}))")  # fmt: skip
+    assert {r["metric"]["stat"] for r in stats} == {"mean", "min", "max"}
+    epochs = query(rank_stack.prometheus, f"max_over_time(esper_env_epochs_total{window})")
+    assert len(epochs) == 1  # the run's two envs, summed
+    events = [
+        json.loads(line) for line in (rank_stack.run_dir / "events.jsonl").read_text().splitlines()
+    ]
+    env_epochs = sum(1 for e in events if e["event_type"] == "EPOCH_COMPLETED"
+                     and e["data"]["scope"] == "env")  # fmt: skip
+    assert float(epochs[0]["value"][1]) == env_epochs
+    assert {e["data"]["env_id"] for e in events if e["event_type"] == "EPOCH_COMPLETED"
+            and e["data"]["scope"] == "env"} == {0, 1}  # the JSONL keeps every env  # fmt: skip

@@ -9,6 +9,12 @@ Template variables: ``run`` (from ``esper_run_info``), ``instance`` (the scrape 
 chosen runs), ``rank`` (the ranks of a multi-process run, from the target label ``rank``;
 series of a single-process run have none and always match) and ``env``; every query filters
 on them.
+
+Every panel reads series that both ``--metrics-detail`` levels serve: a per-env gauge is
+``{env_id}`` at env detail and ``{stat="mean|min|max"}`` at rank detail, and one query (with
+``env_id=~"$env"``, which matches a series without the label when "All" is chosen) draws
+either; a summed family simply has no ``env_id`` at rank detail. The run row reads the
+run-level recording rules (one series per run, whatever its ranks and envs).
 """
 
 from __future__ import annotations
@@ -39,6 +45,16 @@ TEMPO = DataSourceRef(type_val="tempo", uid=TEMPO_UID)
 I = 'instance=~"$instance", rank=~"$rank"'  # noqa: E741 - the filter every query carries
 IE = f'{I}, env_id=~"$env"'
 RATE = "$__rate_interval"
+RUN = 'run_id=~"$run"'  # the run-level recording rules (esper-runs) keep job and run_id only
+
+ENV = "env {{env_id}}{{stat}}"
+"""The legend of a per-env gauge: ``env 3`` at env detail, ``env mean`` (``min``, ``max``) at
+``--metrics-detail rank``, where the rank's envs are folded and ``env_id`` is gone."""
+FOLDED = (
+    " At --metrics-detail rank the rank's envs are summed into one series (no env_id); the "
+    "JSONL keeps each env."
+)
+"""The description of a panel of a summed per-env family (counters, histograms)."""
 
 
 def _query(expr: str, legend: str = "", ref: str = "A") -> pq.Dataquery:
@@ -128,9 +144,25 @@ def training_overview() -> db.Dashboard:
         .with_panel(_stat("Governor rollbacks", "none",
                           [(f"sum(esper_governor_rollbacks_total{{{I}}})", "rollbacks")],
                           "Needs a run with rollbacks (e.g. --inject-fault nan-loss@N)."))
+        .with_row(db.Row("Whole run (recording rules: one series per run)"))
+        .with_panel(_ts("Run validation accuracy: mean and worst env", "percentunit",
+                        [(f"esper:run_env_val_accuracy:mean{{{RUN}}}", "{{run_id}} mean"),
+                         (f"esper:run_env_val_accuracy:min{{{RUN}}}", "{{run_id}} worst env")],
+                        "Over every rank and env of the run, at either --metrics-detail.",
+                        width=8))
+        .with_panel(_ts("Run validation loss (mean over envs)", "none",
+                        [(f"esper:run_env_val_loss:mean{{{RUN}}}", "{{run_id}}")], width=8))
+        .with_panel(_ts("Run reward", "none",
+                        [(f"esper:run_batch_avg_reward{{{RUN}}}", "{{run_id}}")], width=8))
+        .with_panel(_ts("Run anomalies per second by kind", "none",
+                        [(f"esper:run_gradient_anomalies:rate5m{{{RUN}}}", "{{run_id}} {{kind}}")],
+                        "Needs a run with anomalies.", width=12))
+        .with_panel(_ts("Run rollbacks per second", "none",
+                        [(f"esper:run_governor_rollbacks:rate5m{{{RUN}}}", "{{run_id}}")],
+                        "Needs a run with rollbacks.", width=12))
         .with_row(db.Row("Learning"))
         .with_panel(_ts("Validation accuracy per env", "percentunit",
-                        [(f"esper_env_val_accuracy{{{IE}}}", "env {{env_id}}")]))
+                        [(f"esper_env_val_accuracy{{{IE}}}", ENV)]))
         .with_panel(_ts("Batch accuracy and reward", "percentunit",
                         [(f"esper_batch_avg_accuracy{{{I}}}", "avg accuracy"),
                          (f"esper_batch_rolling_accuracy{{{I}}}", "rolling accuracy")]))
@@ -140,9 +172,10 @@ def training_overview() -> db.Dashboard:
                         [(f"avg by (component) (esper_reward_component{{{I}}})",
                           "{{component}}")]))
         .with_panel(_ts("Validation loss per env", "none",
-                        [(f"esper_env_val_loss{{{IE}}}", "env {{env_id}}")]))
+                        [(f"esper_env_val_loss{{{IE}}}", ENV)]))
         .with_panel(_ts("Epochs per minute per env", "none",
-                        [(f"rate(esper_env_epochs_total{{{IE}}}[{RATE}]) * 60", "env {{env_id}}")]))
+                        [(f"rate(esper_env_epochs_total{{{IE}}}[{RATE}]) * 60", "env {{env_id}}")],
+                        FOLDED.strip()))
         .with_row(db.Row("Health"))
         .with_panel(_ts("Gradient anomalies", "none",
                         [(f"sum by (scope, kind) (increase(esper_gradient_anomalies_total{{{I}}}[{RATE}]))",
@@ -156,9 +189,9 @@ def training_overview() -> db.Dashboard:
         .with_panel(_ts("Envs recorded at debug after an anomaly", "none",
                         [(f"sum(esper_env_telemetry_escalated{{{I}}})", "escalated envs")],
                         "Escalation (--escalate-epochs): also drawn as annotations. Needs a run "
-                        "with an anomaly."))
+                        "with an anomaly." + FOLDED))
         .with_panel(_ts("Host gradient norm", "none",
-                        [(f"esper_host_grad_norm{{{IE}}}", "env {{env_id}}")]))
+                        [(f"esper_host_grad_norm{{{IE}}}", ENV)]))
         .with_panel(_ts("Firing Esper alerts", "none",
                         [('sum by (alertname) (ALERTS{alertstate="firing", alertname=~"Esper.*", '
                           f"{I}}})", "{{alertname}}")],
@@ -237,22 +270,22 @@ def seed_lifecycle() -> db.Dashboard:
                           "{{from_stage}} -> {{to_stage}}")]))
         .with_row(db.Row("Seeds in slots"))
         .with_panel(_ts("Alpha per slot", "percentunit",
-                        [(f"esper_seed_alpha{{{IE}}}", "env {{env_id}} {{slot_id}}")], width=8))
+                        [(f"esper_seed_alpha{{{IE}}}", f"{ENV} {{{{slot_id}}}}")], width=8))
         .with_panel(_ts("Seed gradient norm", "none",
                         [(f"esper_seed_gradient_total_norm{{{IE}}}",
-                          "env {{env_id}} {{slot_id}} total"),
+                          f"{ENV} {{{{slot_id}}}} total"),
                          (f"esper_seed_gradient_norm{{{IE}}}",
-                          "env {{env_id}} {{slot_id}} per tensor")],
+                          f"{ENV} {{{{slot_id}}}} per tensor")],
                         width=8))
         .with_panel(_ts("Seed gradient health", "percentunit",
-                        [(f"esper_seed_gradient_health{{{IE}}}", "env {{env_id}} {{slot_id}}")],
+                        [(f"esper_seed_gradient_health{{{IE}}}", f"{ENV} {{{{slot_id}}}}")],
                         width=8))
         .with_panel(_ts("Counterfactual unavailable", "none",
                         [(f"sum by (reason) (esper_counterfactual_unavailable_total{{{I}}})",
                           "{{reason}}")]))
         .with_panel(_ts("Governor rollbacks by env and reason", "none",
                         [(f"esper_governor_rollbacks_total{{{IE}}}", "env {{env_id}} {{reason}}")],
-                        "Needs a run with rollbacks (e.g. --inject-fault nan-loss@N)."))
+                        "Needs a run with rollbacks (e.g. --inject-fault nan-loss@N)." + FOLDED))
         .with_panel(traces)
     )  # fmt: skip
 
@@ -265,14 +298,15 @@ def throughput() -> db.Dashboard:
         .with_row(db.Row("Speed"))
         .with_panel(_ts("Env step time", "s",
                         [(f"esper:env_step_duration_seconds:p50{{{IE}}}", "p50 env {{env_id}}"),
-                         (f"esper:env_step_duration_seconds:p95{{{IE}}}", "p95 env {{env_id}}")]))
+                         (f"esper:env_step_duration_seconds:p95{{{IE}}}", "p95 env {{env_id}}")],
+                        FOLDED.strip()))
         .with_panel(_ts("Dataloader wait (p95)", "s",
                         [(f"esper:dataloader_wait_seconds:p95{{{IE}}}", "env {{env_id}}"),
                          (f"rate(esper_dataloader_wait_seconds_sum{{{IE}}}[{RATE}]) / "
                           f"rate(esper_dataloader_wait_seconds_count{{{IE}}}[{RATE}])",
-                          "mean env {{env_id}}")]))
+                          "mean env {{env_id}}")], FOLDED.strip()))
         .with_panel(_ts("Samples per second", "none",
-                        [(f"esper_env_fps{{{IE}}}", "env {{env_id}}")]))
+                        [(f"esper_env_fps{{{IE}}}", ENV)]))
         .with_panel(_ts("Device memory", "bytes",
                         [(f"esper_cuda_memory_allocated_bytes{{{I}}}", "allocated {{device}}"),
                          (f"esper_cuda_memory_reserved_bytes{{{I}}}", "reserved {{device}}")],
@@ -282,11 +316,11 @@ def throughput() -> db.Dashboard:
                         [(f"esper_rank_epoch_seconds{{{I}}}", "rank {{rank}} ({{node}})")],
                         "Wall time of each rank's last host epoch over its envs."))
         .with_panel(_ts("Slowest rank against the median", "s",
-                        [(f"max by (run_id) (esper_rank_epoch_seconds{{{I}}})", "slowest"),
-                         (f"quantile by (run_id) (0.5, esper_rank_epoch_seconds{{{I}}})",
-                          "median")],
+                        [(f"esper:run_rank_epoch_seconds:max{{{RUN}}}", "{{run_id}} slowest"),
+                         (f"esper:run_rank_epoch_seconds:median{{{RUN}}}", "{{run_id}} median")],
                         "A straggler shows as a slowest line well above the median "
-                        "(alert EsperRankStraggler)."))
+                        "(alert EsperRankStraggler). Recording rules: two series per run, "
+                        "whatever its ranks."))
         .with_panel(_ts("Time waiting in collectives by rank", "percentunit",
                         [(f"sum by (rank) (rate(esper_collective_wait_seconds_sum{{{I}}}[{RATE}]))",
                           "rank {{rank}}")],
