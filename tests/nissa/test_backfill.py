@@ -15,6 +15,7 @@ import pytest
 from esper.leyline import TelemetryEvent, TelemetryEventType, example_payload, make_event
 from esper.nissa import DirectoryOutput
 from esper.nissa.backfill import START_LABEL, SeriesId, backfill_runs, write_openmetrics
+from esper.nissa.metric_catalogue import MetricDetail
 from esper.runs import tsdb
 from esper.scripts import cli
 
@@ -265,3 +266,20 @@ def test_a_backfill_that_does_not_finish_leaves_no_half_of_itself(
     assert "Traceback" not in err
     assert out.is_dir()
     assert not list(out.iterdir())  # the directory the user made stays, empty
+
+
+def test_at_rank_detail_the_envs_are_folded_at_every_event_as_live() -> None:
+    """``--metrics-detail rank``: the samples are the folds, each at the event that changed
+    them (a folded gauge is folded after every event), and no series by env."""
+    events = _run()[:1]
+    for i, (env, accuracy) in enumerate([(0, 50.0), (1, 70.0), (0, 90.0)]):
+        events.append(_event((ET.EPOCH_COMPLETED, "env"), T0 + (i + 1) * 1_000_000_000,
+                             env_id=env, val_accuracy=accuracy, seeds={}))  # fmt: skip
+    (run,) = backfill_runs(events, detail=MetricDetail.RANK)
+    t0 = T0 // 1_000_000
+    mean = _points(run, "esper_env_val_accuracy", stat="mean")
+    assert mean == [(t0 + 1000, 0.5), (t0 + 2000, 0.6), (t0 + 3000, 0.8)]
+    assert _points(run, "esper_env_val_accuracy", stat="min")[-1] == (t0 + 3000, 0.7)
+    epochs = _points(run, "esper_env_epochs_total")
+    assert epochs[-1] == (t0 + 3000, 3.0)  # both envs' epochs, summed
+    assert not any("env_id" in dict(sid.labels) for sid in run.samples)

@@ -133,6 +133,7 @@ def test_every_folded_series_equals_the_fold_of_the_env_series_after_every_event
     for event in events:
         env_out.emit(event)
         rank_out.emit(event)
+        rank_out.render()  # folds what the event wrote, as a scrape does
         want, got = _folded(_samples(env_out.registry)), _samples(rank_out.registry)
         assert want.keys() <= got.keys(), (event.event_type, want.keys() - got.keys())
         for name, labels in got.keys() - want.keys():

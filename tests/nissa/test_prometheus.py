@@ -357,6 +357,7 @@ def test_a_metric_derived_from_one_field_is_one_catalogue_entry(
     folded = PrometheusOutput(cuda=False, detail=MetricDetail.RANK)  # and it folds, as a gauge
     for env, loss in ((4, 0.75), (5, 0.25)):
         folded.emit(_sample((ET.EPOCH_COMPLETED, "env"), env_id=env, train_loss=loss, seeds={}))
+    folded.render()  # a scrape folds what was written
     assert _value(folded.registry, "esper_env_train_loss", stat="mean") == 0.5
     assert _value(folded.registry, "esper_env_train_loss", stat="max") == 0.75
 

@@ -194,6 +194,7 @@ class _RankSamples:
             self.changed.clear()
             self.removed.clear()
             mapping.apply(event)
+            mapping.fold()
             for key in self.changed:
                 self.record(key, t_ms)
             for key in self.removed:

@@ -197,6 +197,7 @@ class CachedExposition:
         mapping = self.mapping
         assert mapping.changed is not None
         assert mapping.removed is not None
+        mapping.fold()
         removed, mapping.removed = mapping.removed, set()
         changed, mapping.changed = mapping.changed, set()
         for key in removed:

@@ -83,7 +83,9 @@ class MetricMapping:
 
     ``detail``: at ``MetricDetail.RANK`` the families labelled ``env_id`` are served folded
     over the envs (``esper.nissa.metric_catalogue.Fold``); the handlers below write per env
-    all the same, and ``_child`` hands them a writer that folds.
+    all the same, and ``_child`` hands them a writer that folds. A folded gauge keeps each
+    env's value as it is written and computes the fold in ``fold()``, once per group however
+    many envs wrote: the exposition calls it before each render, backfill after each event.
 
     ``changed`` and ``removed``, when set to sets, collect the series each ``apply`` wrote
     to or removed (backfill reads them after every event).
@@ -123,6 +125,8 @@ class MetricMapping:
             key: (child, key) for key, child in self._children.items()
         }
         self._folded: dict[SeriesKey, _FoldGroup] = {}
+        self._unfolded: set[_FoldGroup] = set()
+        """Fold groups written since the last ``fold()``."""
         # Metrics the catalogue derives from one event field (MetricSpec.update): applied by
         # _apply_derived with no handler code; the handlers below do the rest.
         self._derived: dict[tuple[str, str | None], list[tuple[MetricSpec, Derived]]] = {}
@@ -159,6 +163,11 @@ class MetricMapping:
         handler = self._handlers.get(event.event_type)
         if handler is not None:
             handler(event)
+
+    def fold(self) -> None:
+        """Serve the folds of the gauges written since the last call (rank detail)."""
+        while self._unfolded:
+            self._unfolded.pop().refresh()
 
     def series(self) -> list[SeriesKey]:
         """Every series that exists now."""
@@ -444,7 +453,8 @@ class _FoldGroup:
 
 
 class _FoldedGauge:
-    """What a handler writes one env's gauge to at rank detail: the env's value, folded."""
+    """What a handler writes one env's gauge to at rank detail: the env's value, folded at
+    the next ``MetricMapping.fold()``."""
 
     __slots__ = ("env", "group")
 
@@ -453,12 +463,14 @@ class _FoldedGauge:
         self.env = env
 
     def set(self, value: float) -> None:
-        self.group.values[self.env] = float(value)
-        self.group.refresh()
+        group = self.group
+        group.values[self.env] = float(value)
+        group.mapping._unfolded.add(group)
 
     def remove(self) -> None:
-        if self.group.values.pop(self.env, None) is not None:
-            self.group.refresh()
+        group = self.group
+        if group.values.pop(self.env, None) is not None:
+            group.mapping._unfolded.add(group)
 
 
 def families(registry: CollectorRegistry) -> set[str]:
