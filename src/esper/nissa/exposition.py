@@ -121,6 +121,14 @@ class CachedExposition:
         labels = label_text(own)
         created = f"{base}_created{labels} "
         fmt = format_value
+        # The _created line, formatted once (a Go-style timestamp is the dearest value to
+        # format): a child's creation time never moves, as the mapping never resets a child (a
+        # reset would also replace the value objects bound here).
+        made_line = "" if kind == "gauge" else f"{created}{fmt(child._created)}\n"
+
+        def made() -> str:
+            return made_line if client_metrics._use_created else ""
+
         if kind == "gauge":
             prefix = f"{base}{labels} "
             value = child._value
@@ -134,8 +142,7 @@ class CachedExposition:
             value = child._value
 
             def counter() -> tuple[str, str]:
-                made = f"{created}{fmt(child._created)}\n" if client_metrics._use_created else ""
-                return f"{prefix}{fmt(value._value)}\n", made
+                return f"{prefix}{fmt(value._value)}\n", made()
 
             return counter
         bucket_prefixes = [
@@ -151,12 +158,12 @@ class CachedExposition:
             lines = []
             for prefix, bucket in zip(bucket_prefixes, buckets, strict=True):
                 acc += bucket._value
-                lines.append(f"{prefix}{fmt(acc)}\n")
+                # A count below a million is what format_value gives, without the call.
+                lines.append(f"{prefix}{repr(acc) if acc < 1e6 else fmt(acc)}\n")
             lines.append(f"{count_prefix}{fmt(acc)}\n")
             if has_sum:
                 lines.append(f"{sum_prefix}{fmt(total._value)}\n")
-            made = f"{created}{fmt(child._created)}\n" if client_metrics._use_created else ""
-            return "".join(lines), made
+            return "".join(lines), made()
 
         return histogram
 
@@ -202,10 +209,17 @@ class CachedExposition:
         changed, mapping.changed = mapping.changed, set()
         for key in removed:
             self._removed(key)
-        exists = mapping.has_series
+        by_key, exists = self._by_key, mapping.has_series
         for key in changed:
-            if exists(key):
-                self._changed(key)
+            known = by_key.get(key)
+            if known is None:  # born since the last render (or born and gone again)
+                if exists(key):
+                    self._changed(key)
+                continue
+            # Known and not removed above: it exists. Inline, as most scrapes are this.
+            family, series = known
+            series.main, series.created = series.render()
+            family.text = None
         parts = [self._family_text(f) for f in self._families.values()]
         head = "".join(parts).encode("utf-8")
         if not self.scraped:
