@@ -337,12 +337,8 @@ def render_metrics_markdown() -> str:
         source = f"`{m.source}`" if m.source else "(read at scrape)"
         how = m.update.value if m.update is not None else "code"
         fold = fold_of(m)
-        folded = (
-            ""
-            if fold is None
-            else f"{fold.value}: "
-            + ", ".join(f"`{label}`" for label in served_labels(m, MetricDetail.RANK))
-        )
+        kept = ", ".join(f"`{label}`" for label in served_labels(m, MetricDetail.RANK))
+        folded = "" if fold is None else f"{fold.value}: {kept or 'no labels'}"
         out.append(
             f"| `{m.name}` | {m.kind.value} | {labels} | {m.unit} | {source} | {how} | {m.help} "
             f"| {folded} |"
