@@ -58,7 +58,9 @@ class Fold(StrEnum):
     ``sum without (env_id)`` gives at env detail (counters, histograms, counts of envs)."""
     STATS = "stats"
     """The ``env_id`` label dropped and three series labelled ``stat``: the ``mean``, ``min``
-    and ``max`` of the envs' current values (gauges)."""
+    and ``max`` of the envs' current values (gauges), exactly what ``avg``, ``min`` and
+    ``max without (env_id)`` give at env detail (a NaN env makes the mean NaN; min and max
+    skip it unless every env is NaN)."""
 
 
 FOLD_STATS = ("mean", "min", "max")
@@ -327,7 +329,8 @@ def render_metrics_markdown() -> str:
         "(for big jobs; the default, `env`, serves every env): `sum` drops `env_id` and sums",
         "the rank's envs (exactly `sum without (env_id)` at env detail); `stats` drops `env_id`",
         "and serves three series labelled `stat`: the `mean`, `min` and `max` of the envs'",
-        "current values. Every other family is the same at both levels.",
+        "current values (as PromQL's `avg`, `min`, `max without (env_id)`: a NaN env makes the",
+        "mean NaN, and min and max skip it). Every other family is the same at both levels.",
         "",
         "| name | type | labels | unit | source | update | meaning | at rank detail |",
         "|---|---|---|---|---|---|---|---|",

@@ -19,6 +19,7 @@ cannot be known from the record.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -429,13 +430,17 @@ class _FoldGroup:
         """Each env's current value."""
 
     def refresh(self) -> None:
-        """Serve the fold of the envs' values now (nothing once no env has one)."""
+        """Serve the fold of the envs' values now (nothing once no env has one): what
+        ``sum``, or ``avg``, ``min`` and ``max``, ``without (env_id)`` give at env detail."""
         v = self.values.values()
-        stats: dict[tuple[str, ...], float]
-        if self.fold is Fold.SUM:
-            stats = {(): float(sum(v))} if v else {}
-        else:
-            stats = {("mean",): sum(v) / len(v), ("min",): min(v), ("max",): max(v)} if v else {}
+        stats: dict[tuple[str, ...], float] = {}
+        if v and self.fold is Fold.SUM:
+            stats = {(): float(sum(v))}
+        elif v:
+            # As PromQL's avg, min and max over the env series: a NaN env makes the mean NaN,
+            # and min and max skip it unless every env is NaN.
+            numbers = [x for x in v if not math.isnan(x)] or [math.nan]
+            stats = {("mean",): sum(v) / len(v), ("min",): min(numbers), ("max",): max(numbers)}
         mapping = self.mapping
         suffixes: tuple[tuple[str, ...], ...] = (
             ((),) if self.fold is Fold.SUM else tuple((s,) for s in FOLD_STATS)
