@@ -10,6 +10,9 @@ the shipped entrypoint from the shipped agent.yml, scraping every ``SCRAPE``). T
 scrape duration p50/p99 (the agents' ``scrape_duration_seconds``), samples ingested per second
 and head series at the receiver, its resident memory, the rule groups' evaluation time, and the
 CPU the ranks spent rendering ``/metrics`` per scrape (thread CPU time around the render).
+
+A second table runs ``DETAIL_RANKS`` ranks of ``BIG_ENVS`` envs (a recorded 64-env run) at
+each ``--metrics-detail``: every env's series, and the envs folded over the rank.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,8 @@ DEPLOY = REPO / "deploy" / "prometheus"
 RANKS = tuple(int(n) for n in os.environ.get("ESPER_SCALE_RANKS", "8,32,64").split(","))
 WORKERS = 4
 ENVS_PER_RANK = 4
+BIG_ENVS = 64
+DETAIL_RANKS = int(os.environ.get("ESPER_SCALE_DETAIL_RANKS", "8"))
 SCRAPE = "2s"
 WARMUP = float(os.environ.get("ESPER_SCALE_WARMUP", "20"))
 WINDOW = float(os.environ.get("ESPER_SCALE_WINDOW", "60"))
@@ -92,23 +97,34 @@ def _wait(predicate: Any, timeout: float) -> None:
     raise SystemExit("timed out waiting for the metrics path to come up")
 
 
-def _record(tmp: Path) -> Path:
-    out = tmp / "record"
+def _record(tmp: Path, envs: int) -> Path:
+    out = tmp / f"record-{envs}"
     subprocess.run(
         [sys.executable, "-m", "esper.scripts.cli", "train", "ppo", "--n-envs",
-         str(ENVS_PER_RANK), "--episodes", str(ENVS_PER_RANK), "--max-epochs", "5",
+         str(envs), "--episodes", str(envs), "--max-epochs", "5",
          "--seed", "9", "--telemetry-dir", str(out)],
         check=True, capture_output=True,
     )  # fmt: skip
     return out
 
 
-def _worker(ranks: list[int], record: str, targets: list[str], stop: Any, out: Any) -> None:
-    """Serve ``ranks`` (each a real exporter, fed in a loop) until ``stop`` is set; put
-    (render CPU seconds, renders) on ``out``."""
+@dataclass(frozen=True)
+class _Load:
+    """What each rank serves: a record's events, for ``envs`` envs, at ``detail``."""
+
+    record: str
+    envs: int
+    detail: str
+
+
+def _worker(ranks: list[int], load: _Load, targets: list[str], stop: Any, out: Any) -> None:
+    """Serve ``ranks`` (each a real exporter, fed ``load`` in a loop) until ``stop`` is set;
+    put (render CPU seconds, renders) on ``out``."""
+    record, envs, detail = load.record, load.envs, load.detail
     os.environ["OMP_NUM_THREADS"] = "1"
     from esper.leyline import TelemetryEventType
     from esper.nissa import read_events
+    from esper.nissa.metric_catalogue import MetricDetail
     from esper.nissa.prometheus import PrometheusOutput
 
     events = read_events(record).events
@@ -125,7 +141,7 @@ def _worker(ranks: list[int], record: str, targets: list[str], stop: Any, out: A
     lock = threading.Lock()
     outputs = []
     for rank in ranks:
-        prom = PrometheusOutput(cuda=False, multi_rank=True)
+        prom = PrometheusOutput(cuda=False, multi_rank=True, detail=MetricDetail(detail))
         render = prom.render
 
         def timed(render: Any = render) -> bytes:
@@ -145,7 +161,7 @@ def _worker(ranks: list[int], record: str, targets: list[str], stop: Any, out: A
         outputs.append((rank, prom))
 
     def feed(rank: int, prom: Any) -> None:
-        offset = rank * ENVS_PER_RANK
+        offset = rank * envs
         i = 0
         while not stop.is_set():
             for e in epochs[i % len(epochs)]:
@@ -191,8 +207,10 @@ def _agent(work: Path, i: int, *, port: int, store: str, binary: str, procs: lis
     return str(t)
 
 
-def _run(n: int, tmp: Path, record: Path) -> dict[str, float]:
-    work = tmp / f"n{n}"
+def _run(
+    n: int, tmp: Path, record: Path, envs: int = ENVS_PER_RANK, detail: str = "env"
+) -> dict[str, float]:
+    work = tmp / f"n{n}-{envs}-{detail}"
     work.mkdir()
     binary = str(shutil.which("prometheus"))
     store_port = _free_port()
@@ -220,7 +238,8 @@ def _run(n: int, tmp: Path, record: Path) -> dict[str, float]:
     results = ctx.Queue()
     workers = [
         ctx.Process(target=_worker, args=([r for r in range(n) if r % WORKERS == w],
-                                          str(record), targets, stop, results))
+                                          _Load(str(record), envs, detail), targets, stop,
+                                          results))
         for w in range(WORKERS)
     ]  # fmt: skip
     try:
@@ -263,8 +282,10 @@ def _run(n: int, tmp: Path, record: Path) -> dict[str, float]:
 def main() -> None:
     with tempfile.TemporaryDirectory(prefix="esper-bench-scale-") as name:
         tmp = Path(name)
-        record = _record(tmp)
+        record = _record(tmp, ENVS_PER_RANK)
         rows = [_run(n, tmp, record) for n in RANKS]
+        big = _record(tmp, BIG_ENVS)
+        detail_rows = {d: _run(DETAIL_RANKS, tmp, big, BIG_ENVS, d) for d in ("env", "rank")}
     table = [
         "| ranks | lines per rank | scrape p50 / p99 | ranks' render CPU per scrape | samples "
         "ingested per s | head series | receiver RSS | rule evaluation per round |",
@@ -276,6 +297,18 @@ def main() -> None:
         f"{r['ingest_per_s']:,.0f} | {r['head_series']:,.0f} | {r['rss_mib']:.0f} MiB | "
         f"{r['rules_ms']:.1f} ms |"
         for r in rows
+    )
+    detail_table = [
+        "| detail | lines per rank | scrape p50 / p99 | ranks' render CPU per scrape | samples "
+        "ingested per s | head series | receiver RSS | rule evaluation per round |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    detail_table.extend(
+        f"| `{d}` | {r['series_per_rank']:,.0f} | {r['scrape_p50_ms']:.1f} / "
+        f"{r['scrape_p99_ms']:.1f} ms | {r['render_cpu_ms']:.2f} ms | "
+        f"{r['ingest_per_s']:,.0f} | {r['head_series']:,.0f} | {r['rss_mib']:.0f} MiB | "
+        f"{r['rules_ms']:.1f} ms |"
+        for d, r in detail_rows.items()
     )
     per_series_rss = statistics.median(
         r["rss_mib"] * 2**20 / r["head_series"] for r in rows if r["head_series"]
@@ -293,6 +326,12 @@ def main() -> None:
         "",
         f"Receiver memory per head series: about {per_series_rss / 1024:.1f} KiB (median over "
         "the rows). docs/SCALING.md extrapolates these figures.",
+        "",
+        f"{DETAIL_RANKS} ranks of {BIG_ENVS} envs (a recorded {BIG_ENVS}-env run), the same "
+        "topology, at each `--metrics-detail`: every env's series, and the envs folded over "
+        "the rank.",
+        "",
+        *detail_table,
     ])  # fmt: skip
     print(body)
     write_section("scale", body)
