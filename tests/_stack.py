@@ -210,13 +210,7 @@ def prometheus(
             "alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{alertmanager_port}"]}]}]
         }
     (tmp / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    cmd = [
-        binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--rules.alert.resend-delay=1s",
-    ]  # fmt: skip
-    with _process(cmd, tmp / "prometheus.log", f"{base}/-/ready", "Prometheus"):
+    with _prometheus_in(tmp, binary, "--rules.alert.resend-delay=1s") as base:
         yield base
 
 
@@ -228,11 +222,19 @@ def serving_blocks(tmp: Path, blocks: Path) -> Iterator[str]:
     assert binary, "Prometheus is not installed (Debian package prometheus)"
     shutil.copytree(blocks, tmp / "data")
     (tmp / "prometheus.yml").write_text("global: {}\n")
+    with _prometheus_in(tmp, binary, "--storage.tsdb.retention.time=36500d") as base:
+        yield base
+
+
+@contextmanager
+def _prometheus_in(tmp: Path, binary: str, *flags: str) -> Iterator[str]:
+    """Prometheus with ``tmp``'s prometheus.yml and data folder on a free loopback port, until
+    it is ready; yields its base URL."""
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     cmd = [
         binary, f"--config.file={tmp / 'prometheus.yml'}", f"--storage.tsdb.path={tmp / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=36500d",
+        f"--web.listen-address=127.0.0.1:{port}", *flags,
     ]  # fmt: skip
     with _process(cmd, tmp / "prometheus.log", f"{base}/-/ready", "Prometheus"):
         yield base

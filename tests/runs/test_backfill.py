@@ -87,7 +87,10 @@ def _key(metric: dict[str, str]) -> tuple[tuple[str, str], ...]:
     return tuple(sorted((k, v) for k, v in metric.items() if k != "instance"))
 
 
-def _series(base: str, at: float) -> dict[tuple[tuple[str, str], ...], list[tuple[float, float]]]:
+Series = dict[tuple[tuple[str, str], ...], list[tuple[float, float]]]
+
+
+def _series(base: str, at: float) -> Series:
     return {
         _key(s["metric"]): [(float(t), float(v)) for t, v in s["values"]] for s in _all(base, at)
     }
@@ -95,6 +98,11 @@ def _series(base: str, at: float) -> dict[tuple[tuple[str, str], ...], list[tupl
 
 def _end(b: Backfilled) -> float:
     return b.events[-1].timestamp_ns / 1e9 + 1
+
+
+def _live_and_backfilled(b: Backfilled) -> tuple[Series, Series]:
+    """Every series as the live Prometheus scraped it, and as the blocks hold it."""
+    return _series(b.stack.prometheus, b.stack.finished + 5), _series(b.blocks, _end(b))
 
 
 def test_every_panel_of_the_four_dashboards_answers_from_the_blocks_alone(
@@ -126,8 +134,7 @@ def test_every_counter_ends_at_the_records_count_and_the_live_last_value(
     backfilled: Backfilled,
 ) -> None:
     b = backfilled
-    live = _series(b.stack.prometheus, b.stack.finished + 5)
-    back = _series(b.blocks, _end(b))
+    live, back = _live_and_backfilled(b)
     counters = {
         k: points for k, points in back.items()
         if dict(k)["__name__"].endswith(("_total", "_count", "_sum", "_bucket"))
@@ -190,8 +197,7 @@ def test_every_gauge_the_live_prometheus_scraped_has_the_backfilled_value(
     backfilled: Backfilled,
 ) -> None:
     b = backfilled
-    live = _series(b.stack.prometheus, b.stack.finished + 5)
-    back = _series(b.blocks, _end(b))
+    live, back = _live_and_backfilled(b)
     gauges = {m.name for m in METRICS if m.kind is MetricKind.GAUGE and not read_at_scrape(m)}
     first, last = b.events[0].timestamp_ns / 1e9, b.events[-1].timestamp_ns / 1e9
     compared = exact = 0

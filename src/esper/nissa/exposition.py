@@ -109,7 +109,7 @@ class CachedExposition:
             created = f"# HELP {base}_created {doc}\n# TYPE {base}_created gauge\n"
             self._families[name] = _Family(metric, header, created)
         for key in mapping.series():
-            self._changed(key)
+            self._format(self._born(key))
 
     @staticmethod
     def _renderer(
@@ -167,13 +167,17 @@ class CachedExposition:
 
         return histogram
 
-    def _changed(self, key: SeriesKey) -> None:
-        known = self._by_key.get(key)
-        if known is None:
-            family = self._families[key[0]]
-            series = _Series(self._renderer(family.metric, key[1], self.mapping.child(key)))
-            family.series[key[1]] = series
-            self._by_key[key] = known = (family, series)
+    def _born(self, key: SeriesKey) -> tuple[_Family, _Series]:
+        """A series new to the cache: its renderer, built once."""
+        family = self._families[key[0]]
+        series = _Series(self._renderer(family.metric, key[1], self.mapping.child(key)))
+        family.series[key[1]] = series
+        self._by_key[key] = known = (family, series)
+        return known
+
+    @staticmethod
+    def _format(known: tuple[_Family, _Series]) -> None:
+        """Format a series' lines now; its family's text is stale."""
         family, series = known
         series.main, series.created = series.render()
         family.text = None
@@ -209,17 +213,14 @@ class CachedExposition:
         changed, mapping.changed = mapping.changed, set()
         for key in removed:
             self._removed(key)
-        by_key, exists = self._by_key, mapping.has_series
+        by_key, exists, fmt = self._by_key, mapping.has_series, self._format
         for key in changed:
             known = by_key.get(key)
             if known is None:  # born since the last render (or born and gone again)
-                if exists(key):
-                    self._changed(key)
-                continue
-            # Known and not removed above: it exists. Inline, as most scrapes are this.
-            family, series = known
-            series.main, series.created = series.render()
-            family.text = None
+                if not exists(key):
+                    continue
+                known = self._born(key)
+            fmt(known)  # a known series not removed above exists
         parts = [self._family_text(f) for f in self._families.values()]
         head = "".join(parts).encode("utf-8")
         if not self.scraped:

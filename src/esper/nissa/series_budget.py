@@ -118,9 +118,9 @@ def estimate_series(
         else:  # n is one env's; folded over the envs: one set of series, or three (stats)
             folded += 3 * n if fold is Fold.STATS else n
             per_env += n if detail is MetricDetail.ENV else 0
+    rank_total = fixed + folded + per_gpu * gpus
     if detail is MetricDetail.RANK:
         fixed += folded
-    rank_total = (fixed if detail is MetricDetail.RANK else fixed + folded) + per_gpu * gpus
     return SeriesEstimate(fixed, per_env, envs, per_gpu, gpus, detail, rank_total)
 
 
