@@ -6,6 +6,12 @@
 # minor-version compatibility, driver >= 525); cu130 needs driver >= 580. PyTorch's CUDA wheels
 # carry their CUDA libraries: the host needs only the NVIDIA driver and the NVIDIA container
 # toolkit. docker-compose.yml builds both (the GPU one in the "demo-gpu" profile).
+# The report's charting library (uPlot) from npm, at the version js/package-lock.json pins.
+FROM node:20.19.5-slim AS report-assets
+WORKDIR /js
+COPY js/package.json js/package-lock.json ./
+RUN npm ci --no-audit --no-fund
+
 FROM python:3.11.14-slim-trixie
 
 ARG TORCH_VERSION=2.13.0
@@ -25,6 +31,9 @@ RUN pip install "torch==${TORCH_VERSION}" --index-url "${TORCH_INDEX}"
 COPY pyproject.toml README.md ./
 COPY src ./src
 RUN pip install .
+COPY --from=report-assets /js/node_modules/uplot/package.json /opt/esper/uplot/package.json
+COPY --from=report-assets /js/node_modules/uplot/dist /opt/esper/uplot/dist
+ENV ESPER_UPLOT_DIR=/opt/esper/uplot/dist
 
 USER esper
 EXPOSE 9100

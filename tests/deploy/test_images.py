@@ -79,9 +79,11 @@ def test_the_trainer_pins_torch_to_the_version_the_project_tests() -> None:
 
 def test_every_image_is_pinned_to_a_release() -> None:
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
-    base = re.search(r"^FROM (\S+)", (REPO / "Dockerfile").read_text(), re.M)
-    assert base
-    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", base.group(1))
+    stages = re.findall(r"^FROM (\S+)", (REPO / "Dockerfile").read_text(), re.M)
+    assert stages
+    assert re.fullmatch(r"python:3\.11\.\d+-slim-\w+", stages[-1]), "the trainer runs on python"
+    for image in stages:  # the report's assets stage (node) too
+        assert re.fullmatch(r"[a-z]+:\d+\.\d+\.\d+(-[a-z]+)*", image), f"{image} is not pinned"
     for name, service in compose["services"].items():
         image = service["image"]
         if image.startswith("esper-trainer:"):

@@ -77,6 +77,8 @@ class TelemetrySetup:
     hub: NissaHub
     destinations: list[str] = field(default_factory=list)
     prometheus: PrometheusOutput | None = None
+    run_dir: Path | None = None
+    """The run directory this process writes (``--telemetry-dir``)."""
 
 
 def over_budget_warning(estimate: SeriesEstimate) -> str:
@@ -125,6 +127,7 @@ def attach_backends(
         hub.add_backend(dir_out)
         announce(f"Telemetry will be saved to: {dir_out.output_dir}")
         setup.destinations.append(f"run directory: {dir_out.output_dir}")
+        setup.run_dir = Path(dir_out.output_dir)
     if spec.metrics_port is not None:
         prom = PrometheusOutput(
             hub_stats=hub.stats, multi_rank=rank is not None, detail=spec.metrics_detail

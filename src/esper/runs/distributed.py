@@ -150,6 +150,17 @@ class Distributed:
     def stall_warn_seconds(self) -> float:
         return min(STALL_WARN_SECONDS, self.timeout / 4)
 
+    def wait_for_local_peers(self, timeout: float, poll: float = 0.05) -> list[int]:
+        """Wait up to ``timeout`` seconds for the other ranks of this node to exit (their
+        records are then complete); returns those still running."""
+        deadline = time.monotonic() + timeout
+        while True:
+            running = [p.rank for p in self.peers if p.rank != self.info.rank
+                       and p.node_rank == self.info.node_rank and _alive(p.pid)]  # fmt: skip
+            if not running or time.monotonic() >= deadline:
+                return running
+            time.sleep(poll)
+
     def close(self) -> None:
         if self._watch is not None:
             self._watch.stop()

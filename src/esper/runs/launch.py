@@ -37,6 +37,7 @@ from esper.runs import distributed
 from esper.runs.config import RunConfig, StopRequest
 from esper.runs.distributed import Distributed
 from esper.runs.lifecycle import RunResult, describe_stop, run_host_only, run_training, stop_signal
+from esper.runs.report import REPORT_FILE, make_report
 from esper.runs.session import (
     EXIT_FAILURE,
     EXIT_INTERRUPTED,
@@ -61,6 +62,10 @@ class ForegroundUI(Protocol):
     def run(self, stop: Callable[[str], None]) -> BaseException | None:
         """Run until the user closes it; ``stop(reason)`` asks training to stop. Returns the
         interrupt (Ctrl-C, a signal) that closed it, or None when the user quit."""
+
+
+REPORT_PEER_WAIT_SECONDS = 30.0
+"""How long rank 0 waits for this node's other ranks to exit before it writes the report."""
 
 
 def _print(line: str) -> None:
@@ -92,6 +97,8 @@ class TrainRequest:
     progress: Callable[[], ProgressSink] | None = None
     report: Callable[[RunResult, list[float] | None], None] = lambda _r, _b: None
     """Prints the training summary (rank 0 only)."""
+    write_report: bool = True
+    """Rank 0 writes ``report.html`` into its run directory at the end (``--no-report``)."""
     say: Callable[[str], None] = field(default=_print)
     warn: Callable[[str], None] = field(default=_warn)
     prog: str = "esper train"
@@ -104,11 +111,14 @@ def launch(request: TrainRequest) -> int:
     except UsageError as exc:
         request.warn(f"{request.prog}: error: {exc}")
         return EXIT_USAGE
+    job = _Launch(request, ranks)
     try:
-        return _Launch(request, ranks).run()
+        code = job.run()
     finally:
         if ranks is not None:
             ranks.close()
+    job.write_report()
+    return code
 
 
 class _Launch:
@@ -122,6 +132,8 @@ class _Launch:
             self.config = replace(base, device=ranks.device, ranks=ranks.info)
         self.started = threading.Event()
         """Set once TRAINING_STARTED is in the record."""
+        self.run_dir: Path | None = None
+        """This process's run directory, once its telemetry is open."""
 
     @property
     def who(self) -> str:
@@ -142,6 +154,7 @@ class _Launch:
             return self.stopped(exc)
         if session is None:
             return EXIT_USAGE
+        self.run_dir = session.setup.run_dir
         session.warn_if_telemetry_is_off(self.config.telemetry)
         c = self.config
         if c.mode == "ppo" and c.escalate_epochs and c.telemetry.level < TelemetryLevel.NORMAL:
@@ -169,6 +182,37 @@ class _Launch:
             with contextlib.suppress(KeyboardInterrupt, SystemExit):
                 self.request.say(summary.text)
         return code
+
+    def write_report(self) -> None:
+        """Rank 0 writes the run's report into its run directory, once the record is closed
+        (in a multi-rank run, once this node's other ranks have exited). Never changes the
+        exit status: a failure, or Ctrl-C while it writes, is a warning, and no partial file
+        is left."""
+        if not self.request.write_report or self.run_dir is None or not self.started.is_set():
+            return
+        if self.config.ranks.rank != 0:
+            return
+        note = ""
+        try:
+            if self.ranks is not None:
+                running = self.ranks.wait_for_local_peers(REPORT_PEER_WAIT_SECONDS)
+                if running:
+                    note = (f" (ranks {', '.join(map(str, running))} were still running: "
+                            f"make it again with esper report {self.run_dir})")  # fmt: skip
+            result = make_report(self.run_dir, self.run_dir / REPORT_FILE)
+        except (KeyboardInterrupt, SystemExit):
+            self.request.warn(f"{self.request.prog}: report not written (interrupted); make it "
+                              f"with: esper report {self.run_dir}")  # fmt: skip
+            return
+        except Exception as exc:  # noqa: BLE001 - the run's verdict is made; never fail it here
+            self.request.warn(f"{self.request.prog}: warning: report not written: {exc}; make "
+                              f"it with: esper report {self.run_dir}")  # fmt: skip
+            return
+        where = ""
+        if self.ranks is not None and len({p.node_rank for p in self.ranks.peers}) > 1:
+            where = " (this node's ranks; give every node's run directory to esper report)"
+        self.request.say(f"  run report: {result.path} ({result.bytes / 1024:.0f} KiB, "
+                         f"{result.seconds:.1f} s){where}{note}")  # fmt: skip
 
     def open_session(self) -> RunSession | None:
         """Agree the run with rank 0, check devices and paths, and open the telemetry; None

@@ -5,13 +5,14 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Sequence
 
-from esper.scripts import dashboards, docs, offline, sanctum, targets, telemetry, train
+from esper.scripts import dashboards, docs, offline, report, sanctum, targets, telemetry, train
 
 USAGE = """usage: esper COMMAND [ARGS...]
 
 commands:
   train {ppo,heuristic}   train with a PPO or heuristic controller (esper train --help)
   telemetry               summarise a recorded run, or replay it into backends
+  report RUN...           one HTML file that shows recorded runs (opens offline)
   docs                    regenerate docs/EVENTS.md and docs/METRICS.md from the catalogues
   dashboards              regenerate the Grafana dashboards in dashboards/
   sanctum RUN             the Sanctum terminal dashboard over a recorded run
@@ -23,6 +24,7 @@ commands:
 COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
     "train": train.main,
     "telemetry": telemetry.main,
+    "report": report.main,
     "docs": docs.main,
     "dashboards": dashboards.main,
     "sanctum": sanctum.main,

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -21,10 +20,11 @@ from esper.leyline import (
 )
 from esper.nissa import NissaHub, iter_events, read_events
 from esper.nissa.backends import BackendSpec
-from esper.nissa.backfill import BackfilledRun, backfill_runs, write_openmetrics
+from esper.nissa.backfill import BackfilledRun, backfill_runs
 from esper.nissa.metric_catalogue import MetricDetail
 from esper.nissa.replay import LineProblem, RunTracker, resolve_events_files
 from esper.runs import tsdb
+from esper.runs.backfill import write_blocks
 from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
@@ -83,6 +83,7 @@ def _summarize(args: argparse.Namespace) -> int:
     if report:
         print("  what went wrong, when, and where the record holds its detail:")
         print("\n".join(f"    {line}" for line in report))
+    print(f"  see it: esper report {where}  (one HTML file with every curve; opens offline)")
     for problem in replay.problems:
         print(f"  warning: {problem}", file=sys.stderr)
     if not status.finished and status.state != "unknown":
@@ -271,7 +272,9 @@ def _backfill(args: argparse.Namespace) -> int:
             )
     existed = args.out.exists()
     try:
-        samples, fired = _write_blocks(args, runs, alerts_file, recording_file)
+        samples, fired = write_blocks(
+            runs, args.out, alerts_file, recording_file, openmetrics=args.openmetrics
+        )
     except BaseException:
         # --out was new or empty: what is there now is this backfill's, and half of one
         # would look like a whole. Remove it, so the directory reads as what it holds.
@@ -284,34 +287,6 @@ def _backfill(args: argparse.Namespace) -> int:
     for problem in replay.problems:
         print(f"  warning: {problem}", file=sys.stderr)
     return EXIT_OK
-
-
-def _write_blocks(
-    args: argparse.Namespace, runs: list[BackfilledRun], alerts_file: Path, recording_file: Path
-) -> tuple[int, dict[str, list[tsdb.AlertActivity]]]:
-    """The runs' blocks in ``--out``, then the rules over the past, against a Prometheus
-    serving the new blocks: the recording rules (the quantile panels read them) and the alert
-    rules, whose ALERTS series are backfilled too, as Prometheus would have written them
-    live. Returns (samples written, alerts per run id)."""
-    with tempfile.TemporaryDirectory(prefix="esper-backfill-") as tmp:
-        om = args.openmetrics if args.openmetrics is not None else Path(tmp) / "samples.om"
-        with om.open("w", encoding="utf-8") as fh:
-            samples = write_openmetrics(runs, fh)
-        args.out.mkdir(parents=True, exist_ok=True)
-        tsdb.create_blocks(om, args.out)
-    fired: dict[str, list[tsdb.AlertActivity]] = {}
-    with tsdb.scratch_prometheus(args.out, [alerts_file]) as prom:
-        for run in runs:
-            start, end = run.start_ms / 1000, run.end_ms / 1000
-            tsdb.backfill_recording_rules(prom, recording_file, args.out, start, end)
-            fired[run.run_id] = tsdb.evaluate_alerts(prom, start, end)
-    activities = [a for alerts in fired.values() for a in alerts]
-    if activities:
-        with tempfile.TemporaryDirectory(prefix="esper-backfill-") as tmp:
-            alerts_om = Path(tmp) / "alerts.om"
-            samples += tsdb.write_alerts_openmetrics(activities, alerts_om)
-            tsdb.create_blocks(alerts_om, args.out)
-    return samples, fired
 
 
 def _report_backfill(

@@ -217,6 +217,13 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
     )
     t.add_argument("--otlp-endpoint", type=at.http_url, help="OTLP/HTTP endpoint for traces")
     t.add_argument("--sanctum", action="store_true", help="show the Sanctum terminal dashboard")
+    t.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="do not write report.html (the run's picture, one offline HTML file) into the run "
+        "directory at the end (written by default with --telemetry-dir)",
+    )
     return p
 
 
@@ -420,6 +427,7 @@ def request(args: argparse.Namespace) -> TrainRequest:
         ui=SanctumUI() if args.sanctum else None,
         progress=lambda: ProgressBar("training"),
         report=print_training_summary,
+        write_report=args.report,
     )
 
 

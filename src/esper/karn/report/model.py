@@ -1,0 +1,629 @@
+"""What a run report shows, computed in one pass over a run's events.
+
+Every number drawn comes from the record: a curve's points are the events' fields, the
+min/max/last table is computed over every point (never the thinned ones drawn), and each
+anomaly keeps its own marker. Two x axes are kept for every point:
+
+- ``t``: seconds since the run's first event (runs overlaid by wall time align at their starts);
+- ``p``: training progress in batches: an env's epoch ``e`` of batch ``b`` is ``b + e/max_epochs``
+  and whatever a batch ends with (its PPO update, its snapshots) is ``b + 1``.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from esper.leyline import TelemetryEvent, TelemetryEventType
+from esper.nissa.replay import RankReport, RunStatus, rank_reports, run_status
+
+MAX_POINTS = 2000
+"""Points drawn per series at most; longer series are thinned to each bucket's min and max."""
+
+ET = TelemetryEventType
+
+
+@dataclass(frozen=True, slots=True)
+class ChartSpec:
+    id: str
+    section: str
+    title: str
+    unit: str
+    """The y axis's unit, as the page prints it (empty: a plain number)."""
+    help: str
+    log: bool = False
+
+
+SECTIONS: tuple[tuple[str, str], ...] = (
+    ("training", "Training"),
+    ("ppo", "PPO vitals"),
+    ("gradients", "Gradients"),
+    ("throughput", "Throughput"),
+    ("rewards", "Rewards and actions"),
+    ("ranks", "Ranks"),
+)
+
+CHARTS: tuple[ChartSpec, ...] = (
+    ChartSpec("val_accuracy", "training", "Validation accuracy by env", "%",
+              "EPOCH_COMPLETED (scope env) val_accuracy"),
+    ChartSpec("val_loss", "training", "Validation loss by env", "",
+              "EPOCH_COMPLETED (scope env) val_loss"),
+    ChartSpec("train_loss", "training", "Training loss by env", "",
+              "EPOCH_COMPLETED (scope env) train_loss; loss spikes are judged on it"),
+    ChartSpec("batch_accuracy", "training", "Batch accuracy", "%",
+              "BATCH_EPOCH_COMPLETED avg_accuracy and rolling_accuracy"),
+    ChartSpec("batch_reward", "training", "Batch reward", "",
+              "BATCH_EPOCH_COMPLETED avg_reward: mean episode reward of the batch"),
+    ChartSpec("ppo_policy_loss", "ppo", "Policy loss", "", "PPO_UPDATE_COMPLETED policy_loss"),
+    ChartSpec("ppo_value_loss", "ppo", "Value loss", "", "PPO_UPDATE_COMPLETED value_loss"),
+    ChartSpec("ppo_entropy", "ppo", "Entropy, total and per head", "",
+              "PPO_UPDATE_COMPLETED entropy and head_<head>_entropy"),
+    ChartSpec("ppo_kl", "ppo", "KL divergence", "", "PPO_UPDATE_COMPLETED kl_divergence"),
+    ChartSpec("ppo_clip_fraction", "ppo", "Clip fraction", "",
+              "PPO_UPDATE_COMPLETED clip_fraction"),
+    ChartSpec("ppo_explained_variance", "ppo", "Explained variance", "",
+              "PPO_UPDATE_COMPLETED explained_variance"),
+    ChartSpec("ppo_grad_norm", "ppo", "Policy gradient norm, total and per head", "",
+              "PPO_UPDATE_COMPLETED grad_norm and head_<head>_grad_norm"),
+    ChartSpec("ppo_lr", "ppo", "Learning rate", "", "PPO_UPDATE_COMPLETED lr"),
+    ChartSpec("host_grad_norm", "gradients", "Host gradient norm by env", "",
+              "EPOCH_COMPLETED (scope env) host_grad_norm", log=True),
+    ChartSpec("seed_grad_norm", "gradients", "Seed gradient norm by env and slot", "",
+              "EPOCH_COMPLETED (scope env) seeds.<slot>.gradient_norm", log=True),
+    ChartSpec("step_time", "throughput", "Step time by env", "ms",
+              "ANALYTICS_SNAPSHOT (kind throughput) step_time_ms"),
+    ChartSpec("fps", "throughput", "Samples per second by env", "/s",
+              "ANALYTICS_SNAPSHOT (kind throughput) fps"),
+    ChartSpec("dataloader_wait", "throughput", "Dataloader wait by env", "ms",
+              "ANALYTICS_SNAPSHOT (kind throughput) dataloader_wait_ms"),
+    ChartSpec("reward_components", "rewards", "Reward components (mean over envs)", "",
+              "ANALYTICS_SNAPSHOT (kind reward_summary): each component's episode sum, "
+              "averaged over the batch's envs"),
+    ChartSpec("actions", "rewards", "Actions per batch", "",
+              "ANALYTICS_SNAPSHOT (kind action_distribution) action_counts"),
+    ChartSpec("mask_hits", "rewards", "Action mask hit rate by head", "",
+              "ANALYTICS_SNAPSHOT (kind mask_hit_rates) mask_hits / mask_total"),
+    ChartSpec("rank_epoch_seconds", "ranks", "Epoch time by rank", "s",
+              "EPOCH_COMPLETED (scope aggregate) epoch_seconds of each rank"),
+    ChartSpec("straggler", "ranks", "Slowest rank against the median", "s",
+              "per epoch: the slowest rank's epoch_seconds and the median over ranks"),
+    ChartSpec("collective_wait", "ranks", "Collective wait by rank", "s",
+              "ANALYTICS_SNAPSHOT (kind collectives) wait_seconds_total per batch"),
+)  # fmt: skip
+CHART_IDS = frozenset(c.id for c in CHARTS)
+
+PPO_FIELDS = {
+    "ppo_policy_loss": ("policy_loss",),
+    "ppo_value_loss": ("value_loss",),
+    "ppo_kl": ("kl_divergence",),
+    "ppo_clip_fraction": ("clip_fraction",),
+    "ppo_explained_variance": ("explained_variance",),
+    "ppo_lr": ("lr",),
+}
+
+
+@dataclass(slots=True)
+class Series:
+    """One curve: every point of it, and the figures of the table (over every point)."""
+
+    chart: str
+    label: str
+    run: int
+    t: list[float] = field(default_factory=list)
+    p: list[float] = field(default_factory=list)
+    y: list[float] = field(default_factory=list)
+
+    def add(self, t: float, p: float, y: Any) -> None:
+        self.t.append(t)
+        self.p.append(p)
+        self.y.append(_num(y))
+
+    @property
+    def finite(self) -> list[float]:
+        return [v for v in self.y if math.isfinite(v)]
+
+    def stats(self) -> dict[str, Any]:
+        """count, non-finite count, min, max (over finite points) and the last point."""
+        finite = self.finite
+        return {
+            "count": len(self.y),
+            "nonfinite": len(self.y) - len(finite),
+            "min": min(finite) if finite else None,
+            "max": max(finite) if finite else None,
+            "last": self.y[-1] if self.y else None,
+        }
+
+    def drawn(self, limit: int = MAX_POINTS) -> tuple[list[int], bool]:
+        """The indices of the points drawn, and whether any were left out: every point up to
+        ``limit``; above it, each of ``limit // 2`` buckets keeps its lowest and highest point
+        (and any non-finite one, drawn as a gap), so every peak survives."""
+        n = len(self.y)
+        if n <= limit:
+            return list(range(n)), False
+        buckets = limit // 2
+        keep: list[int] = [0]
+        for b in range(buckets):
+            lo, hi = b * n // buckets, (b + 1) * n // buckets
+            idx = [i for i in range(lo, hi) if math.isfinite(self.y[i])]
+            gaps = [i for i in range(lo, hi) if not math.isfinite(self.y[i])][:1]
+            chosen = set(gaps)
+            if idx:
+                chosen.add(min(idx, key=self.y.__getitem__))
+                chosen.add(max(idx, key=self.y.__getitem__))
+            keep.extend(sorted(chosen))
+        keep.append(n - 1)
+        return sorted(set(keep)), True
+
+
+@dataclass(frozen=True, slots=True)
+class Marker:
+    """Something that went wrong, at its moment: drawn on every curve, listed in the table."""
+
+    run: int
+    kind: str
+    """gradient_anomaly, loss_spike, rollback or regression_cull."""
+    what: str
+    t: float
+    p: float
+    ns: int
+    """When it happened (Unix nanoseconds)."""
+    time: str
+    rank: int | None
+    env: int | None
+    epoch: int | None
+    batch: int
+    value: float | None
+    threshold: float | None
+    event_id: str
+    trace_id: str = ""
+    span_id: str = ""
+    span: str = ""
+    """The span's name and what it covers (``esper.episode env 0``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Band:
+    """A stretch of the run: an escalation window (an env at debug) or an alert firing."""
+
+    run: int
+    kind: str
+    """escalation or alert."""
+    label: str
+    t0: float
+    t1: float
+    p0: float
+    p1: float
+    open_end: bool = False
+    """The record ends inside it."""
+
+
+@dataclass(slots=True)
+class StageSpan:
+    stage: str
+    t0: float
+    p0: float
+    t1: float = 0.0
+    p1: float = 0.0
+    alpha: float | None = None
+    gates: list[str] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class SeedLife:
+    """One seed, germination to its end, stage by stage."""
+
+    run: int
+    lane: str
+    seed_id: str
+    blueprint: str
+    stages: list[StageSpan] = field(default_factory=list)
+    outcome: str = "alive"
+    """fossilized, culled, or alive (still growing when the record ends)."""
+    reason: str = ""
+    improvement: float | None = None
+
+
+@dataclass(slots=True)
+class Verdict:
+    """The telemetry's own account, as far as the record holds it."""
+
+    events: int
+    files: dict[str, int]
+    problems: list[str]
+    warnings: list[tuple[str, str, str]]
+    """(time, reason, detail) of each TELEMETRY_WARNING."""
+    backends: list[dict[str, Any]]
+    """Each backend's final counts, where the record carries them."""
+
+
+@dataclass(slots=True)
+class RunView:
+    """Everything the report shows of one run."""
+
+    index: int
+    run_id: str
+    status: RunStatus
+    ranks: list[RankReport]
+    started: dict[str, Any]
+    completed: dict[str, Any] | None
+    start: str
+    end: str
+    duration: float
+    nodes: list[str]
+    world_size: int
+    max_epochs: int
+    series: list[Series]
+    markers: list[Marker]
+    bands: list[Band]
+    seeds: list[SeedLife]
+    lanes: list[str]
+    verdict: Verdict
+    last_t: float
+    last_p: float
+
+
+def _num(v: Any) -> float:
+    if v is None:
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="milliseconds")
+
+
+class _Builder:
+    """One run's events in time order -> a RunView (see ``build_run``)."""
+
+    def __init__(self, index: int, events: Sequence[TelemetryEvent]) -> None:
+        self.index = index
+        self.events = events
+        self.t0 = events[0].timestamp_ns
+        self.series: dict[tuple[str, str], Series] = {}
+        self.markers: list[Marker] = []
+        self.bands: list[Band] = []
+        self.seeds: dict[tuple[int | None, str], SeedLife] = {}
+        self.lives: list[SeedLife] = []
+        self.lanes: dict[str, tuple[int, int, int]] = {}
+        self.batch: dict[int | None, int] = {}
+        """Each process's batch in progress (the BATCH_EPOCH_COMPLETED it saw)."""
+        self.max_epochs = 1
+        self.slot_order: list[str] = []
+        self.escalations: dict[tuple[int | None, Any], tuple[TelemetryEvent, float, float]] = {}
+        self.rewards: dict[tuple[int, str], list[float]] = {}
+        self.reward_at: dict[int, tuple[float, float]] = {}
+        self.epochs_by_rank: dict[tuple[int, int], dict[int, float]] = {}
+        self.epoch_at: dict[tuple[int, int], tuple[float, float]] = {}
+        self.warnings: list[tuple[str, str, str]] = []
+        self.backends: list[dict[str, Any]] = []
+
+    # -- axes -----------------------------------------------------------------------------
+
+    def t(self, e: TelemetryEvent) -> float:
+        return (e.timestamp_ns - self.t0) / 1e9
+
+    def p_epoch(self, e: TelemetryEvent, epoch: Any) -> float:
+        batch = self.batch.get(e.rank, 0)
+        if epoch is None:
+            return float(batch + 1)
+        return batch + int(epoch) / self.max_epochs
+
+    @staticmethod
+    def p_batch(batch: Any) -> float:
+        return float(int(batch) + 1)
+
+    def add(self, chart: str, label: str, t: float, p: float, y: Any) -> None:
+        key = (chart, label)
+        s = self.series.get(key)
+        if s is None:
+            s = self.series[key] = Series(chart, label, self.index)
+        s.add(t, p, y)
+
+    def env_label(self, e: TelemetryEvent, env: Any) -> str:
+        return f"env {env}"
+
+    # -- the pass -------------------------------------------------------------------------
+
+    def run(self) -> None:
+        handlers = {
+            ET.TRAINING_STARTED: self.on_started,
+            ET.EPOCH_COMPLETED: self.on_epoch,
+            ET.BATCH_EPOCH_COMPLETED: self.on_batch,
+            ET.PPO_UPDATE_COMPLETED: self.on_ppo,
+            ET.ANALYTICS_SNAPSHOT: self.on_snapshot,
+            ET.GRADIENT_ANOMALY: self.on_anomaly,
+            ET.GOVERNOR_ROLLBACK: self.on_rollback,
+            ET.TELEMETRY_LEVEL_CHANGED: self.on_level,
+            ET.TELEMETRY_WARNING: self.on_warning,
+            ET.SEED_GERMINATED: self.on_germinated,
+            ET.SEED_STAGE_CHANGED: self.on_stage,
+            ET.SEED_GATE_EVALUATED: self.on_gate,
+            ET.SEED_FOSSILIZED: self.on_seed_end,
+            ET.SEED_CULLED: self.on_seed_end,
+        }
+        for e in self.events:
+            handler = handlers.get(e.event_type)
+            if handler is not None:
+                handler(e)
+
+    def on_started(self, e: TelemetryEvent) -> None:
+        self.max_epochs = max(1, int(e.data.get("max_epochs") or 1))
+        self.slot_order = [str(s) for s in e.data.get("slot_ids") or []]
+
+    def on_epoch(self, e: TelemetryEvent) -> None:
+        d = e.data
+        t = self.t(e)
+        p = self.p_epoch(e, d.get("inner_epoch"))
+        if d.get("scope") == "aggregate":
+            if e.rank is not None and d.get("epoch_seconds") is not None:
+                self.add("rank_epoch_seconds", f"rank {e.rank}", t, p, d["epoch_seconds"])
+                key = (self.batch.get(e.rank, 0), int(d.get("inner_epoch") or 0))
+                self.epochs_by_rank.setdefault(key, {})[e.rank] = _num(d["epoch_seconds"])
+                self.epoch_at[key] = max(self.epoch_at.get(key, (t, p)), (t, p))
+            return
+        label = self.env_label(e, d.get("env_id"))
+        self.add("val_accuracy", label, t, p, d.get("val_accuracy"))
+        self.add("val_loss", label, t, p, d.get("val_loss"))
+        self.add("train_loss", label, t, p, d.get("train_loss"))
+        self.add("host_grad_norm", label, t, p, d.get("host_grad_norm"))
+        for slot, seed in (d.get("seeds") or {}).items():
+            if isinstance(seed, dict) and "gradient_norm" in seed:
+                self.add("seed_grad_norm", f"{label} {slot}", t, p, seed["gradient_norm"])
+
+    def on_batch(self, e: TelemetryEvent) -> None:
+        d = e.data
+        t, p = self.t(e), self.p_batch(d.get("batch_idx", 0))
+        self.add("batch_accuracy", "mean over envs", t, p, d.get("avg_accuracy"))
+        self.add("batch_accuracy", "rolling", t, p, d.get("rolling_accuracy"))
+        self.add("batch_reward", "mean episode reward", t, p, d.get("avg_reward"))
+        self.batch[e.rank] = int(d.get("batch_idx", 0)) + 1
+
+    def on_ppo(self, e: TelemetryEvent) -> None:
+        d = e.data
+        t, p = self.t(e), self.p_batch(d.get("batch", self.batch.get(e.rank, 0)))
+        for chart, names in PPO_FIELDS.items():
+            for name in names:
+                if name in d:
+                    self.add(chart, name, t, p, d[name])
+        self.add("ppo_entropy", "total", t, p, d.get("entropy"))
+        self.add("ppo_grad_norm", "total", t, p, d.get("grad_norm"))
+        for key, value in d.items():
+            if key.startswith("head_") and key.endswith("_entropy"):
+                self.add("ppo_entropy", key[5:-8], t, p, value)
+            elif key.startswith("head_") and key.endswith("_grad_norm"):
+                self.add("ppo_grad_norm", key[5:-10], t, p, value)
+
+    def on_snapshot(self, e: TelemetryEvent) -> None:
+        d = e.data
+        kind = d.get("kind")
+        t = self.t(e)
+        batch = d.get("batch_idx")
+        p = self.p_batch(batch) if batch is not None else self.p_epoch(e, e.epoch)
+        if kind == "throughput":
+            label = self.env_label(e, d.get("env_id"))
+            self.add("step_time", label, t, p, d.get("step_time_ms"))
+            self.add("fps", label, t, p, d.get("fps"))
+            self.add("dataloader_wait", label, t, p, d.get("dataloader_wait_ms"))
+        elif kind == "reward_summary" and batch is not None:
+            for name, value in (d.get("summary") or {}).items():
+                self.rewards.setdefault((int(batch), str(name)), []).append(_num(value))
+            self.reward_at[int(batch)] = (t, p)
+        elif kind == "action_distribution":
+            for op, n in (d.get("action_counts") or {}).items():
+                self.add("actions", str(op), t, p, n)
+        elif kind == "mask_hit_rates":
+            totals = d.get("mask_total") or {}
+            for head, hits in (d.get("mask_hits") or {}).items():
+                total = _num(totals.get(head))
+                self.add("mask_hits", str(head), t, p, _num(hits) / total if total else math.nan)
+        elif kind == "collectives":
+            rank = d.get("rank", e.rank)
+            self.add("collective_wait", f"rank {rank}", t, p, d.get("wait_seconds_total"))
+
+    # -- what went wrong ------------------------------------------------------------------
+
+    def mark(self, e: TelemetryEvent, kind: str, what: str, value: Any, threshold: Any) -> None:
+        env = e.data.get("env_id")
+        self.markers.append(
+            Marker(
+                run=self.index,
+                kind=kind,
+                what=what,
+                t=self.t(e),
+                p=self.p_epoch(e, e.epoch),
+                ns=e.timestamp_ns,
+                time=_iso(e.timestamp_ns),
+                rank=e.rank,
+                env=None if env is None else int(env),
+                epoch=e.epoch,
+                batch=self.batch.get(e.rank, 0),
+                value=None if value is None else _num(value),
+                threshold=None if threshold is None else _num(threshold),
+                event_id=e.event_id,
+            )
+        )
+
+    def on_anomaly(self, e: TelemetryEvent) -> None:
+        d = e.data
+        kind = "loss_spike" if d.get("kind") == "loss_spike" else "gradient_anomaly"
+        what = f"{d.get('scope')} {d.get('kind')}"
+        if d.get("slot_id"):
+            what += f" (slot {d['slot_id']})"
+        self.mark(e, kind, what, d.get("value"), d.get("threshold"))
+
+    def on_rollback(self, e: TelemetryEvent) -> None:
+        d = e.data
+        what = f"rollback on {d.get('reason')}, {d.get('seeds_culled', 0)} seed(s) culled"
+        self.mark(e, "rollback", what, d.get("loss_at_panic"), d.get("loss_threshold"))
+
+    def on_level(self, e: TelemetryEvent) -> None:
+        d = e.data
+        key = (e.rank, d.get("env_id"))
+        if d.get("to_level") == "debug":
+            self.escalations[key] = (e, self.t(e), self.p_epoch(e, e.epoch))
+            return
+        opened = self.escalations.pop(key, None)
+        if opened is not None:
+            self.bands.append(self.escalation_band(opened, self.t(e), self.p_epoch(e, e.epoch)))
+
+    def escalation_band(
+        self,
+        opened: tuple[TelemetryEvent, float, float],
+        t1: float,
+        p1: float,
+        *,
+        open_end: bool = False,
+    ) -> Band:
+        start, t0, p0 = opened
+        env = start.data.get("env_id")
+        who = "every env" if env is None else f"env {env}"
+        rank = "" if start.rank is None else f"rank {start.rank} "
+        reason = start.data.get("reason", "")
+        return Band(self.index, "escalation", f"{rank}{who} at debug ({reason})", t0, t1, p0, p1,
+                    open_end)  # fmt: skip
+
+    def on_warning(self, e: TelemetryEvent) -> None:
+        d = e.data
+        self.warnings.append((_iso(e.timestamp_ns), str(d.get("reason", "")),
+                              str(d.get("detail", e.message))))  # fmt: skip
+        if isinstance(d.get("backends"), list):
+            self.backends = [b for b in d["backends"] if isinstance(b, dict)]
+
+    # -- seeds ----------------------------------------------------------------------------
+
+    def lane(self, e: TelemetryEvent) -> str:
+        d = e.data
+        env, slot = d.get("env_id"), str(d.get("slot_id") or e.slot_id)
+        rank = "" if e.rank is None else f"rank {e.rank} "
+        name = f"{rank}env {env} {slot}"
+        if name not in self.lanes:
+            order = self.slot_order.index(slot) if slot in self.slot_order else len(self.slot_order)
+            self.lanes[name] = (e.rank or 0, int(env or 0), order)
+        return name
+
+    def on_germinated(self, e: TelemetryEvent) -> None:
+        d = e.data
+        seed_id = str(d.get("seed_id") or e.seed_id)
+        life = SeedLife(self.index, self.lane(e), seed_id, str(d.get("blueprint_id", "")))
+        life.stages.append(StageSpan("GERMINATED", self.t(e), self.p_epoch(e, e.epoch),
+                                     alpha=_opt(d.get("alpha"))))  # fmt: skip
+        self.seeds[(e.rank, seed_id)] = life
+        self.lives.append(life)
+
+    def _life(self, e: TelemetryEvent) -> SeedLife | None:
+        return self.seeds.get((e.rank, str(e.data.get("seed_id") or e.seed_id)))
+
+    def _close_stage(self, life: SeedLife, t: float, p: float) -> None:
+        if life.stages:
+            life.stages[-1].t1, life.stages[-1].p1 = t, p
+
+    def on_stage(self, e: TelemetryEvent) -> None:
+        life = self._life(e)
+        if life is None:
+            return
+        t, p = self.t(e), self.p_epoch(e, e.epoch)
+        self._close_stage(life, t, p)
+        life.stages.append(StageSpan(str(e.data.get("to_stage")), t, p,
+                                     alpha=_opt(e.data.get("alpha"))))  # fmt: skip
+
+    def on_gate(self, e: TelemetryEvent) -> None:
+        life = self._life(e)
+        if life is None or not life.stages:
+            return
+        d = e.data
+        verdict = "passed" if d.get("passed") else "failed"
+        checks = [*(f"+{c}" for c in d.get("checks_passed") or []),
+                  *(f"-{c}" for c in d.get("checks_failed") or [])]  # fmt: skip
+        line = f"{d.get('gate')} -> {d.get('target_stage')}: {verdict}"
+        if checks:
+            line += f" ({', '.join(checks)})"
+        life.stages[-1].gates.append(f"epoch {e.epoch}: {line}")
+
+    def on_seed_end(self, e: TelemetryEvent) -> None:
+        life = self.seeds.pop((e.rank, str(e.data.get("seed_id") or e.seed_id)), None)
+        if life is None:
+            return
+        self._close_stage(life, self.t(e), self.p_epoch(e, e.epoch))
+        d = e.data
+        life.improvement = _opt(d.get("improvement"))
+        if e.event_type is ET.SEED_FOSSILIZED:
+            life.outcome = "fossilized"
+        else:
+            life.outcome = "culled"
+            life.reason = str(d.get("reason", ""))
+            if life.reason == "blend_regression":
+                what = f"seed {life.seed_id} in {d.get('slot_id')} culled for a blend regression"
+                self.mark(e, "regression_cull", what, d.get("blending_delta"), None)
+
+    # -- the end --------------------------------------------------------------------------
+
+    def finish(self) -> tuple[float, float]:
+        last = self.events[-1]
+        last_t = self.t(last)
+        last_p = max([s.p[-1] for s in self.series.values() if s.p] + [0.0])
+        for life in self.seeds.values():  # still alive when the record ends
+            self._close_stage(life, last_t, last_p)
+        for opened in self.escalations.values():
+            self.bands.append(self.escalation_band(opened, last_t, last_p, open_end=True))
+        for (batch, name), values in sorted(self.rewards.items()):
+            t, p = self.reward_at[batch]
+            self.add("reward_components", name, t, p, statistics.fmean(values))
+        if len({r for _, ranks in self.epochs_by_rank.items() for r in ranks}) > 1:
+            for key in sorted(self.epochs_by_rank):
+                values = list(self.epochs_by_rank[key].values())
+                t, p = self.epoch_at[key]
+                self.add("straggler", "slowest rank", t, p, max(values))
+                self.add("straggler", "median", t, p, statistics.median(values))
+        return last_t, last_p
+
+
+def _opt(v: Any) -> float | None:
+    return None if v is None else _num(v)
+
+
+def build_run(
+    index: int,
+    events: Sequence[TelemetryEvent],
+    *,
+    files: dict[str, int] | None = None,
+    problems: Iterable[str] = (),
+) -> RunView:
+    """Everything the report shows of one run's events (in time order, at least one)."""
+    b = _Builder(index, events)
+    b.run()
+    last_t, last_p = b.finish()
+    started_events = [e for e in events if e.event_type is ET.TRAINING_STARTED]
+    completed = [e for e in events if e.event_type is ET.TRAINING_COMPLETED]
+    started = dict(started_events[0].data) if started_events else {}
+    ranks = rank_reports(events)
+    nodes = sorted({str(e.data.get("node")) for e in started_events if e.data.get("node")})
+    lanes = sorted(b.lanes, key=b.lanes.__getitem__)
+    return RunView(
+        index=index,
+        run_id=str(events[0].run_id or started.get("run_id") or "(no run id)"),
+        status=run_status(events),
+        ranks=ranks,
+        started=started,
+        completed=dict(completed[-1].data) if completed else None,
+        start=_iso(events[0].timestamp_ns),
+        end=_iso(events[-1].timestamp_ns),
+        duration=last_t,
+        nodes=nodes,
+        world_size=int(started.get("world_size") or 1),
+        max_epochs=b.max_epochs,
+        series=[s for s in b.series.values() if s.y],
+        markers=b.markers,
+        bands=b.bands,
+        seeds=b.lives,
+        lanes=lanes,
+        verdict=Verdict(len(events), dict(files or {}), list(problems), b.warnings, b.backends),
+        last_t=last_t,
+        last_p=last_p,
+    )

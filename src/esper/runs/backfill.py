@@ -1,0 +1,63 @@
+"""A record's metrics as TSDB blocks, with the rules evaluated over its past: the work behind
+``esper telemetry backfill`` and ``esper report --alerts``, callable from any command or test.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from esper.leyline import TelemetryEvent
+from esper.nissa.backfill import BackfilledRun, backfill_runs, write_openmetrics
+from esper.nissa.metric_catalogue import MetricDetail
+from esper.runs import tsdb
+
+Fired = dict[str, list[tsdb.AlertActivity]]
+"""run id -> every alert its past raised (pending or firing)."""
+
+
+def write_blocks(
+    runs: Sequence[BackfilledRun],
+    out: Path,
+    alerts_file: Path,
+    recording_file: Path,
+    *,
+    openmetrics: Path | None = None,
+) -> tuple[int, Fired]:
+    """The runs' blocks in ``out``, then the rules over the past, against a Prometheus serving
+    the new blocks: the recording rules (the quantile panels read them) and the alert rules,
+    whose ALERTS series are backfilled too, as Prometheus would have written them live.
+    ``openmetrics``: keep the samples' text there. Returns (samples written, alerts per run)."""
+    with tempfile.TemporaryDirectory(prefix="esper-backfill-") as tmp:
+        om = openmetrics if openmetrics is not None else Path(tmp) / "samples.om"
+        with om.open("w", encoding="utf-8") as fh:
+            samples = write_openmetrics(runs, fh)
+        out.mkdir(parents=True, exist_ok=True)
+        tsdb.create_blocks(om, out)
+    fired: Fired = {}
+    with tsdb.scratch_prometheus(out, [alerts_file]) as prom:
+        for run in runs:
+            start, end = run.start_ms / 1000, run.end_ms / 1000
+            tsdb.backfill_recording_rules(prom, recording_file, out, start, end)
+            fired[run.run_id] = tsdb.evaluate_alerts(prom, start, end)
+    activities = [a for alerts in fired.values() for a in alerts]
+    if activities:
+        with tempfile.TemporaryDirectory(prefix="esper-backfill-") as tmp:
+            alerts_om = Path(tmp) / "alerts.om"
+            samples += tsdb.write_alerts_openmetrics(activities, alerts_om)
+            tsdb.create_blocks(alerts_om, out)
+    return samples, fired
+
+
+def alerts_over(
+    events: Sequence[TelemetryEvent], alerts_file: Path, recording_file: Path
+) -> tuple[list[BackfilledRun], Fired]:
+    """Which alerts the rules would have raised over a record's runs, evaluated in scratch
+    blocks that are removed afterwards (needs promtool and prometheus on PATH)."""
+    tsdb.tool("promtool")
+    tsdb.tool("prometheus")
+    runs = backfill_runs(list(events), detail=MetricDetail.ENV)
+    with tempfile.TemporaryDirectory(prefix="esper-alerts-") as tmp:
+        _samples, fired = write_blocks(runs, Path(tmp) / "blocks", alerts_file, recording_file)
+    return runs, fired
