@@ -89,7 +89,7 @@ def screenshot_sections(driver: Any, out_dir: Path) -> list[Path]:
 
     out_dir.mkdir(parents=True, exist_ok=True)
     shots = []
-    for section in driver.find_elements(By.CSS_SELECTOR, "main > section"):
+    for section in driver.find_elements(By.CSS_SELECTOR, "main section"):
         name = section.get_attribute("id")
         path = out_dir / f"section-{name}.png"
         driver.execute_script("arguments[0].scrollIntoView()", section)

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import sys
-from collections.abc import Callable, Sequence
-
-from esper.scripts import dashboards, docs, offline, report, sanctum, targets, telemetry, train
+from collections.abc import Sequence
 
 USAGE = """usage: esper COMMAND [ARGS...]
 
@@ -21,16 +20,17 @@ commands:
 """
 
 
-COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {
-    "train": train.main,
-    "telemetry": telemetry.main,
-    "report": report.main,
-    "docs": docs.main,
-    "dashboards": dashboards.main,
-    "sanctum": sanctum.main,
-    "offline": offline.main,
-    "targets": targets.main,
+COMMANDS: dict[str, str] = {
+    "train": "esper.scripts.train",
+    "telemetry": "esper.scripts.telemetry",
+    "report": "esper.scripts.report",
+    "docs": "esper.scripts.docs",
+    "dashboards": "esper.scripts.dashboards",
+    "sanctum": "esper.scripts.sanctum",
+    "offline": "esper.scripts.offline",
+    "targets": "esper.scripts.targets",
 }
+"""Each command's module, imported only when it runs: reading a record need not load torch."""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"esper: error: unknown command {args[0]!r}", file=sys.stderr)
         return 2
     try:
-        return commands[args[0]](args[1:])
+        command: int = importlib.import_module(commands[args[0]]).main(args[1:])
+        return command
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, as Unix tools do.
         sys.stderr.close()

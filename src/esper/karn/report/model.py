@@ -116,11 +116,18 @@ class Series:
     t: list[float] = field(default_factory=list)
     p: list[float] = field(default_factory=list)
     y: list[float] = field(default_factory=list)
+    gaps: list[tuple[int, float, float]] = field(default_factory=list)
+    """(index of the point after it, t, p) of each gap: where the series had no value (a slot
+    with no seed), so the line breaks there instead of joining two seeds' lives."""
 
     def add(self, t: float, p: float, y: Any) -> None:
         self.t.append(t)
         self.p.append(p)
         self.y.append(_num(y))
+
+    def add_gap(self, t: float, p: float) -> None:
+        if self.y and not (self.gaps and self.gaps[-1][0] == len(self.y)):
+            self.gaps.append((len(self.y), t, p))
 
     @property
     def finite(self) -> list[float]:
@@ -222,7 +229,8 @@ class SeedLife:
     blueprint: str
     stages: list[StageSpan] = field(default_factory=list)
     outcome: str = "alive"
-    """fossilized, culled, or alive (still growing when the record ends)."""
+    """fossilized, culled, episode_end (alive when its episode ended: the env starts its next
+    episode afresh) or alive (still growing when the record ends: a killed run)."""
     reason: str = ""
     improvement: float | None = None
 
@@ -296,6 +304,8 @@ class _Builder:
         """Each process's batch in progress (the BATCH_EPOCH_COMPLETED it saw)."""
         self.max_epochs = 1
         self.slot_order: list[str] = []
+        self.slot_series: dict[str, set[str]] = {}
+        """env label -> the seed-gradient series of its slots so far."""
         self.escalations: dict[tuple[int | None, Any], tuple[TelemetryEvent, float, float]] = {}
         self.rewards: dict[tuple[int, str], list[float]] = {}
         self.reward_at: dict[int, tuple[float, float]] = {}
@@ -373,9 +383,14 @@ class _Builder:
         self.add("val_loss", label, t, p, d.get("val_loss"))
         self.add("train_loss", label, t, p, d.get("train_loss"))
         self.add("host_grad_norm", label, t, p, d.get("host_grad_norm"))
+        present = set()
         for slot, seed in (d.get("seeds") or {}).items():
             if isinstance(seed, dict) and "gradient_norm" in seed:
+                present.add(f"{label} {slot}")
                 self.add("seed_grad_norm", f"{label} {slot}", t, p, seed["gradient_norm"])
+        for name in self.slot_series.get(label, set()) - present:
+            self.series[("seed_grad_norm", name)].add_gap(t, p)
+        self.slot_series.setdefault(label, set()).update(present)
 
     def on_batch(self, e: TelemetryEvent) -> None:
         d = e.data
@@ -383,6 +398,10 @@ class _Builder:
         self.add("batch_accuracy", "mean over envs", t, p, d.get("avg_accuracy"))
         self.add("batch_accuracy", "rolling", t, p, d.get("rolling_accuracy"))
         self.add("batch_reward", "mean episode reward", t, p, d.get("avg_reward"))
+        for key in [k for k in self.seeds if k[0] == e.rank]:  # the episode ended under them
+            life = self.seeds.pop(key)
+            self._close_stage(life, t, p)
+            life.outcome = "episode_end"
         self.batch[e.rank] = int(d.get("batch_idx", 0)) + 1
 
     def on_ppo(self, e: TelemetryEvent) -> None:

@@ -44,6 +44,10 @@ def fmt(v: Any) -> str:
     return f"{v:.4g}"
 
 
+def _percent(v: Any) -> str:
+    return f"{v:.2f}%" if isinstance(v, int | float) and math.isfinite(v) else fmt(v)
+
+
 def _duration(seconds: float) -> str:
     seconds = max(0.0, seconds)
     if seconds < 120:
@@ -69,6 +73,11 @@ def _series_json(s: Series) -> dict[str, Any]:
         "y": [_round(s.y[i]) for i in keep],
         "total": len(s.y),
         "thinned": thinned,
+        # Each gap before the first drawn point at or after it (thinning keeps gaps' places).
+        "gaps": [
+            [next((k for k, i in enumerate(keep) if i >= g), len(keep)), round(t, 3), round(p, 5)]
+            for g, t, p in s.gaps
+        ],
     }
 
 
@@ -136,7 +145,7 @@ def _run_card(r: RunView) -> str:
         ("envs", s.get("n_envs", "-")),
         ("episodes", f"{(r.completed or {}).get('episodes_completed', '-')} of "
                      f"{s.get('n_episodes', '-')}"),
-        ("final accuracy", fmt((r.completed or {}).get("final_accuracy"))),
+        ("final accuracy", _percent((r.completed or {}).get("final_accuracy"))),
     ]  # fmt: skip
     cells = "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows)
     ranks = ""
@@ -150,7 +159,7 @@ def _run_card(r: RunView) -> str:
             for k in r.ranks
         ) + "</table>"  # fmt: skip
     detail = (f"<p class='detail {badge}'>{esc(r.status.detail)}</p>"
-              if r.status.detail else "")  # fmt: skip
+              if r.status.detail and state != "completed" else "")  # fmt: skip
     return (
         f"<div class='card' data-run='{r.index}'>"
         f"<h3><span class='swatch' style='background:{RUN_COLOURS[r.index % len(RUN_COLOURS)]}'>"
@@ -317,10 +326,10 @@ def render(
 <output id="smooth-value">0.60</output></label>
 </div><nav>{nav}</nav></header>
 <main>
-<section id="run"><h2>Run</h2>
+<div class="top"><section id="run"><h2>Run</h2>
 <div class="cards">{"".join(_run_card(r) for r in runs)}</div></section>
 <section id="verdict"><h2>The telemetry's own verdict</h2>
-<div class="cards">{"".join(_verdict(r) for r in runs)}</div></section>
+<div class="cards">{"".join(_verdict(r) for r in runs)}</div></section></div>
 {"".join(sections)}
 <section id="seeds"><h2>Seeds</h2><p class="muted">One lane per env and slot; each seed's
 stages in order, and how it ended. Hover a stage for its gates.</p>

@@ -30,11 +30,14 @@
   // Exponential moving average, debiased as TensorBoard's: over the series' own points. A
   // series of fewer than MIN_SMOOTH points is drawn as it is (its average would mislead).
   const MIN_SMOOTH = 10;
-  function smoothed(ys, w) {
+  // It starts again after each gap (a slot's next seed is another seed).
+  function smoothed(ys, w, gaps) {
     if (w <= 0 || ys.length < MIN_SMOOTH) return ys.slice();
+    const restart = new Set(gaps.map((g) => g[0]));
     const out = new Array(ys.length);
     let last = 0, n = 0;
     for (let i = 0; i < ys.length; i++) {
+      if (restart.has(i)) { last = 0; n = 0; }
       const y = ys[i];
       if (y === null) { out[i] = null; continue; }
       n += 1;
@@ -44,21 +47,31 @@
     return out;
   }
 
-  // uPlot draws series over one shared x array: the union of the series' x values, each
-  // series null where it has no point (lines span the gaps).
+  // uPlot draws series over one shared x array: the union of the series' x values. Where a
+  // series has no point at an x it holds undefined, which uPlot's line spans; null breaks the
+  // line: a non-finite value (NaN, +-Inf: the record's own gap) and a series' own gaps.
   function aligned(chart) {
-    const xs = Array.from(new Set(chart.series.flatMap((s) => s[state.x]))).sort((a, b) => a - b);
+    const gx = (g) => (state.x === "p" ? g[2] : g[1]);
+    const xs = Array.from(new Set(chart.series.flatMap((s) => [...s[state.x], ...s.gaps.map(gx)])))
+      .sort((a, b) => a - b);
     const at = new Map(xs.map((x, i) => [x, i]));
     const data = [xs];
     for (const s of chart.series) {
       const ys = chart.log ? s.y.map((y) => (y !== null && y > 0 ? y : null)) : s.y;
-      const sm = smoothed(ys, state.smooth);
-      const raw = new Array(xs.length).fill(null);
-      const smo = new Array(xs.length).fill(null);
+      const sm = smoothed(ys, state.smooth, s.gaps);
+      const raw = new Array(xs.length);
+      const smo = new Array(xs.length);
+      for (const g of s.gaps) { const j = at.get(gx(g)); raw[j] = null; smo[j] = null; }
       s[state.x].forEach((x, i) => { const j = at.get(x); raw[j] = ys[i]; smo[j] = sm[i]; });
       data.push(raw, smo);
     }
     return data;
+  }
+
+  // A log axis keeps its decades only (every minor tick's line would hide the curves).
+  function decades(u, splits) {
+    return splits.map((v) => (v > 0 && Math.abs(Math.log10(v) - Math.round(Math.log10(v))) < 1e-9
+      ? v : null));
   }
 
   function xValue(item, which) {
@@ -130,9 +143,9 @@
     chart.series.forEach((s, i) => {
       const c = colour(chart, s, i);
       const label = (manyRuns ? D.runs[s.run].id + " · " : "") + s.label;
-      series.push({ label: label + " (raw)", stroke: fade(c, 0.28), width: 1, spanGaps: true,
+      series.push({ label: label + " (raw)", stroke: fade(c, 0.28), width: 1,
         points: { show: false } });
-      series.push({ label: label, stroke: c, width: 1.6, spanGaps: true });
+      series.push({ label: label, stroke: c, width: 1.6 });
     });
     report.charts[chart.id] = { title: chart.title, series: chart.series.map((s) => ({
       label: s.label, run: s.run, points: s.y.length, total: s.total, thinned: s.thinned })),
@@ -141,7 +154,9 @@
       width: Math.max(320, box.clientWidth || 600), height: 230, series: series,
       scales: { x: { time: false, range: () => xRange() }, y: chart.log ? { distr: 3 } : {} },
       axes: [{ label: axisLabel(), labelSize: 18, values: ticks },
-        { label: chart.unit, size: 64, values: chart.log ? undefined : ticks }],
+        chart.log ? { label: chart.unit, size: 64, filter: decades, grid: { filter: decades },
+          ticks: { filter: decades } }
+          : { label: chart.unit, size: 64, values: ticks }],
       legend: { live: true }, plugins: [marksPlugin(chart)],
     };
     const u = new uPlot(opts, aligned(chart), box);
@@ -150,7 +165,7 @@
       if (i > 0 && i % 2 === 1) row.style.display = "none";
     });
     report.charts[chart.id].drawnPoints = chart.series.map((_, i) =>
-      u.data[2 * i + 1].filter((v) => v !== null).length);
+      u.data[2 * i + 1].filter((v) => v !== null && v !== undefined).length);
     plots.push({ u: u, chart: chart, fig: fig });
   }
 
@@ -202,14 +217,17 @@
     host.textContent = "";
     const legend = document.getElementById("stage-legend");
     legend.textContent = "";
+    const present = new Set(D.seeds.flatMap((s) => s.stages.map((st) => st[0])));
     for (const stage in STAGE_COLOURS) {
+      if (!present.has(stage)) continue;
       const item = document.createElement("span");
       item.innerHTML = `<i style="background:${STAGE_COLOURS[stage]}"></i>`;
       item.appendChild(document.createTextNode(stage.toLowerCase()));
       legend.appendChild(item);
     }
     const ends = document.createElement("span");
-    ends.textContent = "▲ fossilized  ✕ culled  ▸ alive at the record's end";
+    ends.textContent = "▲ fossilized  ✕ culled  | alive when its episode ended  ▸ alive at the " +
+      "record's end";
     legend.appendChild(ends);
     D.runs.forEach((run, r) => {
       const seeds = D.seeds.filter((s) => s.run === r);
@@ -249,12 +267,12 @@
             (alpha === null ? "" : `, alpha ${alpha.toFixed(2)}`) +
             `\nfrom ${a} to ${b} ${state.x === "p" ? "batches" : "s"}` +
             (gates.length ? "\n" + gates.join("\n") : "\nno gate evaluated in this stage") +
-            `\nended: ${s.outcome}${s.reason ? " (" + s.reason + ")" : ""}`;
+            `\nended: ${s.outcome.replace("_", " ")}${s.reason ? " (" + s.reason + ")" : ""}`;
           stages += 1;
         }
         const last = s.stages[s.stages.length - 1];
         const xe = scale(state.x === "p" ? last[4] : last[2]);
-        const glyph = s.outcome === "fossilized" ? "▲" : s.outcome === "culled" ? "✕" : "▸";
+        const glyph = { fossilized: "▲", culled: "✕", episode_end: "|" }[s.outcome] || "▸";
         const mark = el("text", { x: xe + 1, y: y + 10, class: "end " + s.outcome }, svg);
         mark.textContent = glyph;
         el("title", {}, mark).textContent = `${s.id}: ${s.outcome}${s.reason ? " (" + s.reason + ")" : ""}`;
@@ -307,5 +325,6 @@
   const started = performance.now();
   drawAll();
   report.renderMs = performance.now() - started;
+  report.readyMs = performance.now();  // since navigation started: parse, scripts and drawing
   report.ready = true;
 })();
