@@ -6,6 +6,7 @@ end; every gauge the live Prometheus scraped has the backfilled value at that in
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import os
 import re
@@ -321,3 +322,33 @@ def test_a_killed_run_is_backfilled_up_to_its_last_event(tmp_path: Path) -> None
     stamps = [float(line.rsplit(" ", 1)[1]) for line in lines if not line.startswith("#")]
     assert max(stamps) == (events[-1].timestamp_ns // 1_000_000) / 1000
     assert min(stamps) == (events[0].timestamp_ns // 1_000_000 - 1) / 1000
+
+
+def test_the_report_draws_the_alerts_backfill_lists_for_the_same_record(
+    backfilled: Backfilled, tmp_path: Path
+) -> None:
+    listed = set(re.findall(r"^  run \S+: (Esper\w+) at ", backfilled.out.stdout, re.M))
+    assert listed, "the fault-injected run should have fired alerts"
+    out = tmp_path / "report.html"
+    done = esper("report", str(backfilled.stack.run_dir), "--alerts", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    page = out.read_text()
+    table = re.search(r"<table class='grid alerts'>(.*?)</table>", page, re.S)
+    assert table is not None
+    drawn = set(re.findall(r"<tr><td>(Esper\w+)", table.group(1)))
+    assert drawn == listed
+    m = re.search(r'<script id="esper-data" type="application/json">(.*?)</script>', page, re.S)
+    assert m is not None
+    bands = [b for b in json.loads(m.group(1))["bands"] if b["kind"] == "alert"]
+    assert {b["label"].split(" ")[0] for b in bands} == listed
+    assert all(0 <= b["t0"] <= b["t1"] for b in bands)
+
+
+def test_the_report_of_a_clean_run_says_no_alert_would_have_fired(
+    two_runs: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "report.html"
+    done = esper("report", str(two_runs[0]), "--alerts", "-o", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "alerts that would have fired: 0" in done.stdout
+    assert "No shipped alert would have fired." in out.read_text()

@@ -111,7 +111,7 @@ def two_ranks(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoRanks]:
 
 def test_both_ranks_write_one_file_each_in_one_run_directory(two_ranks: TwoRanks) -> None:
     names = sorted(p.name for p in two_ranks.run_dir.iterdir())
-    assert names == ["events.rank0.jsonl", "events.rank1.jsonl"]
+    assert names == ["events.rank0.jsonl", "events.rank1.jsonl", "report.html"]
     assert Counter(e.rank for e in two_ranks.events).keys() == {0, 1}
     assert len({e.run_id for e in two_ranks.events}) == 1
 
@@ -608,3 +608,22 @@ def test_the_run_replayed_over_otlp_is_the_live_trace(two_ranks: TwoRanks) -> No
     assert len(replayed) == len(two_ranks.spans) > 20
     assert _trace_view(replayed) == _trace_view(two_ranks.spans)
     assert len({s.trace_id for s in replayed}) == 1
+
+
+def test_rank_0_leaves_a_report_of_every_rank(two_ranks: TwoRanks) -> None:
+    """Rank 0 writes the report once this node's other rank has exited: both ranks' records
+    are whole in it (a report written earlier would call rank 1 unfinished)."""
+    page = two_ranks.run_dir / "report.html"
+    assert f"run report: {page}" in two_ranks.proc.stdout
+    html = page.read_text()
+    assert "data-state='completed'" in html
+    assert html.count("<td>completed</td>") == 2, "the ranks table: both ranks completed"
+    m = re.search(r'<script id="esper-data" type="application/json">(.*?)</script>', html, re.S)
+    assert m is not None
+    charts = {c["id"]: c for c in json.loads(m.group(1))["charts"]}
+    aggregates = [e for e in two_ranks.events if e.event_type is ET.EPOCH_COMPLETED
+                  and e.data["scope"] == "aggregate"]  # fmt: skip
+    per_rank = {f"rank {r}": sum(1 for e in aggregates if e.rank == r) for r in (0, 1)}
+    assert {s["label"]: len(s["y"]) for s in charts["rank_epoch_seconds"]["series"]} == per_rank
+    assert [s["label"] for s in charts["straggler"]["series"]] == ["slowest rank", "median"]
+    assert {s["label"] for s in charts["collective_wait"]["series"]} == {"rank 0", "rank 1"}
