@@ -785,6 +785,13 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
         (
             _f("path", STR, "", "file read"),
             _f("episodes_completed", INT, "", "episodes finished when it was saved"),
+            _f(
+                "differs",
+                LIST,
+                "",
+                "how this run differs from the one that saved it (``n_envs 1 -> 2``; the "
+                "policy fits, the history is another run's); empty when it does not",
+            ),
         ),
     ),
     PayloadSpec(

@@ -314,6 +314,17 @@ def _run_files(run_dir: Path) -> list[Path]:
     return [*main, *ranks, *children]
 
 
+def same_file(a: Path, b: Path) -> bool:
+    """Whether writing ``a`` would write ``b``: the same path however spelled (relative,
+    absolute, through symbolic links) or the same file under another name (a hard link)."""
+    try:
+        if a.resolve() == b.resolve():
+            return True
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
 def iter_events(
     path: Paths,
     *,

@@ -12,6 +12,7 @@ the heuristic's (``esper.tamiyo.driver``) trains an episode per unit, PPO's
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import statistics
@@ -347,13 +348,49 @@ DRIVERS: dict[str, DriverFactory] = {
 ranks, None for one process). A new controller is one entry here (and its driver)."""
 
 
+SHAPE_FIELDS = ("mode", "task", "n_envs", "world_size", "max_epochs", "seed")
+"""What a checkpoint records of the run that wrote it, to say what a resume changes."""
+
+
+def run_shape(config: RunConfig) -> dict[str, Any]:
+    """The run's shape as a checkpoint records it (plain values: loads with weights_only)."""
+    return {"mode": config.mode, "task": config.task, "n_envs": config.n_envs,
+            "world_size": config.ranks.world_size, "max_epochs": config.max_epochs,
+            "seed": config.seed}  # fmt: skip
+
+
+def resume_differences(checkpoint: dict[str, Any], config: RunConfig) -> list[str]:
+    """How this run differs from the one that wrote ``checkpoint`` (``n_envs 1 -> 2``): the
+    policy's shapes fit, but the history (episodes per batch, what a batch number means) is
+    another run's. A checkpoint of an older Esper records no shape: that is said too."""
+    saved = checkpoint.get("run")
+    if not isinstance(saved, dict):
+        return ["the checkpoint records no run shape (made by an older Esper)"]
+    now = run_shape(config)
+    return [f"{k} {saved.get(k)} -> {now[k]}" for k in SHAPE_FIELDS if saved.get(k) != now[k]]
+
+
+def _unloadable(exc: BaseException) -> str:
+    """Why torch could not load a file, without torch's advice to load it unsafely (with
+    ``weights_only=False``, or by allowlisting globals): Esper never runs a file's code."""
+    text = str(exc).strip()
+    found = re.search(r"WeightsUnpickler error:\s*(.+)", text)
+    reason = found.group(1) if found else (text.splitlines() or [type(exc).__name__])[0]
+    reason = re.split(r"\s*(?:Please use `torch\.serialization|Re-running `torch\.load`|"
+                      r"Check the documentation)", reason)[0]  # fmt: skip
+    return reason.strip().rstrip(".") or type(exc).__name__
+
+
 def load_checkpoint_file(path: Path) -> dict[str, Any]:
     """A checkpoint's contents, loaded with ``weights_only=True`` (tensors and plain values
     only). An unreadable file is a UsageError naming ``--resume``."""
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise UsageError(f"--resume {path}: not a loadable checkpoint ({exc})") from exc
+        raise UsageError(
+            f"--resume {path}: not a loadable checkpoint ({_unloadable(exc)}); Esper loads "
+            "checkpoints as tensors and plain values only, and never runs code from a file"
+        ) from exc
     if not isinstance(ckpt, dict):
         raise UsageError(f"--resume {path}: not an Esper checkpoint")
     return ckpt
@@ -386,18 +423,20 @@ def run_training(
     result = RunResult(config.run_id)
     resumed = 0
     if config.resume is not None:
+        checkpoint = load_checkpoint_file(config.resume)
         try:
-            resumed = driver.restore(
-                load_checkpoint_file(config.resume), f"--resume {config.resume}"
-            )
+            resumed = driver.restore(checkpoint, f"--resume {config.resume}")
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
+        differs = resume_differences(checkpoint, config)
         if lifecycle_emit is not None:
             emit_event(
                 lifecycle_emit,
                 ET.CHECKPOINT_LOADED,
-                {"path": str(config.resume), "episodes_completed": resumed},
-                message=f"resumed from {config.resume} after {resumed} episodes",
+                {"path": str(config.resume), "episodes_completed": resumed, "differs": differs},
+                message=f"resumed from {config.resume} after {resumed} episodes"
+                + (f"; this run differs: {', '.join(differs)}" if differs else ""),
+                severity=Severity.WARNING if differs else Severity.INFO,
             )
 
     def finish() -> None:
@@ -442,6 +481,7 @@ def run_training(
                 **driver.checkpoint_state(),
                 "run_id": config.run_id,
                 "episodes_completed": episodes,
+                "run": run_shape(config),
             }
             result.checkpoint = save_checkpoint(
                 payload, config.save, episodes=episodes, emit=lifecycle_emit

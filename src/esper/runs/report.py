@@ -13,7 +13,7 @@ from pathlib import Path
 
 from esper.karn.report import Band, Report, RunView, build_report, write_report
 from esper.leyline import UsageError
-from esper.nissa.replay import LineProblem, Paths, resolve_events_files
+from esper.nissa.replay import LineProblem, Paths, resolve_events_files, same_file
 from esper.runs import tsdb
 from esper.runs.backfill import alerts_over
 
@@ -48,13 +48,7 @@ def check_output(out: Path, paths: list[Path]) -> None:
     if out.is_dir():
         raise UsageError(f"-o {out}: is a directory, expected a file path")
     for f in resolve_events_files(paths):
-        same = out.resolve() == f.resolve()
-        if not same and out.exists():
-            try:
-                same = out.samefile(f)
-            except OSError:
-                same = False
-        if same:
+        if same_file(out, f):
             raise UsageError(f"-o {out}: is the record {f} (it would be overwritten); "
                              "write the report elsewhere")  # fmt: skip
     parent = out.parent if str(out.parent) else Path(".")

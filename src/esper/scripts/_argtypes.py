@@ -13,6 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
 
+SEED_MAX = 2**32 - 1
+"""The largest seed every generator a run seeds takes (NumPy's limit; torch's is 2**64 - 1)."""
+
 FAULT_KINDS: tuple[str, ...] = ("exploding-gradients", "nan-loss", "loss-spike", "slow-rank")
 
 
@@ -148,24 +151,35 @@ def fault(text: str) -> FaultSpec:
     return FaultSpec(kind, epoch)
 
 
+EARLIEST_INSTANT = 946_684_800.0
+"""2000-01-01T00:00:00Z: no run recorded before it (an instant of 0 or -1 is a typo, not 1970)."""
+
+
 def instant(text: str) -> float:
     """A point in time: RFC 3339 (``2026-12-01T09:00:00Z``; no zone means UTC) or Unix
-    seconds. Returns Unix seconds."""
-    from datetime import UTC, datetime  # noqa: PLC0415 - only this parser needs it
+    seconds, from 2000-01-01 to now. Returns Unix seconds."""
+    import time  # noqa: PLC0415 - only this parser needs it
+    from datetime import UTC, datetime  # noqa: PLC0415
 
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        try:
+            when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected an RFC 3339 time (2026-12-01T09:00:00Z) or Unix seconds, got {text!r}"
+            ) from None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        value = when.timestamp()
+    now = time.time()
+    if not EARLIEST_INSTANT <= value <= now:  # NaN fails too
         raise argparse.ArgumentTypeError(
-            f"expected an RFC 3339 time (2026-12-01T09:00:00Z) or Unix seconds, got {text!r}"
-        ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return when.timestamp()
+            f"must be a real instant from 2000-01-01T00:00:00Z ({EARLIEST_INSTANT:.0f}) to now "
+            f"({now:.0f}), got {text!r}"
+        )
+    return value
 
 
 _DURATION = re.compile(r"^(\d+)(ms|s|m|h|d|w|y)$")

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 from esper.leyline import UsageError
+from esper.nissa.replay import same_file
 
 
 def _probe_dir(flag: str, directory: Path, what: str) -> None:
@@ -42,3 +43,19 @@ def check_output_dir(flag: str, path: Path) -> None:
     if path.exists() and not path.is_dir():
         raise UsageError(f"{flag} {path}: is not a directory")
     _probe_dir(flag, path, str(path))
+
+
+def check_not_an_input(
+    flag: str, out: Path, inputs: list[Path], *, directory: bool = False
+) -> None:
+    """Raise UsageError naming ``flag`` when writing ``out`` would write over one of the
+    record's files ``inputs`` (the same path however spelled, a symbolic or a hard link), or,
+    for an output ``directory``, when it holds one of them. A command never destroys what it
+    reads."""
+    for f in inputs:
+        if same_file(out, f):
+            raise UsageError(f"{flag} {out}: is the record {f} being read (it would be "
+                             "overwritten); write to another path")  # fmt: skip
+        if directory and f.resolve().is_relative_to(out.resolve()):
+            raise UsageError(f"{flag} {out}: holds the record {f} being read; write to a "
+                             "new or empty directory elsewhere")  # fmt: skip

@@ -98,7 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     t = sub.add_parser("train", help="train IQL on a recorded dataset and save it")
     t.add_argument("--data", type=at.existing_file, required=True)
     t.add_argument("--steps", type=at.int_range(1), default=3000)
-    t.add_argument("--seed", type=at.int_range(0), default=0)
+    t.add_argument("--seed", type=at.int_range(0, at.SEED_MAX), default=0)
     t.add_argument("--out", type=Path, required=True)
     c = sub.add_parser("compare", help="heuristic against a trained IQL model, same seeds")
     c.add_argument("--model", type=at.existing_file, required=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import socket
 import sys
 import urllib.error
@@ -48,13 +49,27 @@ class Target:
         return self.state == "dead"
 
 
-def _state(labels: dict[str, str], targets: Sequence[str]) -> str:
-    host, pid_text = labels.get(OWNER_HOST), labels.get(OWNER_PID, "")
-    if not host or not pid_text.isdigit():
+PID_MAX = 1 << 22
+"""The largest pid Linux hands out (``/proc/sys/kernel/pid_max`` is at most 2**22)."""
+
+
+def parse_pid(text: str) -> int | None:
+    """A pid as a target file records it: ASCII digits for a number in 1..PID_MAX, else None
+    (``str.isdigit`` also takes ``"²"``, which ``int`` refuses, and a 5,000-digit number is
+    past what ``int`` converts)."""
+    if not re.fullmatch(r"[0-9]{1,7}", text):
+        return None
+    pid = int(text)
+    return pid if 0 < pid <= PID_MAX else None
+
+
+def _state(labels: dict[str, str], targets: Sequence[str], pid: int | None) -> str:
+    host = labels.get(OWNER_HOST)
+    if not host or pid is None:
         return "unknown"
     if host != socket.gethostname():
         return "remote-answering" if any(_answers(t) for t in targets) else "remote-silent"
-    started = process_start_ticks(int(pid_text))
+    started = process_start_ticks(pid)
     if started is None:
         return "dead"
     recorded = labels.get(OWNER_START)
@@ -84,10 +99,16 @@ def read_targets(directory: Path) -> list[Target]:
         except (OSError, ValueError, LookupError, TypeError, AttributeError) as exc:
             print(f"warning: {path}: not a file_sd target file ({exc})", file=sys.stderr)
             continue
-        pid = labels.get(OWNER_PID, "")
+        pid_text = labels.get(OWNER_PID)
+        pid = None if pid_text is None else parse_pid(pid_text)
+        if pid_text is not None and pid is None:
+            print(f"warning: {path}: skipped: its {OWNER_PID} label {pid_text[:20]!r}"
+                  f"{'...' if len(pid_text) > 20 else ''} is not a pid (1..{PID_MAX})",
+                  file=sys.stderr)  # fmt: skip
+            continue
         found.append(
             Target(path, targets, labels.get("run_id", "-"), labels.get(OWNER_HOST, "-"),
-                   int(pid) if pid.isdigit() else None, _state(labels, targets))
+                   pid, _state(labels, targets, pid))
         )  # fmt: skip
     return found
 

@@ -27,7 +27,7 @@ from esper.runs import tsdb
 from esper.runs.backfill import write_blocks
 from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
 from esper.scripts import _argtypes as at
-from esper.scripts._preflight import check_output_dir, check_output_file
+from esper.scripts._preflight import check_not_an_input, check_output_dir, check_output_file
 
 _PATH_HELP = (
     "events.jsonl, a run directory, or its parent; several for a multi-rank run's nodes "
@@ -154,12 +154,8 @@ def _replay(args: argparse.Namespace) -> int:
     # parent is then never read back, and an output that is an input is refused.
     files = resolve_events_files(args.path)
     if args.telemetry_file is not None:
+        check_not_an_input("--telemetry-file", args.telemetry_file, files)
         check_output_file("--telemetry-file", args.telemetry_file)
-        if any(_same_file(args.telemetry_file, f) for f in files):
-            raise UsageError(
-                f"--telemetry-file {args.telemetry_file}: is one of the files being replayed "
-                "(it would read its own output back); write to another file"
-            )
     if args.telemetry_dir is not None:
         check_output_dir("--telemetry-dir", args.telemetry_dir)
     problems: list[LineProblem] = []
@@ -251,9 +247,13 @@ def _backfill(args: argparse.Namespace) -> int:
     tsdb.tool("promtool")
     tsdb.tool("prometheus")
     alerts_file, recording_file = _rule_files(args.rules)
-    _check_empty_out(args.out)
+    inputs = resolve_events_files(args.path)
+    # Refusals first, then the probes (the --out probe creates the directory).
+    check_not_an_input("--out", args.out, inputs, directory=True)
     if args.openmetrics is not None:
+        check_not_an_input("--openmetrics", args.openmetrics, inputs)
         check_output_file("--openmetrics", args.openmetrics)
+    _check_empty_out(args.out)
     replay = read_events(args.path, strict=args.strict)
     where = _where(args.path)
     if not replay.events:
@@ -344,13 +344,6 @@ def _report_backfill(
                   f"for:): {', '.join(pending)}")  # fmt: skip
 
 
-def _same_file(a: Path, b: Path) -> bool:
-    try:
-        return a.exists() and a.samefile(b)
-    except OSError:
-        return False
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="esper telemetry", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -388,7 +381,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--align-start",
         type=at.instant,
         metavar="TIME",
-        help="place each run's first event at TIME (RFC 3339 or Unix seconds), to overlay runs "
+        help="place each run's first event at TIME (RFC 3339 or Unix seconds, from "
+        "2000-01-01T00:00:00Z to now, and the run must end before now), to overlay runs "
         "recorded apart; the real start is kept in the label recorded_start",
     )
     b.add_argument(

@@ -23,7 +23,7 @@ from esper.nissa.series_budget import estimate_series
 from esper.runs import distributed
 from esper.runs.config import RunConfig
 from esper.runs.launch import TrainRequest, launch
-from esper.runs.lifecycle import RunResult
+from esper.runs.lifecycle import RunResult, load_checkpoint_file, resume_differences
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_output_dir, check_output_file
 from esper.scripts._progress import ProgressBar
@@ -54,7 +54,8 @@ def build_parser(prog: str = "esper train") -> argparse.ArgumentParser:
         "the envs round robin, and the policy runs on the first. Under torchrun each rank "
         "takes cuda:LOCAL_RANK when CUDA is there (or --device cpu)",
     )
-    g.add_argument("--seed", type=at.int_range(0), default=42, help="random seed")
+    g.add_argument("--seed", type=at.int_range(0, at.SEED_MAX), default=42,
+                   help=f"random seed, 0..{at.SEED_MAX}")  # fmt: skip
     g.add_argument(
         "--episodes",
         type=at.int_range(1),
@@ -383,7 +384,15 @@ def print_training_summary(result: RunResult, baseline: list[float] | None) -> N
 
 
 def preflight(args: argparse.Namespace) -> None:
-    """Check every output path the run will need before any work starts (UsageError)."""
+    """Check every output path the run will need, and the checkpoint it resumes, before any
+    work starts (UsageError): a bad --resume leaves no empty run directory behind."""
+    if args.resume is not None:
+        checkpoint = load_checkpoint_file(args.resume)
+        differs = resume_differences(checkpoint, run_config(args))
+        if differs:
+            print(f"esper train: note: --resume {args.resume}: this run differs from the one "
+                  f"that saved it ({', '.join(differs)}); the policy is resumed, and the record "
+                  "says so (CHECKPOINT_LOADED differs)", file=sys.stderr)  # fmt: skip
     if args.save is not None:
         check_output_file("--save", args.save)
     if args.telemetry_file is not None:
