@@ -141,8 +141,37 @@ def test_live_sanctum_watches_a_training_run_to_its_end(
             asyncio.run(drive())
 
     monkeypatch.setattr(train_script, "SanctumApp", HeadlessSanctum)
+    monkeypatch.setattr(train_script, "has_terminal", lambda: True)  # the pilot is its terminal
     code = train_script.main(["ppo", "--n-envs", "2", "--episodes", "2", "--max-epochs", "6",
                               "--sanctum", "--telemetry-dir", str(tmp_path)])  # fmt: skip
     assert code == 0
     assert "status: completed" in seen["header"]
     assert seen["updates"] == 1
+
+
+def test_esper_sanctum_without_a_terminal_prints_the_summary_and_exits(tmp_path: Path) -> None:
+    """Redirected (a pipe, a file, no keyboard), the full-screen view would never exit."""
+    import subprocess
+    import sys
+
+    run = Path(__file__).resolve().parents[1] / "data" / "sanctum_run"
+    with (tmp_path / "out.txt").open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "esper.scripts.cli", "sanctum", str(run)],
+                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.PIPE,
+                              text=True, timeout=60, check=False)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "esper sanctum: not a terminal" in done.stderr
+    text = (tmp_path / "out.txt").read_text()
+    assert "status: completed" in text
+    assert "EPOCH_COMPLETED" in text
+
+
+def test_train_with_sanctum_and_no_terminal_is_a_usage_error_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Redirected, the view would wait for a key forever after training ended."""
+    with pytest.raises(SystemExit) as exit_:
+        train_script.main(["ppo", "--sanctum", "--telemetry-dir", str(tmp_path / "runs")])
+    assert exit_.value.code == 2
+    assert "argument --sanctum: needs a terminal" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()

@@ -241,18 +241,21 @@ def test_every_series_is_restated_every_minute_between_sparse_events() -> None:
     assert all(b - a <= 60_000 for a, b in itertools.pairwise(times))
 
 
+@pytest.mark.parametrize("made_by_user", [True, False])
 @pytest.mark.parametrize("stop", [KeyboardInterrupt, tsdb.ToolError("promtool failed")])
 def test_a_backfill_that_does_not_finish_leaves_no_half_of_itself(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     stop: BaseException | type[BaseException],
+    made_by_user: bool,
 ) -> None:
-    # Ctrl-C (or a tool failing) after the blocks are written, before the rules: blocks
-    # without their recording rules and ALERTS would pass for a whole backfill.
+    # Ctrl-C (or a tool failing, as on a full disk) after the blocks are written, before the
+    # rules: blocks without their recording rules and ALERTS would pass for a whole backfill.
     run = _recorded(tmp_path)
     out = tmp_path / "out"
-    out.mkdir()
+    if made_by_user:
+        out.mkdir()
 
     def interrupted(*_args: object, **_kwargs: object) -> None:
         assert tsdb.blocks(out)  # the run's own blocks are there by now
@@ -264,8 +267,11 @@ def test_a_backfill_that_does_not_finish_leaves_no_half_of_itself(
     err = capsys.readouterr().err
     assert f"backfill did not finish; removed the partial {out}" in err
     assert "Traceback" not in err
-    assert out.is_dir()
-    assert not list(out.iterdir())  # the directory the user made stays, empty
+    if made_by_user:
+        assert out.is_dir()
+        assert not list(out.iterdir())  # the directory the user made stays, empty
+    else:
+        assert not out.exists(), "the directory backfill made is gone, not left empty"
 
 
 def test_at_rank_detail_the_envs_are_folded_at_every_event_as_live() -> None:

@@ -21,7 +21,12 @@ from esper.scripts.train import (
 )
 
 
-def test_parser_accepts_every_contract_flag(tmp_path: Path) -> None:
+def test_parser_accepts_every_contract_flag(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from esper.scripts import train
+
+    monkeypatch.setattr(train, "has_terminal", lambda: True)  # --sanctum needs one
     ckpt = tmp_path / "c.pt"
     ckpt.write_bytes(b"")
     args = parse_args(

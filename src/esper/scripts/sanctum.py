@@ -33,6 +33,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="events.jsonl, a run directory, or its parent; several for a multi-rank run's nodes",
     )
     args = p.parse_args(argv)
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        # The full-screen view needs a terminal to draw in and to read keys from; redirected,
+        # it would wait forever for a key. Say so, and print what it would have shown.
+        print(
+            "esper sanctum: not a terminal (input or output is redirected): printing the "
+            "run's summary instead; run it in a terminal for the full view",
+            file=sys.stderr,
+        )
+        from esper.scripts import telemetry  # noqa: PLC0415 - only this path needs it
+
+        return telemetry.main(["summarize", *map(str, args.path)])
     try:
         aggregator, problems = load(args.path)
     except ReplayError as exc:

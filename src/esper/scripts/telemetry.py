@@ -248,6 +248,7 @@ def _backfill(args: argparse.Namespace) -> int:
     tsdb.tool("prometheus")
     alerts_file, recording_file = _rule_files(args.rules)
     inputs = resolve_events_files(args.path)
+    existed = args.out.exists()  # before the probe below creates it
     # Refusals first, then the probes (the --out probe creates the directory).
     check_not_an_input("--out", args.out, inputs, directory=True)
     if args.openmetrics is not None:
@@ -270,14 +271,14 @@ def _backfill(args: argparse.Namespace) -> int:
                 f"the future (it lasts {(late[0].last_ns - late[0].first_ns) / 1e9:.0f} s); "
                 "choose an earlier instant"
             )
-    existed = args.out.exists()
     try:
         samples, fired = write_blocks(
             runs, args.out, alerts_file, recording_file, openmetrics=args.openmetrics
         )
     except BaseException:
         # --out was new or empty: what is there now is this backfill's, and half of one
-        # would look like a whole. Remove it, so the directory reads as what it holds.
+        # would look like a whole. Remove it (and --out itself when backfill made it), so
+        # what is left reads as what it holds.
         for child in args.out.iterdir() if existed else [args.out]:
             shutil.rmtree(child, ignore_errors=True)
         print(f"esper telemetry: backfill did not finish; removed the partial {args.out}",

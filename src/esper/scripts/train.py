@@ -254,6 +254,11 @@ def _check_ranks(parser: argparse.ArgumentParser, args: argparse.Namespace) -> N
         )
 
 
+def has_terminal() -> bool:
+    """Whether this process reads keys from, and draws on, a terminal."""
+    return sys.stdin.isatty() and sys.stdout.isatty()
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and cross-check flags; exits 2 naming the flag on a bad value."""
     parser = build_parser()
@@ -281,6 +286,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             "--metrics-detail need --metrics-port"
         )
     _check_ranks(parser, args)
+    if args.sanctum and not has_terminal():
+        parser.error(
+            "argument --sanctum: needs a terminal (input or output is redirected, and the "
+            "full-screen view would wait for a key forever); drop --sanctum, and watch the "
+            "run with esper sanctum RUN_DIR in a terminal"
+        )
     if args.mode == "ppo" and args.baseline:
         parser.error("argument --baseline: only for heuristic runs")
     for spec in args.inject_fault:
