@@ -177,3 +177,58 @@ def test_a_resume_into_another_env_count_says_what_differs(tmp_path: Path) -> No
     same = train("--n-envs", "1", "--resume", str(tmp_path / "ck.pt"))
     assert same.returncode == 0, same.stderr
     assert "differs" not in same.stderr
+
+
+ANNOUNCE = """
+import os, sys
+
+class _Announce:
+    # Says on stderr when the module ESPER_TEST_ANNOUNCE names starts to import.
+    def find_spec(self, name, path=None, target=None):
+        if name == os.environ.get("ESPER_TEST_ANNOUNCE"):
+            sys.meta_path.remove(self)
+            sys.stderr.write("ANNOUNCE importing " + name + "\\n")
+            sys.stderr.flush()
+        return None
+
+sys.meta_path.insert(0, _Announce())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("command", "module"),
+    [
+        (["train", "ppo", "--episodes", "1", "--no-report"], "torch"),
+        (["telemetry", "backfill", str(RUN), "--out", "OUT"], "esper.nissa.backfill"),
+        (["report", str(RUN), "-o", "OUT"], "esper.karn.report"),
+    ],
+)
+def test_ctrl_c_while_a_command_starts_exits_130_without_a_traceback(
+    tmp_path: Path, command: list[str], module: str
+) -> None:
+    """The interrupt lands while ``module`` imports (announced by an import hook, so the
+    test waits for that moment rather than guessing it)."""
+    import signal
+    import subprocess
+    import sys
+
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(ANNOUNCE)
+    path = os.pathsep.join([str(hook), os.environ.get("PYTHONPATH", "")])
+    env = {**os.environ, "ESPER_TEST_ANNOUNCE": module, "PYTHONPATH": path}
+    argv = [str(tmp_path / "out") if a == "OUT" else a for a in command]
+    with subprocess.Popen([sys.executable, "-m", "esper.scripts.cli", *argv], env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          cwd=tmp_path) as proc:  # fmt: skip
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        assert first == f"ANNOUNCE importing {module}\n", first
+        proc.send_signal(signal.SIGINT)
+        _out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert "KeyboardInterrupt" not in err
+    assert f"esper {argv[0]}: interrupted" in err
+    assert not (tmp_path / "out").exists()

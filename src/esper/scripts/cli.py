@@ -46,6 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         command: int = importlib.import_module(commands[args[0]]).main(args[1:])
         return command
+    except KeyboardInterrupt:
+        # Ctrl-C before the command took over its own signals (while torch loads, say): the
+        # command did nothing yet, or says so itself; no traceback for an expected interrupt.
+        print(f"esper {args[0]}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:
         # Output piped into `head` and the like: stop quietly, as Unix tools do.
         sys.stderr.close()
