@@ -183,3 +183,112 @@ def test_a_key_that_does_not_match_its_certificate_names_the_flag(
                    capture_output=True)  # fmt: skip
     with pytest.raises(BackendConfigError, match=r"--metrics-tls-key: .*other\.pem is not the key"):
         PrometheusOutput(cuda=False).serve(0, certfile=str(cert), keyfile=str(other))
+
+
+def _request(port: int, method: str, path: str) -> tuple[int, dict[str, str], bytes]:
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path)
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def served() -> Iterator[PrometheusOutput]:
+    out = PrometheusOutput(cuda=False)
+    out.serve(0)
+    try:
+        yield out
+    finally:
+        out.close()
+
+
+def _port(out: PrometheusOutput) -> int:
+    assert out.port is not None
+    return out.port
+
+
+def test_metrics_are_at_metrics_with_head_an_index_at_root_and_404_elsewhere(
+    served: PrometheusOutput,
+) -> None:
+    port = _port(served)
+    status, headers, body = _request(port, "GET", "/metrics")
+    assert status == 200
+    assert b"esper_run_info" in body or b"# HELP" in body
+    assert int(headers["Content-Length"]) == len(body)
+    status, head_headers, head_body = _request(port, "HEAD", "/metrics")
+    assert status == 200
+    assert head_body == b""
+    assert head_headers["Content-Type"] == headers["Content-Type"]
+    assert int(head_headers["Content-Length"]) > 0
+    status, _, body = _request(port, "GET", "/")
+    assert status == 200
+    assert b"/metrics" in body
+    for path in ("/other", "/metrics/extra", "/favicon.ico"):
+        status, _, body = _request(port, "GET", path)
+        assert status == 404, path
+        assert b"/metrics" in body
+    status, headers, _ = _request(port, "POST", "/metrics")
+    assert status == 405
+    assert headers["Allow"] == "GET, HEAD, OPTIONS"
+
+
+def test_past_the_connection_limit_a_scrape_is_told_to_retry_never_reset(
+    served: PrometheusOutput,
+) -> None:
+    from esper.nissa.metrics_server import MAX_CONNECTIONS, RETRY_AFTER_SECONDS
+    from tests._stack import wait_until
+
+    port = _port(served)
+    idle = [socket.create_connection(("127.0.0.1", port)) for _ in range(MAX_CONNECTIONS)]
+    try:
+        server = served.server
+        assert server is not None
+        wait_until(lambda: _request(port, "GET", "/metrics")[0] == 503, 10,
+                   "every slot held by a silent client")  # fmt: skip
+        status, headers, body = _request(port, "GET", "/metrics")
+        assert status == 503
+        assert headers["Retry-After"] == str(RETRY_AFTER_SECONDS)
+        assert b"retry after" in body
+        refused = server.refused
+        assert refused >= 2
+    finally:
+        for s in idle:
+            s.close()
+    wait_until(lambda: _request(port, "GET", "/metrics")[0] == 200, 10, "the slots freed")
+    assert server.refused >= refused
+
+
+def test_a_storm_of_200_concurrent_scrapers_gets_answers_it_can_act_on(
+    served: PrometheusOutput,
+) -> None:
+    """200 clients, 5 requests each, all at once: every request gets a 200 or a 503 with
+    Retry-After; none is reset or left to time out."""
+    port = _port(served)
+    outcomes: list[str] = []
+    lock = threading.Lock()
+    start = threading.Barrier(200)
+
+    def client() -> None:
+        start.wait()
+        for _ in range(5):
+            try:
+                status, headers, _ = _request(port, "GET", "/metrics")
+                got = str(status) if status != 503 or "Retry-After" in headers else "503-bare"
+            except OSError as exc:
+                got = f"error: {type(exc).__name__}"
+            with lock:
+                outcomes.append(got)
+
+    threads = [threading.Thread(target=client) for _ in range(200)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert len(outcomes) == 1000
+    assert set(outcomes) <= {"200", "503"}, sorted(set(outcomes))
+    assert outcomes.count("200") > 0

@@ -29,6 +29,18 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from esper.leyline import BackendConfigError
 
+MAX_CONNECTIONS = 64
+"""Connections served at once. Past it a connection is answered at once with 503 and
+``Retry-After`` (never left to time out): a storm of scrapers gets a reply it can act on, and the
+training process a bounded number of threads."""
+LISTEN_BACKLOG = 1024
+"""Connections the kernel queues before accept (socketserver's default of 5 reset clients of a
+storm before any reply)."""
+RETRY_AFTER_SECONDS = 1
+REFUSE_READ_SECONDS = 2.0
+"""How long a refused connection may take to send its request before the 503 goes anyway."""
+METRICS_PATH = "/metrics"
+
 HANDSHAKE_TIMEOUT_SECONDS = 10.0
 """How long a client may take over the TLS handshake before its connection is dropped."""
 IO_TIMEOUT_SECONDS = 30.0
@@ -192,29 +204,53 @@ class _Response:
         self._done()
 
 
+INDEX = b"Esper trainer: its Prometheus metrics are at /metrics\n"
+ALLOW = "GET, HEAD, OPTIONS"
+
+
 def metrics_app(render: Callable[[], bytes], content_type: str) -> Callable[..., Iterable[bytes]]:
-    """A WSGI app serving ``render()`` on GET at any path (as prometheus_client's does), the
+    """A WSGI app serving ``render()`` at ``/metrics`` (GET, and HEAD: the same headers, no
+    body), a one-line index at ``/``, and 404 elsewhere, as Prometheus's own exporters do; the
     Prometheus text format whatever the Accept header asks, uncompressed (a scrape on loopback
     or the node's network is cheaper sent than gzipped)."""
 
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         method = environ["REQUEST_METHOD"]
+        path = environ.get("PATH_INFO") or "/"
         if method == "OPTIONS":
-            start_response("200 OK", [("Allow", "OPTIONS,GET")])
+            start_response("200 OK", [("Allow", ALLOW), ("Content-Length", "0")])
             return [b""]
-        if method != "GET":
-            start_response("405 Method Not Allowed", [("Allow", "OPTIONS,GET")])
-            return [f"# HTTP 405 Method Not Allowed: {method}; use OPTIONS or GET\n".encode()]
-        if environ.get("PATH_INFO") == "/favicon.ico":
-            start_response("200 OK", [])
-            return [b""]
-        body = render()
-        start_response(
-            "200 OK", [("Content-Type", content_type), ("Content-Length", str(len(body)))]
-        )
-        return [body]
+        if method not in ("GET", "HEAD"):
+            body = f"# HTTP 405 Method Not Allowed: {method}; use {ALLOW}\n".encode()
+            start_response("405 Method Not Allowed", [("Allow", ALLOW), _length(body)])
+            return [body]
+        if path == METRICS_PATH:
+            body, kind = render(), content_type
+        elif path == "/":
+            body, kind = INDEX, "text/plain; charset=utf-8"
+        else:
+            body = f"# HTTP 404 Not Found: {path}; the metrics are at {METRICS_PATH}\n".encode()
+            start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8"),
+                                             _length(body)])  # fmt: skip
+            return [b""] if method == "HEAD" else [body]
+        start_response("200 OK", [("Content-Type", kind), _length(body)])
+        return [b""] if method == "HEAD" else [body]
 
     return app
+
+
+def _length(body: bytes) -> tuple[str, str]:
+    return ("Content-Length", str(len(body)))
+
+
+BUSY = (
+    f"HTTP/1.1 503 Service Unavailable\r\nRetry-After: {RETRY_AFTER_SECONDS}\r\n"
+    "Content-Type: text/plain; charset=utf-8\r\nConnection: close\r\n"
+).encode()
+BUSY_BODY = (
+    f"# HTTP 503: {MAX_CONNECTIONS} scrapes are being served at once; retry after "
+    f"{RETRY_AFTER_SECONDS} s\n"
+).encode()
 
 
 class _QuietHandler(WSGIRequestHandler):
@@ -226,19 +262,65 @@ class _QuietHandler(WSGIRequestHandler):
 
 class _Server(ThreadingMixIn, WSGIServer):
     daemon_threads = True  # a stuck client never holds up the process's exit
+    request_queue_size = LISTEN_BACKLOG
     tls: ssl.SSLContext | None = None
+    refused = 0
+    """Connections answered 503 because MAX_CONNECTIONS were being served (only goes up)."""
+
+    def server_activate(self) -> None:
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._refused_lock = threading.Lock()
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if self._slots.acquire(blocking=False):
+            super().process_request(request, client_address)  # a thread, which releases
+            return
+        with self._refused_lock:
+            self.refused += 1
+        threading.Thread(target=self._refuse, args=(request,), daemon=True).start()
+
+    def _handshake(self, request: Any) -> Any:
+        """The connection, over TLS when served so (None when the handshake failed). On the
+        connection's own thread: a client that never finishes its handshake costs this thread
+        HANDSHAKE_TIMEOUT_SECONDS, and no other scrape anything."""
+        if self.tls is None:
+            return request
+        request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
+        try:
+            return self.tls.wrap_socket(request, server_side=True)
+        except (OSError, ValueError):
+            self.shutdown_request(request)
+            return None
+
+    def _refuse(self, request: Any) -> None:
+        """Answer 503 with Retry-After without reading the request or rendering anything."""
+        conn = self._handshake(request)
+        if conn is None:
+            return
+        try:
+            # Read the request's head first: closing a socket with unread bytes resets the
+            # connection, and the client would see a reset instead of the reply.
+            conn.settimeout(REFUSE_READ_SECONDS)
+            head = b""
+            while b"\r\n\r\n" not in head and len(head) < 65536:
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                head += chunk
+            conn.sendall(BUSY + f"Content-Length: {len(BUSY_BODY)}\r\n\r\n".encode() + BUSY_BODY)
+        except OSError:
+            pass
+        finally:
+            self.shutdown_request(conn)
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
-        # On the connection's own thread: a client that never finishes its handshake costs
-        # this thread HANDSHAKE_TIMEOUT_SECONDS, and no other scrape anything.
-        if self.tls is not None:
-            request.settimeout(HANDSHAKE_TIMEOUT_SECONDS)
-            try:
-                request = self.tls.wrap_socket(request, server_side=True)
-            except (OSError, ValueError):
-                self.shutdown_request(request)
-                return
-        super().process_request_thread(request, client_address)
+        try:
+            conn = self._handshake(request)
+            if conn is not None:
+                super().process_request_thread(conn, client_address)
+        finally:
+            self._slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hangs up or times out mid-request is its own business."""
@@ -288,6 +370,11 @@ class MetricsServer:
     @property
     def port(self) -> int:
         return int(self._httpd.server_port)
+
+    @property
+    def refused(self) -> int:
+        """Connections answered 503 (busy) so far."""
+        return self._httpd.refused
 
     def close(self) -> None:
         if self._thread.is_alive():

@@ -164,6 +164,11 @@ class PrometheusOutput(OutputBackend):
     def port(self) -> int | None:
         return None if self._server is None else self._server.port
 
+    @property
+    def server(self) -> MetricsServer | None:
+        """The ``/metrics`` server, once serving (its ``refused`` count, its tracker)."""
+        return self._server
+
     def write_sd_file(
         self, directory: str | os.PathLike[str], *, host: str, labels: dict[str, str]
     ) -> Path:
