@@ -36,7 +36,7 @@ def write_blocks(
         out.mkdir(parents=True, exist_ok=True)
         tsdb.create_blocks(om, out)
     fired: Fired = {}
-    with tsdb.scratch_prometheus(out, [alerts_file]) as prom:
+    with tsdb.scratch_prometheus(out, [alerts_file, recording_file]) as prom:
         for run in runs:
             start, end = run.start_ms / 1000, run.end_ms / 1000
             tsdb.backfill_recording_rules(prom, recording_file, out, start, end)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import socket
 import subprocess
@@ -112,6 +113,11 @@ class ScratchPrometheus:
         groups = self._get("/api/v1/rules", {"type": "alert"})["groups"]
         return [r for g in groups for r in g["rules"] if r["type"] == "alerting"]
 
+    def recording_rules(self) -> list[dict[str, Any]]:
+        """The recording rules Prometheus loaded (name, query, labels)."""
+        groups = self._get("/api/v1/rules", {"type": "record"})["groups"]
+        return [r for g in groups for r in g["rules"] if r["type"] == "recording"]
+
 
 @contextmanager
 def scratch_prometheus(block_dir: Path, rule_files: list[Path]) -> Iterator[ScratchPrometheus]:
@@ -173,13 +179,77 @@ def backfill_recording_rules(
     prom: ScratchPrometheus, rule_file: Path, out: Path, start: float, end: float
 ) -> None:
     """Blocks in ``out`` for ``rule_file``'s recording rules over [start, end], evaluated by
-    ``promtool tsdb create-blocks-from rules`` against ``prom``."""
+    ``promtool tsdb create-blocks-from rules`` against ``prom``; then, past ``end``, the rules
+    a live Prometheus goes on answering after the run's last sample (see ``tail_rules``), for
+    as long as their windows hold samples: a run shorter than a rule's window draws its
+    quantiles and rates from the blocks as it did live."""
     step = step_seconds(start, end)
     _run([
         tool("promtool"), "tsdb", "create-blocks-from", "rules", "-q",
         f"--url={prom.base}", f"--start={math.floor(start)}", f"--end={math.ceil(end)}",
         f"--eval-interval={step:g}s", f"--output-dir={out}", str(rule_file),
     ])  # fmt: skip
+    rules, window = tail_rules(prom.recording_rules())
+    if not rules:
+        return
+    with tempfile.TemporaryDirectory(prefix="esper-backfill-") as tmp:
+        tail_file = Path(tmp) / "tail.yml"
+        groups = {"groups": [{"name": "esper-tail", "rules": [
+            {"record": r["name"], "expr": r["query"], **({"labels": r["labels"]}
+                                                          if r.get("labels") else {})}
+            for r in rules]}]}  # fmt: skip
+        tail_file.write_text(json.dumps(groups))  # JSON is YAML
+        first = math.ceil(end) + math.ceil(step)
+        _run([
+            tool("promtool"), "tsdb", "create-blocks-from", "rules", "-q",
+            f"--url={prom.base}", f"--start={first}", f"--end={math.ceil(end + window)}",
+            f"--eval-interval={step:g}s", f"--output-dir={out}", str(tail_file),
+        ])  # fmt: skip
+
+
+_SELECTOR = re.compile(r"\b([a-zA-Z_:][a-zA-Z0-9_:]*)\s*(\{[^}]*\})?\s*(\[[^\]]*\])?")
+_FUNCTIONS_AND_WORDS = frozenset({
+    "sum", "avg", "min", "max", "count", "quantile", "stddev", "stdvar", "topk", "bottomk",
+    "rate", "irate", "increase", "delta", "idelta", "deriv", "histogram_quantile", "by",
+    "without", "on", "ignoring", "group_left", "group_right", "and", "or", "unless", "bool",
+    "offset", "abs", "clamp_min", "clamp_max", "time", "vector", "scalar", "label_replace",
+    "avg_over_time", "max_over_time", "min_over_time", "sum_over_time", "count_over_time",
+})  # fmt: skip
+
+
+def tail_rules(rules: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], float]:
+    """The recording rules whose every series selector reads a range (``x[5m]``), and the
+    longest such range in seconds. A live Prometheus goes on answering these after a run's
+    last sample, until the window passes it; a rule that reads a series at an instant (a
+    gauge) answers nothing once the target is gone (its series are stale), so it has no tail,
+    and the blocks, which hold no staleness markers, must not invent one."""
+    tail, longest = [], 0.0
+    for rule in rules:
+        expr = re.sub(r'"[^"]*"', '""', str(rule["query"]))  # label values are not names
+        expr = re.sub(r"\b(by|without|on|ignoring)\s*\([^)]*\)", "", expr)  # nor label lists
+        windows, instant = [], False
+        for name, _labels, window in _SELECTOR.findall(expr):
+            if name in _FUNCTIONS_AND_WORDS or re.fullmatch(r"[0-9.e]+", name):
+                continue
+            if window:
+                windows.append(prometheus_seconds(window.strip("[]")))
+            else:
+                instant = True
+        if windows and not instant:
+            tail.append(rule)
+            longest = max(longest, *windows)
+    return tail, longest
+
+
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, "y": 31536000}
+
+
+def prometheus_seconds(text: str) -> float:
+    """Seconds of a Prometheus duration (``5m``, ``1h30m``)."""
+    parts = re.findall(r"(\d+)(ms|s|m|h|d|w|y)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ValueError(f"not a Prometheus duration: {text!r}")
+    return sum(int(n) * _UNITS[u] for n, u in parts)
 
 
 @dataclass(slots=True)
