@@ -169,7 +169,7 @@ def test_replaying_a_file_into_itself_is_refused_and_changes_nothing(
     _record(path, 20)
     before = path.read_bytes()
     assert cli.main(["telemetry", "replay", str(path), "--telemetry-file", str(path)]) == 2
-    assert "is one of the files being replayed" in capsys.readouterr().err
+    assert "is the record" in capsys.readouterr().err
     assert path.read_bytes() == before
 
 

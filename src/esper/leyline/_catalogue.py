@@ -207,6 +207,22 @@ SEED_FIELDS: tuple[FieldSpec, ...] = (
 )
 """Fields every SEED_* event carries."""
 
+
+def _counts(*, on_warning: bool) -> tuple[FieldSpec, FieldSpec]:
+    """The telemetry's own drop and loss counts, as TELEMETRY_CLOSED (always) and a
+    TELEMETRY_WARNING about drops or losses carry them."""
+    when = "; on a TELEMETRY_WARNING, present when it reports drops or losses" if on_warning else ""
+    return (
+        _f("dropped", DICT, "events",
+           "events dropped so far: 'hub' (before any backend) and each backend's own queue, by "
+           f"name (cumulative, as esper_telemetry_events_dropped_total{{backend}}){when}",
+           required=not on_warning),
+        _f("lost", DICT, "items",
+           "items each backend took but could not keep so far, by name (cumulative, as "
+           f"esper_telemetry_backend_lost_total{{backend}}){when}", required=not on_warning),
+    )  # fmt: skip
+
+
 CULL_REASONS: tuple[str, ...] = (
     "controller", "gate_failed", "blend_regression", "probation_timeout", "rollback",
 )  # fmt: skip
@@ -807,6 +823,20 @@ CATALOGUE_SPECS: tuple[PayloadSpec, ...] = (
                 allowed=("telemetry_disabled", "backend_failed", "events_dropped", "events_lost"),
             ),
             _f("detail", STR, "", "what happened, in words"),
+            *_counts(on_warning=True),
+        ),
+    ),
+    PayloadSpec(
+        ET.TELEMETRY_CLOSED,
+        None,
+        "The telemetry's own account of the run, written as its last event before the final "
+        "scrape: what each backend kept of every event before this one.",
+        (
+            _f("emitted", INT, "events", "events emitted to the hub before this one"),
+            _f("delivered", DICT, "events", "events each backend delivered, by name"),
+            _f("failed", DICT, "events", "events each backend failed to write, by name"),
+            *_counts(on_warning=False),
+            _f("complete", BOOL, "", "every event so far was kept by every backend"),
         ),
     ),
     PayloadSpec(

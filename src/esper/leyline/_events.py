@@ -35,6 +35,7 @@ class TelemetryEventType(Enum):
     CHECKPOINT_LOADED = "CHECKPOINT_LOADED"
     TELEMETRY_WARNING = "TELEMETRY_WARNING"
     TELEMETRY_LEVEL_CHANGED = "TELEMETRY_LEVEL_CHANGED"
+    TELEMETRY_CLOSED = "TELEMETRY_CLOSED"
 
 
 LIFECYCLE_EVENT_TYPES: frozenset[TelemetryEventType] = frozenset(
@@ -53,6 +54,8 @@ LIFECYCLE_EVENT_TYPES: frozenset[TelemetryEventType] = frozenset(
         TelemetryEventType.TELEMETRY_WARNING,
         # They bracket the detail a reader looks for: a window missing an end would lie.
         TelemetryEventType.TELEMETRY_LEVEL_CHANGED,
+        # The telemetry's own account of the run: the record's verdict on itself.
+        TelemetryEventType.TELEMETRY_CLOSED,
     }
 )
 """Event types the hub never drops, however loaded it is."""

@@ -220,6 +220,16 @@ class HubStats:
         """True when every event emitted was kept by every backend it was sent to."""
         return self.dropped == 0 and self.late == 0 and all(b.not_kept == 0 for b in self.backends)
 
+    def dropped_by_backend(self) -> dict[str, int]:
+        """Drops by where they happened: ``hub`` (the ingress queue, before any backend) and
+        each backend's own queue; as ``esper_telemetry_events_dropped_total{backend}``."""
+        return {"hub": self.dropped,
+                **{b.name: b.dropped - b.dropped_at_hub for b in self.backends}}  # fmt: skip
+
+    def lost_by_backend(self) -> dict[str, int]:
+        """Items each backend took but could not keep; ``esper_telemetry_backend_lost_total``."""
+        return {b.name: b.lost for b in self.backends}
+
 
 class _Lane:
     """One backend's queue and delivery thread."""
@@ -578,11 +588,18 @@ class NissaHub:
             )
 
     def _report(self, reason: str, detail: str) -> None:
-        """Emit a TELEMETRY_WARNING about the telemetry itself (lifecycle: never dropped)."""
+        """Emit a TELEMETRY_WARNING about the telemetry itself (lifecycle: never dropped), with
+        the counts so far as numbers, so that a record restates them exactly."""
+        stats = self.stats()
         event = TelemetryEvent(
             event_type=TelemetryEventType.TELEMETRY_WARNING,
             message=detail,
-            data={"reason": reason, "detail": detail},
+            data={
+                "reason": reason,
+                "detail": detail,
+                "dropped": stats.dropped_by_backend(),
+                "lost": stats.lost_by_backend(),
+            },
             severity=Severity.WARNING,
         )
         # Bypasses the closed check: close() delivers reports made while it drains; one that

@@ -15,8 +15,10 @@ timestamp, of every series the event changed, plus:
 Series carry the labels the shipped scrape job gives a live run (``job="esper-trainer"``,
 ``run_id``, ``mode``, ``task``, and ``rank``, ``local_rank`` and ``node`` for a rank of a
 multi-rank run) and an ``instance`` that names the recording (``recorded:<run_id>``, with
-``:rank<R>``). What the record cannot tell (CUDA memory, hub drop counts, ``*_created``
-timestamps, which are read when scraped) is left out, never invented.
+``:rank<R>``). The hub's drop and loss counts, read from the hub when scraped live, come from
+the numbers the record carries (each TELEMETRY_WARNING's and the closing TELEMETRY_CLOSED's
+``dropped`` and ``lost``), from the first of them on. What the record cannot tell (CUDA memory,
+``*_created`` timestamps, which are read when scraped) is left out, never invented.
 
 ``detail`` is the live exporter's ``--metrics-detail``: per env by default (the record keeps
 every env, and one run's blocks are small), or folded over each rank's envs, as a big job's
@@ -43,7 +45,7 @@ from prometheus_client import CollectorRegistry
 
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa.exposition import escape, format_value, label_text
-from esper.nissa.metric_catalogue import MetricDetail
+from esper.nissa.metric_catalogue import METRICS_BY_NAME, MetricDetail
 from esper.nissa.metric_mapping import MetricMapping, SeriesKey
 from esper.nissa.replay import RunStatus, run_status
 
@@ -134,6 +136,11 @@ def _target_labels(run_id: str, rank: int | None, started: TelemetryEvent | None
     return labels
 
 
+ACCOUNTED = {"dropped": "esper_telemetry_events_dropped", "lost": "esper_telemetry_backend_lost"}
+"""Payload field of the telemetry's own numbers -> the counter family it restates."""
+_ACCOUNT_EVENTS = (TelemetryEventType.TELEMETRY_WARNING, TelemetryEventType.TELEMETRY_CLOSED)
+
+
 class _RankSamples:
     """One process's series, sampled after every event through its own mapping."""
 
@@ -147,6 +154,8 @@ class _RankSamples:
         self.removed: set[SeriesKey] = set()
         self.mapping.changed, self.mapping.removed = self.changed, self.removed
         self._ids: dict[SeriesKey, list[tuple[SeriesId, Any]]] = {}
+        self.account: dict[SeriesId, float] = {}
+        """The telemetry's own counters, as the record's numbers last stated them."""
 
     def _series(self, key: SeriesKey) -> list[tuple[SeriesId, Any]]:
         """(sample series, how to read its value) for each sample of a mapping series."""
@@ -179,6 +188,30 @@ class _RankSamples:
             else:
                 points.append((t_ms, value))
 
+    def note_account(self, event: TelemetryEvent) -> bool:
+        """Take the drop and loss counts an account event states; True when it stated any."""
+        stated = False
+        for field_name, family in ACCOUNTED.items():
+            counts = event.data.get(field_name)
+            if not isinstance(counts, dict):
+                continue
+            self.run.helps.setdefault(family, METRICS_BY_NAME[f"{family}_total"].help)
+            for backend, n in counts.items():
+                labels = tuple(sorted({**self.target, "backend": str(backend)}.items()))
+                sid = SeriesId(family, "counter", f"{family}_total", labels)
+                # Cumulative counts: a counter never goes down, whatever a record says.
+                self.account[sid] = max(self.account.get(sid, 0.0), float(n))
+                stated = True
+        return stated
+
+    def record_account(self, t_ms: int) -> None:
+        for sid, value in self.account.items():
+            points = self.run.samples.setdefault(sid, [])
+            if points and points[-1][0] >= t_ms:
+                points[-1] = (points[-1][0], value)
+            else:
+                points.append((t_ms, value))
+
     def replay(self, events: list[TelemetryEvent], shift_ns: int) -> None:
         mapping = self.mapping
         first_ms = (events[0].timestamp_ns + shift_ns) // _NS_PER_MS
@@ -190,7 +223,10 @@ class _RankSamples:
             while restate_ms < t_ms:  # nothing changed since: the state is known exactly
                 for key in mapping.series():
                     self.record(key, restate_ms)
+                self.record_account(restate_ms)
                 restate_ms += RESTATE_SECONDS * 1000
+            if event.event_type in _ACCOUNT_EVENTS and self.note_account(event):
+                self.record_account(t_ms)
             self.changed.clear()
             self.removed.clear()
             mapping.apply(event)
@@ -202,6 +238,7 @@ class _RankSamples:
         end_ms = (events[-1].timestamp_ns + shift_ns) // _NS_PER_MS  # this process's last
         for key in mapping.series():
             self.record(key, end_ms)
+        self.record_account(end_ms)
 
 
 def backfill_runs(

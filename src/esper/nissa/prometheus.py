@@ -46,14 +46,13 @@ class _HubCollector(Collector):
         spec = METRICS_BY_NAME["esper_telemetry_events_dropped_total"]
         family = CounterMetricFamily(spec.family, spec.help, labels=["backend"])
         stats = self._stats()
-        family.add_metric(["hub"], stats.dropped)
-        for b in stats.backends:  # its own queue's drops; the hub's are the 'hub' series
-            family.add_metric([b.name], b.dropped - b.dropped_at_hub)
+        for name, n in stats.dropped_by_backend().items():
+            family.add_metric([name], n)
         yield family
         lost_spec = METRICS_BY_NAME["esper_telemetry_backend_lost_total"]
         lost = CounterMetricFamily(lost_spec.family, lost_spec.help, labels=["backend"])
-        for b in stats.backends:
-            lost.add_metric([b.name], b.lost)
+        for name, n in stats.lost_by_backend().items():
+            lost.add_metric([name], n)
         yield lost
 
 

@@ -174,7 +174,9 @@ class _Launch:
             code = self.stopped(exc)
         finally:
             session.close(
-                linger_seconds=self.request.linger_seconds, interrupted=code >= EXIT_INTERRUPTED
+                linger_seconds=self.request.linger_seconds,
+                interrupted=code >= EXIT_INTERRUPTED,
+                account=self.started.is_set(),
             )
             summary = session.summary()
             code = summary.exit_status(code)

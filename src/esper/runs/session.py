@@ -27,6 +27,7 @@ from esper.leyline import (
     TelemetryEvent,
     TelemetryEventType,
     TelemetryLevel,
+    make_event,
     sink_failures,
 )
 from esper.nissa import STOP_SIGNALS, NissaHub, get_hub, install_signal_handlers
@@ -133,10 +134,41 @@ class RunSession:
             )
         )
 
-    def close(self, *, linger_seconds: float = 0.0, interrupted: bool = False) -> bool:
-        """Wait up to ``linger_seconds`` for every Prometheus that scraped the run to read its
-        final state (not after an interrupt), then deliver and close everything. True when
-        every event was kept by every backend."""
+    def account(self) -> None:
+        """Deliver everything emitted so far, then emit TELEMETRY_CLOSED: what each backend
+        kept of it, as numbers, so that the record restates the telemetry's verdict (and a
+        backfill the dropped and lost series). It goes out before the final scrape, so live
+        and backfilled counts agree."""
+        self.hub.flush(CLOSE_TIMEOUT_SECONDS)
+        stats = self.hub.stats()
+        data = {
+            "emitted": stats.emitted,
+            "delivered": {b.name: b.delivered for b in stats.backends},
+            "failed": {b.name: b.failed for b in stats.backends},
+            "dropped": stats.dropped_by_backend(),
+            "lost": stats.lost_by_backend(),
+            "complete": stats.complete,
+        }
+        kept = "every event kept" if stats.complete else "EVENTS LOST"
+        self.hub.emit(make_event(
+            TelemetryEventType.TELEMETRY_CLOSED, data,
+            message=f"telemetry closed: {stats.emitted} events before this one, {kept}",
+            severity=Severity.INFO if stats.complete else Severity.WARNING,
+        ))  # fmt: skip
+
+    def close(
+        self, *, linger_seconds: float = 0.0, interrupted: bool = False, account: bool = False
+    ) -> bool:
+        """Emit the telemetry's account of the run when asked (``account``: a training run's
+        session; a replay sends the recorded one), wait up to ``linger_seconds`` for every
+        Prometheus that scraped the run to read its final state (not after an interrupt), then
+        deliver and close everything. True when every event was kept by every backend."""
+        if account:
+            try:
+                self.account()
+            except (KeyboardInterrupt, SystemExit):
+                print("esper: interrupted before the telemetry's account was written",
+                      file=sys.stderr)  # fmt: skip
         prom = self.setup.prometheus
         if prom is not None and linger_seconds > 0 and not interrupted:
             self.linger_seconds = linger_seconds

@@ -79,6 +79,8 @@ def _summarize(args: argparse.Namespace) -> int:
     )
     for kind, n in sorted(kinds.items(), key=lambda kv: str(kv[0])):
         print(f"    ANALYTICS_SNAPSHOT kind={kind:<20} {n}")
+    for line in account_lines(events):
+        print(f"  {line}")
     report = anomaly_report(events)
     if report:
         print("  what went wrong, when, and where the record holds its detail:")
@@ -89,6 +91,28 @@ def _summarize(args: argparse.Namespace) -> int:
     if not status.finished and status.state != "unknown":
         print(f"warning: {where}: {status.detail}", file=sys.stderr)
     return 0
+
+
+def account_lines(events: Sequence[TelemetryEvent]) -> list[str]:
+    """The telemetry's own account of the run (TELEMETRY_CLOSED, one per process), or why
+    the record has none."""
+    closed = [e for e in events if e.event_type is TelemetryEventType.TELEMETRY_CLOSED]
+    if not closed:
+        started = any(e.event_type is TelemetryEventType.TRAINING_STARTED for e in events)
+        return ["telemetry account: none in the record (the run was killed, or recorded by an "
+                "older Esper)"] if started else []  # fmt: skip
+    lines = []
+    for e in closed:
+        d = e.data
+        who = "" if e.rank is None else f" of rank {e.rank}"
+        verdict = "every event kept" if d.get("complete") else "EVENTS LOST"
+        lines.append(f"telemetry account{who}: {d.get('emitted')} events before it, {verdict}; "
+                     f"dropped at the hub: {(d.get('dropped') or {}).get('hub', 0)}")  # fmt: skip
+        for name, delivered in (d.get("delivered") or {}).items():
+            counts = {k: (d.get(k) or {}).get(name, 0) for k in ("dropped", "failed", "lost")}
+            lines.append(f"  {name}: delivered {delivered}, "
+                         + ", ".join(f"{k} {n}" for k, n in counts.items()))  # fmt: skip
+    return lines
 
 
 def anomaly_report(events: Sequence[TelemetryEvent]) -> list[str]:

@@ -352,6 +352,7 @@ class _Builder:
             ET.GOVERNOR_ROLLBACK: self.on_rollback,
             ET.TELEMETRY_LEVEL_CHANGED: self.on_level,
             ET.TELEMETRY_WARNING: self.on_warning,
+            ET.TELEMETRY_CLOSED: self.on_closed,
             ET.SEED_GERMINATED: self.on_germinated,
             ET.SEED_STAGE_CHANGED: self.on_stage,
             ET.SEED_GATE_EVALUATED: self.on_gate,
@@ -512,8 +513,23 @@ class _Builder:
         d = e.data
         self.warnings.append((_iso(e.timestamp_ns), str(d.get("reason", "")),
                               str(d.get("detail", e.message))))  # fmt: skip
-        if isinstance(d.get("backends"), list):
-            self.backends = [b for b in d["backends"] if isinstance(b, dict)]
+
+    def on_closed(self, e: TelemetryEvent) -> None:
+        """The telemetry's account (one per process): each backend's counts, as numbers."""
+        d = e.data
+        names = [*d.get("delivered", {}), *(n for n in d.get("dropped", {}) if n != "hub")]
+        rank = "" if e.rank is None else f"rank {e.rank}: "
+        hub_dropped = (d.get("dropped") or {}).get("hub", 0)
+        self.backends.append({"name": f"{rank}hub", "emitted": d.get("emitted"),
+                              "dropped": hub_dropped})  # fmt: skip
+        for name in dict.fromkeys(names):
+            self.backends.append({
+                "name": f"{rank}{name}",
+                "delivered": (d.get("delivered") or {}).get(name),
+                "dropped": (d.get("dropped") or {}).get(name),
+                "failed": (d.get("failed") or {}).get(name),
+                "lost": (d.get("lost") or {}).get(name),
+            })  # fmt: skip
 
     # -- seeds ----------------------------------------------------------------------------
 

@@ -187,11 +187,12 @@ def _verdict(r: RunView) -> str:
             + "".join(f"<td>{fmt(b.get(k))}</td>" for k in
                       ("emitted", "delivered", "dropped", "failed", "lost"))
             + "</tr>" for b in v.backends)  # fmt: skip
-        lines.append(f"<p>Each backend's final counts, as the run recorded them:</p>"
-                     f"<table class='grid'>{head}{body}</table>")  # fmt: skip
+        lines.append(f"<p>Each backend's final counts, as the run recorded them at its end "
+                     "(TELEMETRY_CLOSED: every event before that one):</p>"
+                     f"<table class='grid backends'>{head}{body}</table>")  # fmt: skip
     else:
-        lines.append("<p class='muted'>The record carries no per-backend final counts; the "
-                     "run's closing summary printed them.</p>")  # fmt: skip
+        lines.append("<p class='warn'>The record carries no final counts (no TELEMETRY_CLOSED: "
+                     "the run was killed, or recorded by an older Esper).</p>")  # fmt: skip
     if v.warnings:
         rows = "".join(f"<tr><td>{esc(t)}</td><td>{esc(reason)}</td><td>{esc(d)}</td></tr>"
                        for t, reason, d in v.warnings)  # fmt: skip

@@ -42,6 +42,7 @@ _PREFIX: dict[tuple[TelemetryEventType, str | None], str] = {
     (ET.CHECKPOINT_LOADED, None): "resumed_from",
     (ET.TELEMETRY_WARNING, None): "last_warning",
     (ET.TELEMETRY_LEVEL_CHANGED, None): "last_level_change",
+    (ET.TELEMETRY_CLOSED, None): "telemetry_account",
 }
 
 _RENAMED: dict[tuple[TelemetryEventType, str | None], dict[str, str]] = {

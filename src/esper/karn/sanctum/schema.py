@@ -256,6 +256,8 @@ class SanctumSnapshot:
     """Every env runs at debug now, after the policy went wrong."""
     checkpoint: dict[str, Any] = field(default_factory=dict)
     resumed_from: dict[str, Any] = field(default_factory=dict)
+    telemetry_account: dict[str, Any] = field(default_factory=dict)
+    """The telemetry's own account at the run's end (TELEMETRY_CLOSED): counts by backend."""
     completed: dict[str, Any] = field(default_factory=dict)
     """TRAINING_COMPLETED, once the run ends."""
     events_seen: int = 0
