@@ -7,6 +7,19 @@
 set -eu
 : "${ESPER_REMOTE_WRITE_URL:?set ESPER_REMOTE_WRITE_URL to the store's remote-write URL (docs/SCALING.md)}"
 node="${ESPER_NODE:-$(hostname)}"
+# Checked before anything starts (exit 2, naming the variable): the values go into the agent's
+# YAML, where a space, a quote or a colon would change what the config says.
+case "$ESPER_REMOTE_WRITE_URL" in
+    http://?*|https://?*) ;;
+    *) echo "agent-entrypoint: error: ESPER_REMOTE_WRITE_URL=$ESPER_REMOTE_WRITE_URL: not an http(s) URL" >&2; exit 2 ;;
+esac
+case "$ESPER_REMOTE_WRITE_URL" in
+    *[[:space:]\"\'\#]*) echo "agent-entrypoint: error: ESPER_REMOTE_WRITE_URL: holds a space, a quote or a #" >&2; exit 2 ;;
+esac
+if ! printf '%s' "$node" | grep -Eq '^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$'; then
+    echo "agent-entrypoint: error: ESPER_NODE=$node: a node name is 1-63 letters, digits, '.', '_' or '-'" >&2
+    exit 2
+fi
 config="${ESPER_AGENT_CONFIG:-/etc/prometheus/agent.yml}"
 data="${ESPER_AGENT_DATA:-/prometheus}"
 filled="${TMPDIR:-/tmp}/esper-agent-$$.yml"

@@ -23,7 +23,13 @@ from esper.nissa._file import (
 )
 from esper.nissa._hub import NissaHub
 from esper.nissa.metric_catalogue import MetricDetail
-from esper.nissa.otel import OTelOutput, RecordedTraces, otlp_configured, traces_endpoint
+from esper.nissa.otel import (
+    OTelOutput,
+    RecordedTraces,
+    check_otel_environment,
+    otlp_configured,
+    traces_endpoint,
+)
 from esper.nissa.prometheus import PrometheusOutput
 from esper.nissa.series_budget import SERIES_BUDGET_PER_RANK, SeriesEstimate
 
@@ -108,7 +114,11 @@ def attach_backends(
     announce: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> TelemetrySetup:
     """Build and attach the backends ``spec`` names; ``announce`` each destination as it
-    opens. Raises BackendConfigError naming the path or port that cannot be used."""
+    opens. Raises BackendConfigError naming the path, port or variable that cannot be used,
+    before any backend exists (a bad OTEL_* variable leaves no empty run directory)."""
+    traces = spec.otlp_endpoint is not None or (spec.otlp_from_environment and otlp_configured())
+    if traces:
+        check_otel_environment()
     setup = TelemetrySetup(hub)
     rank = spec.rank if spec.rank is not None and spec.rank.distributed else None
     if spec.telemetry_file is not None:
@@ -162,7 +172,7 @@ def attach_backends(
                 labels={**spec.metrics_sd_labels, **({} if rank is None else rank.labels)},
             )
             setup.destinations.append(f"scrape target registered in {sd}")
-    if spec.otlp_endpoint is not None or (spec.otlp_from_environment and otlp_configured()):
+    if traces:
         otel: OTelOutput | RecordedTraces = (
             RecordedTraces(endpoint=spec.otlp_endpoint)
             if spec.otlp_recorded

@@ -109,6 +109,39 @@ def traces_endpoint(base: str) -> str:
     return base if base.endswith("/v1/traces") else f"{base}/v1/traces"
 
 
+OTEL_URL_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
+OTEL_TIMEOUT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT")
+
+
+def check_otel_environment() -> None:
+    """BackendConfigError naming the variable when a standard OTEL_* variable the exporter
+    reads cannot be used: an endpoint that is not an http(s) URL, a timeout that is not a
+    positive number. Checked where they are read, before any work."""
+    from urllib.parse import urlsplit  # noqa: PLC0415
+
+    for name in OTEL_URL_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            try:
+                parts = urlsplit(value)
+                ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+                _ = parts.port  # a port out of range raises
+            except ValueError:
+                ok = False
+            if not ok:
+                raise BackendConfigError(f"{name}={value!r}: not an http(s) URL "
+                                         "(e.g. http://127.0.0.1:4318)")  # fmt: skip
+    for name in OTEL_TIMEOUT_VARIABLES:
+        value = os.environ.get(name)
+        if value:
+            try:
+                number = float(value)
+            except ValueError:
+                number = float("nan")
+            if not 0 < number < float("inf"):
+                raise BackendConfigError(f"{name}={value!r}: not a positive number")
+
+
 def otlp_configured() -> bool:
     """True when the standard OTEL_* variables name an OTLP endpoint for traces."""
     return bool(
@@ -124,6 +157,7 @@ def otlp_exporter(endpoint: str | None = None) -> SpanExporter:
         OTLPSpanExporter,
     )
 
+    check_otel_environment()
     timeout_env = os.environ.get("OTEL_EXPORTER_OTLP_TRACES_TIMEOUT") or os.environ.get(
         "OTEL_EXPORTER_OTLP_TIMEOUT"
     )

@@ -12,11 +12,20 @@ from esper.leyline import UsageError
 from esper.scripts._preflight import check_output_dir
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``esper dashboards``."""
     p = argparse.ArgumentParser(prog="esper dashboards", description=__doc__)
     p.add_argument("--out", type=Path, default=Path("dashboards"), help="dashboards directory")
     p.add_argument("--check", action="store_true", help="fail if a dashboard is out of date")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        print(f"esper dashboards: error: --out {args.out}: is not a directory", file=sys.stderr)
+        return 2
     if args.check:
         stale = [
             str(args.out / name)

@@ -18,11 +18,20 @@ GENERATED: dict[str, Callable[[], str]] = {
 """File name under the docs directory -> function that renders it."""
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``esper docs``."""
     p = argparse.ArgumentParser(prog="esper docs", description=__doc__)
     p.add_argument("--out", type=Path, default=Path("docs"), help="docs directory")
     p.add_argument("--check", action="store_true", help="fail if a page is out of date")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        print(f"esper docs: error: --out {args.out}: is not a directory", file=sys.stderr)
+        return 2
     try:
         return _generate(args)
     except UsageError as exc:

@@ -85,7 +85,8 @@ def _compare(args: argparse.Namespace) -> int:
     return summary.exit_status(code)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``esper offline``."""
     p = argparse.ArgumentParser(prog="esper offline", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
@@ -106,6 +107,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     c.add_argument("--task", choices=("digits",), default="digits")
     c.add_argument("--max-epochs", type=at.int_range(2), default=30)
     c.add_argument("--telemetry-dir", type=Path)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     try:
         return {"record": _record, "train": _train, "compare": _compare}[args.command](args)

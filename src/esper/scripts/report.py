@@ -49,6 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.rules is not None and not (args.rules / "alerts.yml").is_file():
+        print(f"esper report: error: --rules {args.rules}: no alerts.yml there (give the "
+              "directory that holds alerts.yml and recording.yml)", file=sys.stderr)  # fmt: skip
+        return 2
+    if args.rules is not None and not args.alerts:
+        print("esper report: error: --rules: only read with --alerts", file=sys.stderr)
+        return 2
     try:
         result = make_report(args.path, args.output, strict=args.strict, alerts=args.alerts,
                              rules=args.rules or SHIPPED_RULES)  # fmt: skip

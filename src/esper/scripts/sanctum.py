@@ -24,7 +24,8 @@ def load(path: Path | Sequence[Path]) -> tuple[SanctumAggregator, list[LineProbl
     return aggregator, problems
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``esper sanctum``."""
     p = argparse.ArgumentParser(prog="esper sanctum", description=__doc__)
     p.add_argument(
         "path",
@@ -32,6 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         nargs="+",
         help="events.jsonl, a run directory, or its parent; several for a multi-rank run's nodes",
     )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if not (sys.stdin.isatty() and sys.stdout.isatty()):
         # The full-screen view needs a terminal to draw in and to read keys from; redirected,

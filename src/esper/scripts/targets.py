@@ -136,7 +136,8 @@ def _prune(directory: Path, *, unreachable: bool, dry_run: bool) -> int:
     return 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``esper targets``."""
     p = argparse.ArgumentParser(prog="esper targets", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     sub = p.add_subparsers(dest="command", required=True)
@@ -147,6 +148,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     pr.add_argument("--unreachable", action="store_true",
                     help="also remove targets of other hosts that do not answer")  # fmt: skip
     pr.add_argument("--dry-run", action="store_true", help="say what would be removed")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if not args.directory.is_dir():
         print(f"esper targets: error: {args.directory}: not a directory", file=sys.stderr)

@@ -369,7 +369,8 @@ def _report_backfill(
                   f"for:): {', '.join(pending)}")  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The flags of ``esper telemetry``."""
     p = argparse.ArgumentParser(prog="esper telemetry", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
     s = sub.add_parser("summarize", help="count a run's events by type; say how it ended")
@@ -429,6 +430,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"would delete (default {STACK_RETENTION}, the shipped stack's)",
     )
     b.add_argument("--strict", action="store_true", help="fail on the first corrupt line")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = build_parser()
     args = p.parse_args(argv)
     if args.command == "replay" and not (
         args.telemetry_file or args.telemetry_dir or args.otlp_endpoint
