@@ -169,6 +169,7 @@ def test_the_report_draws_every_point_offline_with_no_error_and_no_request(runs:
         requests = _browser.requests_made(driver)
         errors = _browser.console_errors(driver)
         shots = _browser.screenshot_sections(driver, runs.shots / "faulty")
+        png = driver.execute_script("return window.esperReport.png('val_loss')")
     assert drawn["errors"] == []
     assert errors == []
     assert requests == [page.resolve().as_uri()], "the page asked for something beyond itself"
@@ -185,6 +186,15 @@ def test_the_report_draws_every_point_offline_with_no_error_and_no_request(runs:
     assert {p.stem for p in shots} >= {"section-run", "section-training", "section-seeds",
                                        "section-wrong", "section-ppo"}  # fmt: skip
     assert all(p.stat().st_size > 5000 for p in shots)
+    import base64
+    import struct
+
+    assert png.startswith("data:image/png;base64,")
+    raw = base64.b64decode(png.split(",", 1)[1])
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", raw[16:24])  # the IHDR chunk
+    assert width > 300, "the chart, with its title above it"
+    assert height > 200
 
 
 def test_anomaly_markers_sit_at_the_records_epochs_on_every_curve(runs: Runs) -> None:

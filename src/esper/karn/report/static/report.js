@@ -181,9 +181,10 @@
     for (const p of plots) p.u.setData(aligned(p.chart), false);
   }
 
-  function png(id) {
+  // The chart as a PNG (its title above the canvas): a data URL, which the button saves.
+  function pngData(id) {
     const p = plots.find((q) => q.chart.id === id);
-    if (!p) return;
+    if (!p) return null;
     const src = p.u.ctx.canvas, pad = 28 * devicePixelRatio;
     const out = document.createElement("canvas");
     out.width = src.width; out.height = src.height + pad;
@@ -192,8 +193,15 @@
     ctx.fillStyle = "#111"; ctx.font = `${14 * devicePixelRatio}px sans-serif`;
     ctx.fillText(p.chart.title, 8 * devicePixelRatio, 19 * devicePixelRatio);
     ctx.drawImage(src, 0, pad);
+    return out.toDataURL("image/png");
+  }
+  report.png = pngData;
+
+  function png(id) {
+    const url = pngData(id);
+    if (!url) return;
     const a = document.createElement("a");
-    a.download = `${id}.png`; a.href = out.toDataURL("image/png");
+    a.download = `${id}.png`; a.href = url;
     document.body.appendChild(a); a.click(); a.remove();
   }
 
