@@ -627,3 +627,14 @@ def test_rank_0_leaves_a_report_of_every_rank(two_ranks: TwoRanks) -> None:
     assert {s["label"]: len(s["y"]) for s in charts["rank_epoch_seconds"]["series"]} == per_rank
     assert [s["label"] for s in charts["straggler"]["series"]] == ["slowest rank", "median"]
     assert {s["label"] for s in charts["collective_wait"]["series"]} == {"rank 0", "rank 1"}
+    # Progress on every rank (only rank 0 writes BATCH_EPOCH_COMPLETED): each env's epochs
+    # reach the run's last batch, and every seed ends within the episode it lived in.
+    batches = sum(1 for e in two_ranks.events if e.event_type is ET.BATCH_EPOCH_COMPLETED)
+    envs = charts["val_accuracy"]["series"]
+    assert {s["label"] for s in envs} == {"env 0", "env 1", "env 2", "env 3"}
+    assert all(max(s["p"]) == pytest.approx(batches) for s in envs)
+    seeds = json.loads(m.group(1))["seeds"]
+    assert seeds
+    for seed in seeds:
+        first, last = seed["stages"][0][3], seed["stages"][-1][4]
+        assert int(first) == int(last - 1e-9), f"{seed['id']} outlived its episode"

@@ -371,14 +371,23 @@ class _Builder:
     def on_epoch(self, e: TelemetryEvent) -> None:
         d = e.data
         t = self.t(e)
-        p = self.p_epoch(e, d.get("inner_epoch"))
         if d.get("scope") == "aggregate":
+            # Every process writes one per epoch, with its batch: the batch in progress comes
+            # from here (only rank 0 writes BATCH_EPOCH_COMPLETED in a multi-rank run).
+            batch = int(d.get("batch", self.batch.get(e.rank, 0)))
+            self.batch[e.rank] = batch
+            inner = int(d.get("inner_epoch") or 0)
+            p = batch + inner / self.max_epochs
             if e.rank is not None and d.get("epoch_seconds") is not None:
                 self.add("rank_epoch_seconds", f"rank {e.rank}", t, p, d["epoch_seconds"])
-                key = (self.batch.get(e.rank, 0), int(d.get("inner_epoch") or 0))
+                key = (batch, inner)
                 self.epochs_by_rank.setdefault(key, {})[e.rank] = _num(d["epoch_seconds"])
                 self.epoch_at[key] = max(self.epoch_at.get(key, (t, p)), (t, p))
+            if inner >= self.max_epochs:  # the episode ends: the next epoch is the next batch's
+                self.end_episode(e.rank, t, p)
+                self.batch[e.rank] = batch + 1
             return
+        p = self.p_epoch(e, d.get("inner_epoch"))
         label = self.env_label(e, d.get("env_id"))
         self.add("val_accuracy", label, t, p, d.get("val_accuracy"))
         self.add("val_loss", label, t, p, d.get("val_loss"))
@@ -395,15 +404,21 @@ class _Builder:
 
     def on_batch(self, e: TelemetryEvent) -> None:
         d = e.data
-        t, p = self.t(e), self.p_batch(d.get("batch_idx", 0))
+        batch = int(d.get("batch_idx", 0))
+        t, p = self.t(e), self.p_batch(batch)
         self.add("batch_accuracy", "mean over envs", t, p, d.get("avg_accuracy"))
         self.add("batch_accuracy", "rolling", t, p, d.get("rolling_accuracy"))
         self.add("batch_reward", "mean episode reward", t, p, d.get("avg_reward"))
-        for key in [k for k in self.seeds if k[0] == e.rank]:  # the episode ended under them
+        self.end_episode(e.rank, t, p)  # already done at the episode's last epoch, as a rule
+        self.batch[e.rank] = max(self.batch.get(e.rank, 0), batch + 1)
+
+    def end_episode(self, rank: int | None, t: float, p: float) -> None:
+        """A process's episode ended: the seeds still alive in its envs end with it (the envs
+        start their next episode afresh)."""
+        for key in [k for k in self.seeds if k[0] == rank]:
             life = self.seeds.pop(key)
             self._close_stage(life, t, p)
             life.outcome = "episode_end"
-        self.batch[e.rank] = int(d.get("batch_idx", 0)) + 1
 
     def on_ppo(self, e: TelemetryEvent) -> None:
         d = e.data
