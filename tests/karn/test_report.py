@@ -304,3 +304,42 @@ def test_the_pinned_library_is_what_set_up_installed() -> None:
         (Path(__file__).resolve().parents[2] / "js" / "package-lock.json").read_text()
     )
     assert pkg["version"] == lock["packages"]["node_modules/uplot"]["version"] == "1.6.32"
+
+
+def _event(name: str, t: int, rank: int | None, epoch: int | None, **data: Any) -> Any:
+    from esper.leyline import TelemetryEvent, TelemetryEventType
+
+    return TelemetryEvent(event_type=TelemetryEventType[name], data=data, epoch=epoch,
+                          rank=rank, run_id="r", timestamp_ns=1_000_000_000 * (t + 1))  # fmt: skip
+
+
+def test_progress_is_each_processs_own_and_the_update_ends_its_batch() -> None:
+    """Two ranks of 2-epoch episodes; only rank 0 writes BATCH_EPOCH_COMPLETED. A policy
+    anomaly during the update (no epoch) belongs to the end of the batch just finished."""
+    from esper.karn.report.model import build_run
+
+    events, t = [], 0
+    events.append(_event("TRAINING_STARTED", t, 0, None, max_epochs=2, world_size=2))
+    for batch in (0, 1):
+        for epoch in (1, 2):
+            for rank in (0, 1):
+                t += 1
+                if epoch == 1 and batch == 1:
+                    events.append(_event("GRADIENT_ANOMALY", t, rank, 1, scope="host",
+                                         kind="nan", env_id=rank, value=None))  # fmt: skip
+                env = {"env_id": rank, "val_accuracy": 50.0}
+                events.append(_event("EPOCH_COMPLETED", t, rank, epoch, scope="env",
+                                     inner_epoch=epoch, **env))  # fmt: skip
+                agg = {"batch": batch, "epoch_seconds": 1.0}
+                events.append(_event("EPOCH_COMPLETED", t, rank, epoch, scope="aggregate",
+                                     inner_epoch=epoch, **agg))  # fmt: skip
+        t += 1
+        events.append(_event("GRADIENT_ANOMALY", t, 0, None, scope="policy", kind="exploding",
+                             value=1e6))  # fmt: skip
+        events.append(_event("BATCH_EPOCH_COMPLETED", t, 0, None, batch_idx=batch))
+    view = build_run(0, events)
+    for s in view.series:
+        if s.chart == "val_accuracy":
+            assert s.p == [0.5, 1.0, 1.5, 2.0], s.label
+    marks = sorted((-1 if m.env is None else m.env, m.p, m.batch) for m in view.markers)
+    assert marks == [(-1, 1.0, 0), (-1, 2.0, 1), (0, 1.5, 1), (1, 1.5, 1)]

@@ -301,7 +301,9 @@ class _Builder:
         self.lives: list[SeedLife] = []
         self.lanes: dict[str, tuple[int, int, int]] = {}
         self.batch: dict[int | None, int] = {}
-        """Each process's batch in progress (the BATCH_EPOCH_COMPLETED it saw)."""
+        """Each process's batch in progress (from its aggregate EPOCH_COMPLETED)."""
+        self.between: dict[int | None, bool] = {}
+        """A process between episodes (its last epoch done, the next not begun)."""
         self.max_epochs = 1
         self.slot_order: list[str] = []
         self.slot_series: dict[str, set[str]] = {}
@@ -320,7 +322,14 @@ class _Builder:
         return (e.timestamp_ns - self.t0) / 1e9
 
     def p_epoch(self, e: TelemetryEvent, epoch: Any) -> float:
+        """Progress of an event at ``epoch`` of its process's episode. Between an episode's
+        last epoch and the next episode's first (the PPO update), an event belongs to the end
+        of the finished batch; one at an earlier epoch has begun the next."""
         batch = self.batch.get(e.rank, 0)
+        if self.between.get(e.rank):
+            if epoch is None or int(epoch) >= self.max_epochs:
+                return float(batch)
+            self.between[e.rank] = False
         if epoch is None:
             return float(batch + 1)
         return batch + int(epoch) / self.max_epochs
@@ -377,6 +386,7 @@ class _Builder:
             batch = int(d.get("batch", self.batch.get(e.rank, 0)))
             self.batch[e.rank] = batch
             inner = int(d.get("inner_epoch") or 0)
+            self.between[e.rank] = False
             p = batch + inner / self.max_epochs
             if e.rank is not None and d.get("epoch_seconds") is not None:
                 self.add("rank_epoch_seconds", f"rank {e.rank}", t, p, d["epoch_seconds"])
@@ -386,6 +396,7 @@ class _Builder:
             if inner >= self.max_epochs:  # the episode ends: the next epoch is the next batch's
                 self.end_episode(e.rank, t, p)
                 self.batch[e.rank] = batch + 1
+                self.between[e.rank] = True
             return
         p = self.p_epoch(e, d.get("inner_epoch"))
         label = self.env_label(e, d.get("env_id"))
@@ -466,19 +477,20 @@ class _Builder:
 
     def mark(self, e: TelemetryEvent, kind: str, what: str, value: Any, threshold: Any) -> None:
         env = e.data.get("env_id")
+        p = self.p_epoch(e, e.epoch)
         self.markers.append(
             Marker(
                 run=self.index,
                 kind=kind,
                 what=what,
                 t=self.t(e),
-                p=self.p_epoch(e, e.epoch),
+                p=p,
                 ns=e.timestamp_ns,
                 time=_iso(e.timestamp_ns),
                 rank=e.rank,
                 env=None if env is None else int(env),
                 epoch=e.epoch,
-                batch=self.batch.get(e.rank, 0),
+                batch=max(0, math.ceil(p - 1e-9) - 1),  # the batch whose epoch it is
                 value=None if value is None else _num(value),
                 threshold=None if threshold is None else _num(threshold),
                 event_id=e.event_id,
