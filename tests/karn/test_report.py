@@ -343,3 +343,33 @@ def test_progress_is_each_processs_own_and_the_update_ends_its_batch() -> None:
             assert s.p == [0.5, 1.0, 1.5, 2.0], s.label
     marks = sorted((-1 if m.env is None else m.env, m.p, m.batch) for m in view.markers)
     assert marks == [(-1, 1.0, 0), (-1, 2.0, 1), (0, 1.5, 1), (1, 1.5, 1)]
+
+
+def test_a_hostile_record_cannot_add_markup_or_script_to_the_page(run_copy: Path) -> None:
+    """Strings from the record (run id, op names, messages) are text, never markup: a record
+    naming an op ``</script><script>alert(1)</script>`` adds no element to the page."""
+    from html.parser import HTMLParser
+
+    evil = "</script><script>alert(1)</script><img src=x onerror=alert(2)>"
+    lines = []
+    for e in jsonl(run_copy / "events.jsonl"):
+        e["run_id"] = f"run{evil}"
+        if e["event_type"] == "ANALYTICS_SNAPSHOT" and e["data"]["kind"] == "action_distribution":
+            e["data"]["action_counts"] = {evil: 3}
+        lines.append(json.dumps(e))
+    (run_copy / "events.jsonl").write_text("\n".join(lines) + "\n")
+    html = build_report(run_copy).html()
+
+    class Tags(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[str] = []
+
+        def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+            self.tags.append(tag)
+
+    parser = Tags()
+    parser.feed(html)
+    assert parser.tags.count("script") == 3  # the data, uPlot, the report's own
+    assert parser.tags.count("img") == 0
+    assert chart(embedded(html), "actions")["series"][0]["label"] == evil  # kept, as text
