@@ -232,3 +232,40 @@ def test_ctrl_c_while_a_command_starts_exits_130_without_a_traceback(
     assert "KeyboardInterrupt" not in err
     assert f"esper {argv[0]}: interrupted" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["train", "ppo", "--resume", "CKPT", "--save", "CKPT"],
+            "--save CKPT: is the checkpoint --resume CKPT being read",
+        ),
+        (
+            ["train", "ppo", "--save", "OUT", "--telemetry-file", "OUT"],
+            "--save OUT: is the --telemetry-file too",
+        ),
+        (
+            ["offline", "train", "--data", "CKPT", "--out", "CKPT"],
+            "--out CKPT: is the dataset --data CKPT being read",
+        ),
+    ],
+)
+def test_a_command_never_saves_over_what_it_reads_or_records(
+    tmp_path: Path, argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    ckpt, out = tmp_path / "ck.pt", tmp_path / "out.jsonl"
+    torch.save({"x": torch.zeros(1)}, ckpt)
+    before = ckpt.read_bytes()
+
+    def fill(a: str) -> str:
+        return a.replace("CKPT", str(ckpt)).replace("OUT", str(out))
+
+    code = cli.main([fill(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 2, err[-500:]
+    assert fill(message) in err
+    assert ckpt.read_bytes() == before
+    assert not out.exists()

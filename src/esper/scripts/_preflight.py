@@ -46,7 +46,7 @@ def check_output_dir(flag: str, path: Path) -> None:
 
 
 def check_not_an_input(
-    flag: str, out: Path, inputs: list[Path], *, directory: bool = False
+    flag: str, out: Path, inputs: list[Path], *, directory: bool = False, what: str = "the record"
 ) -> None:
     """Raise UsageError naming ``flag`` when writing ``out`` would write over one of the
     record's files ``inputs`` (the same path however spelled, a symbolic or a hard link), or,
@@ -54,8 +54,8 @@ def check_not_an_input(
     reads."""
     for f in inputs:
         if same_file(out, f):
-            raise UsageError(f"{flag} {out}: is the record {f} being read (it would be "
+            raise UsageError(f"{flag} {out}: is {what} {f} being read (it would be "
                              "overwritten); write to another path")  # fmt: skip
         if directory and f.resolve().is_relative_to(out.resolve()):
-            raise UsageError(f"{flag} {out}: holds the record {f} being read; write to a "
+            raise UsageError(f"{flag} {out}: holds {what} {f} being read; write to a "
                              "new or empty directory elsewhere")  # fmt: skip

@@ -18,7 +18,7 @@ from esper.nissa.backends import BackendSpec
 from esper.runs.config import new_run_id
 from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
 from esper.scripts import _argtypes as at
-from esper.scripts._preflight import check_output_dir, check_output_file
+from esper.scripts._preflight import check_not_an_input, check_output_dir, check_output_file
 from esper.simic.comparison import (
     HeuristicController,
     PolicyController,
@@ -42,6 +42,7 @@ def _record(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
+    check_not_an_input("--out", args.out, [args.data], what="the dataset --data")
     check_output_file("--out", args.out)
     data = load_dataset(args.data)
     iql = IQL(int(data["obs"].shape[1]))

@@ -19,13 +19,14 @@ from esper.leyline import RankInfo, TelemetryConfig, TelemetryLevel, UsageError
 from esper.nissa import NissaHub
 from esper.nissa.backends import BackendSpec
 from esper.nissa.metric_catalogue import MetricDetail
+from esper.nissa.replay import same_file
 from esper.nissa.series_budget import estimate_series
 from esper.runs import distributed
 from esper.runs.config import RunConfig
 from esper.runs.launch import TrainRequest, launch
 from esper.runs.lifecycle import RunResult, load_checkpoint_file, resume_differences
 from esper.scripts import _argtypes as at
-from esper.scripts._preflight import check_output_dir, check_output_file
+from esper.scripts._preflight import check_not_an_input, check_output_dir, check_output_file
 from esper.scripts._progress import ProgressBar
 from esper.simic.escalation import DEFAULT_ESCALATE_EPOCHS
 from esper.tolaria.environment import Fault
@@ -405,6 +406,13 @@ def preflight(args: argparse.Namespace) -> None:
                   f"that saved it ({', '.join(differs)}); the policy is resumed, and the record "
                   "says so (CHECKPOINT_LOADED differs)", file=sys.stderr)  # fmt: skip
     if args.save is not None:
+        # Never over what the run reads (the checkpoint it resumes) or writes as it goes (its
+        # JSONL record): torch.save at the end would replace it.
+        resumed = [p for p in (args.resume,) if p is not None]
+        check_not_an_input("--save", args.save, resumed, what="the checkpoint --resume")
+        if args.telemetry_file is not None and same_file(args.save, args.telemetry_file):
+            raise UsageError(f"--save {args.save}: is the --telemetry-file too (the checkpoint "
+                             "would replace the run's record); give each its own path")  # fmt: skip
         check_output_file("--save", args.save)
     if args.telemetry_file is not None:
         check_output_file("--telemetry-file", args.telemetry_file)
