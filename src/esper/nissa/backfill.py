@@ -280,7 +280,10 @@ def backfill_runs(
 
 
 def write_openmetrics(runs: Iterable[BackfilledRun], out: IO[str]) -> int:
-    """Write the runs' samples as timestamped OpenMetrics; returns the samples written."""
+    """Write the runs' samples as timestamped OpenMetrics; returns the samples written. The
+    text is the same for the same record in every process: families by name, and each
+    family's series by sample name and labels (the order they were first written in follows
+    set iteration, which string hashing makes differ from process to process)."""
     families: dict[str, list[tuple[SeriesId, list[tuple[int, float]]]]] = defaultdict(list)
     helps: dict[str, str] = {}
     kinds: dict[str, str] = {}
@@ -294,7 +297,9 @@ def write_openmetrics(runs: Iterable[BackfilledRun], out: IO[str]) -> int:
         out.write(f"# TYPE {family} {kinds[family]}\n")
         if family in helps:
             out.write(f"# HELP {family} {escape(helps[family])}\n")
-        for sid, points in families[family]:
+        for sid, points in sorted(
+            families[family], key=lambda pair: (pair[0].name, pair[0].labels)
+        ):
             prefix = f"{sid.name}{label_text(dict(sid.labels))} "
             out.writelines(
                 f"{prefix}{format_value(v)} {t // 1000}.{t % 1000:03d}\n" for t, v in points
