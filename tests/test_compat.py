@@ -57,9 +57,12 @@ def test_the_backfilled_text_is_the_same_under_any_hash_seed(tmp_path: Path) -> 
     import subprocess
     import sys
 
-    code = ("import sys; from esper.nissa import read_events; "
-            "from esper.nissa.backfill import backfill_runs, write_openmetrics; "
-            f"write_openmetrics(backfill_runs(read_events({str(RUN)!r}).events), sys.stdout)")  # fmt: skip
+    code = (
+        "import sys; from esper.nissa import read_events; "
+        "from esper.nissa.backfill import backfill_runs, write_openmetrics; "
+        f"events = read_events({str(RUN)!r}).events; "
+        "write_openmetrics(backfill_runs(events), sys.stdout)"
+    )
     texts = [
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                        env={**os.environ, "PYTHONHASHSEED": seed}, timeout=120).stdout
