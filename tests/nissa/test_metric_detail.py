@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import subprocess
 import sys
 from collections import defaultdict
@@ -209,3 +210,86 @@ def test_served_labels_drop_env_id_and_add_stat_only_to_gauges_folded_to_stats()
         assert ("stat" in labels) == (fold_of(spec) is Fold.STATS), spec.name
         assert served_labels(spec, ENV) == spec.labels
     assert fold_of(METRICS_BY_NAME["esper_env_telemetry_escalated"]) is Fold.SUM
+
+
+def _selector(labels: frozenset[tuple[str, str]]) -> str:
+    return "{" + ", ".join(f'{k}="{v}"' for k, v in sorted(labels)) + "}"
+
+
+def _folds(env_level: Samples) -> dict[str, tuple[str, str | None]]:
+    """PromQL's fold of every env-level folded sample series: expression -> (sample name,
+    the stat it must equal, None for a sum)."""
+    names = sorted({name for name, labels in env_level
+                    if any(k == "env_id" for k, _ in labels)
+                    and fold_of(METRICS_BY_NAME[_family_of(name) or ""]) is not None})  # fmt: skip
+    exprs: dict[str, tuple[str, str | None]] = {}
+    for name in names:
+        if fold_of(METRICS_BY_NAME[_family_of(name) or ""]) is Fold.SUM:
+            exprs[f"sum without (env_id) ({name})"] = (name, None)
+        else:
+            for op, stat in (("avg", "mean"), ("min", "min"), ("max", "max")):
+                exprs[f"{op} without (env_id) ({name})"] = (name, stat)
+    return exprs
+
+
+_GOT = re.compile(r'expr: "(?P<expr>[^"]+)", time: 0s,\s+exp: nil\s+got: (?P<got>.*)')
+_SAMPLE = re.compile(r"(\{[^}]*\}) (\S+?)(?:, |$)")
+
+
+def _promql(env_level: Samples, exprs: list[str], tmp: Path) -> dict[str, dict[str, float]]:
+    """What PromQL computes for ``exprs`` over the env-level samples: promtool evaluates each
+    (with no expectation, so it prints what it got), expression -> labels -> value."""
+    import yaml
+
+    series = [{"series": f"{name}{_selector(labels)}",
+               "values": "NaN" if math.isnan(v) else repr(float(v))}
+              for (name, labels), v in env_level.items()]  # fmt: skip
+    tests = [{"expr": e, "eval_time": "0m", "exp_samples": []} for e in exprs]
+    path = tmp / "folds_test.yml"
+    path.write_text(yaml.safe_dump({"rule_files": [], "tests": [
+        {"interval": "1m", "input_series": series, "promql_expr_test": tests}]}))  # fmt: skip
+    done = subprocess.run(["promtool", "test", "rules", str(path)], capture_output=True,
+                          text=True, check=False, timeout=120)  # fmt: skip
+    got: dict[str, dict[str, float]] = {}
+    for m in _GOT.finditer(done.stdout + done.stderr):
+        got[m.group("expr")] = {labels: float(v) for labels, v in _SAMPLE.findall(m.group("got"))}
+    assert set(got) == set(exprs), (done.stdout + done.stderr)[-2000:]
+    return got
+
+
+def test_the_folds_are_promqls_own_as_promtool_evaluates_them(tmp_path: Path) -> None:
+    """The oracle is PromQL: promtool evaluates ``avg``, ``min``, ``max`` and ``sum without
+    (env_id)`` over the env-level series, at the first moment with a NaN loss in env 0 and at
+    the end, and the rank-level series equal what it computes (to the last bits of a sum's
+    rounding, which depend on the order of the addition)."""
+    env_out, rank_out = PrometheusOutput(cuda=False), PrometheusOutput(cuda=False, detail=RANK)
+    events = _script(envs=5, epochs=6)
+    moments = 0
+    nan_seen = False
+    for i, event in enumerate(events):
+        env_out.emit(event)
+        rank_out.emit(event)
+        rank_out.render()  # folds what the event wrote, as a scrape does
+        env = _samples(env_out.registry)
+        has_nan = any(math.isnan(v) for v in env.values())
+        if not ((has_nan and not nan_seen) or i == len(events) - 1):
+            continue
+        nan_seen = nan_seen or has_nan
+        moments += 1
+        exprs = _folds(env)
+        got = _promql(env, list(exprs), tmp_path)
+        rank = _samples(rank_out.registry)
+        for expr, (name, stat) in exprs.items():
+            served = {
+                _selector(frozenset(k for k in labels if k[0] != "stat")): value
+                for (n, labels), value in rank.items()
+                if n == name and (stat is None or ("stat", stat) in labels)
+            }
+            assert served.keys() == got[expr].keys(), expr
+            for labels, value in got[expr].items():
+                assert served[labels] == pytest.approx(value, rel=1e-12, nan_ok=True), (
+                    expr,
+                    labels,
+                )
+    assert nan_seen
+    assert moments == 2
