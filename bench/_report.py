@@ -73,3 +73,19 @@ def write_section(name: str, body: str) -> None:
         text = text.rstrip() + "\n\n" + block + "\n"
     PERFORMANCE_MD.parent.mkdir(parents=True, exist_ok=True)
     PERFORMANCE_MD.write_text(text)
+
+
+def esper(*args: str) -> float:
+    """Wall seconds of one ``esper`` command, run as a user runs it (a new process); exits
+    naming the command and its output when it fails."""
+    import subprocess
+    import sys
+
+    t0 = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "esper.scripts.cli", *args],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    wall = time.perf_counter() - t0
+    if done.returncode != 0:
+        raise SystemExit(f"esper {' '.join(args)} failed ({done.returncode}):\n"
+                         f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")  # fmt: skip
+    return wall

@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from esper.leyline import TelemetryEventType
 from esper.nissa import DirectoryOutput, read_events
 
-from _report import write_section
+from _report import esper, write_section
 
 EVENTS = 100_000
 ROUNDS = 3
@@ -34,27 +32,13 @@ RUN = ["ppo", "--n-envs", "4", "--episodes", "8", "--max-epochs", "10", "--seed"
 ET = TelemetryEventType
 
 
-def _esper(*args: str) -> float:
-    """Wall seconds of one ``esper`` command (a new process, as a user runs it)."""
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "esper.scripts.cli", *args],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(
-            f"esper {' '.join(args)} failed ({done.returncode}):\n"
-            f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}"
-        )
-    return wall
-
-
 def _size(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _record(tmp: Path) -> tuple[Path, int]:
     """A record of at least EVENTS events, from one real run (see the module docstring)."""
-    _esper("train", *RUN, "--telemetry-dir", str(tmp / "seed-run"))
+    esper("train", *RUN, "--telemetry-dir", str(tmp / "seed-run"))
     events = read_events(tmp / "seed-run").events
     first = next(i for i, e in enumerate(events) if e.event_type is ET.TRAINING_STARTED) + 1
     last = max(i for i, e in enumerate(events) if e.event_type is ET.TRAINING_COMPLETED)
@@ -83,10 +67,10 @@ def main() -> None:
             for which in ("backfill", "replay") if r % 2 == 0 else ("replay", "backfill"):
                 out = tmp / f"{which}-{r}"
                 if which == "backfill":
-                    backfill.append(_esper("telemetry", "backfill", str(record), "--out", str(out)))
+                    backfill.append(esper("telemetry", "backfill", str(record), "--out", str(out)))
                     blocks = _size(out)
                 else:
-                    replay.append(_esper("telemetry", "replay", str(record), "--telemetry-dir",
+                    replay.append(esper("telemetry", "replay", str(record), "--telemetry-dir",
                                          str(out)))  # fmt: skip
                 shutil.rmtree(out)
     b, p = statistics.median(backfill), statistics.median(replay)

@@ -13,10 +13,8 @@ medians are reported.
 from __future__ import annotations
 
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -27,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests._browser
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import DirectoryOutput, read_events
 
-from _report import write_section
+from _report import esper, write_section
 
 EVENTS = 100_000
 ROUNDS = 3
@@ -38,18 +36,6 @@ RUN = ["ppo", "--n-envs", "4", "--episodes", "8", "--max-epochs", "10", "--seed"
 ET = TelemetryEventType
 BATCH_FIELDS = ("batch_idx", "batch")
 EPISODE_FIELDS = ("episodes_completed", "start_episode")
-
-
-def _esper(*args: str) -> float:
-    """Wall seconds of one ``esper`` command (a new process, as a user runs it)."""
-    t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "esper.scripts.cli", *args],
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    wall = time.perf_counter() - t0
-    if done.returncode != 0:
-        raise SystemExit(f"esper {' '.join(args)} failed ({done.returncode}):\n"
-                         f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")  # fmt: skip
-    return wall
 
 
 def _later(e: TelemetryEvent, k: int, span_ns: int, batches: int, episodes: int) -> TelemetryEvent:
@@ -74,7 +60,7 @@ def _later(e: TelemetryEvent, k: int, span_ns: int, batches: int, episodes: int)
 
 def _record(tmp: Path) -> tuple[Path, int]:
     """A record of at least EVENTS events, from one real run (see the module docstring)."""
-    _esper("train", *RUN, "--telemetry-dir", str(tmp / "seed-run"), "--no-report")
+    esper("train", *RUN, "--telemetry-dir", str(tmp / "seed-run"), "--no-report")
     events = read_events(tmp / "seed-run").events
     first = next(i for i, e in enumerate(events) if e.event_type is ET.TRAINING_STARTED) + 1
     last = max(i for i, e in enumerate(events) if e.event_type is ET.TRAINING_COMPLETED)
@@ -117,9 +103,9 @@ def main() -> None:
         for r in range(ROUNDS):
             for which in ("report", "summarize") if r % 2 == 0 else ("summarize", "report"):
                 if which == "report":
-                    report.append(_esper("report", str(record), "-o", str(page)))
+                    report.append(esper("report", str(record), "-o", str(page)))
                 else:
-                    summarize.append(_esper("telemetry", "summarize", str(record)))
+                    summarize.append(esper("telemetry", "summarize", str(record)))
         size = page.stat().st_size
         renders = [_render(page) for _ in range(ROUNDS)]
     rep, peer = statistics.median(report), statistics.median(summarize)

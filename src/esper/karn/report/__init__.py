@@ -6,7 +6,8 @@
 
 from esper.karn.report.assets import AssetError, uplot_dist
 from esper.karn.report.build import Report, ReportError, build_report, write_report
-from esper.karn.report.model import CHARTS, MAX_POINTS, Band, Marker, RunView, Series
+from esper.karn.report.charts import CHARTS
+from esper.karn.report.views import MAX_POINTS, Band, Marker, RunView, Series
 
 __all__ = [
     "CHARTS",

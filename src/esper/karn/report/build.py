@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esper.karn.report.assets import read_assets
-from esper.karn.report.model import Band, RunView, build_run
+from esper.karn.report.model import build_run
 from esper.karn.report.page import render
 from esper.karn.report.spans import locate_spans
+from esper.karn.report.views import Band, RunView
 from esper.leyline import TelemetryEvent
 from esper.nissa import read_events
 from esper.nissa.replay import LineProblem, Paths

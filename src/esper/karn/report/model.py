@@ -14,273 +14,24 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from esper.karn.report.charts import PPO_FIELDS
+from esper.karn.report.views import (
+    Band,
+    Marker,
+    RunView,
+    SeedLife,
+    Series,
+    StageSpan,
+    Verdict,
+    num,
+)
 from esper.leyline import TelemetryEvent, TelemetryEventType
-from esper.nissa.replay import RankReport, RunStatus, rank_reports, run_status
-
-MAX_POINTS = 2000
-"""Points drawn per series at most; longer series are thinned to each bucket's min and max."""
+from esper.nissa.replay import rank_reports, run_status
 
 ET = TelemetryEventType
-
-
-@dataclass(frozen=True, slots=True)
-class ChartSpec:
-    id: str
-    section: str
-    title: str
-    unit: str
-    """The y axis's unit, as the page prints it (empty: a plain number)."""
-    help: str
-    log: bool = False
-
-
-SECTIONS: tuple[tuple[str, str], ...] = (
-    ("training", "Training"),
-    ("ppo", "PPO vitals"),
-    ("gradients", "Gradients"),
-    ("throughput", "Throughput"),
-    ("rewards", "Rewards and actions"),
-    ("ranks", "Ranks"),
-)
-
-CHARTS: tuple[ChartSpec, ...] = (
-    ChartSpec("val_accuracy", "training", "Validation accuracy by env", "%",
-              "EPOCH_COMPLETED (scope env) val_accuracy"),
-    ChartSpec("val_loss", "training", "Validation loss by env", "",
-              "EPOCH_COMPLETED (scope env) val_loss"),
-    ChartSpec("train_loss", "training", "Training loss by env", "",
-              "EPOCH_COMPLETED (scope env) train_loss; loss spikes are judged on it"),
-    ChartSpec("batch_accuracy", "training", "Batch accuracy", "%",
-              "BATCH_EPOCH_COMPLETED avg_accuracy and rolling_accuracy"),
-    ChartSpec("batch_reward", "training", "Batch reward", "",
-              "BATCH_EPOCH_COMPLETED avg_reward: mean episode reward of the batch"),
-    ChartSpec("ppo_policy_loss", "ppo", "Policy loss", "", "PPO_UPDATE_COMPLETED policy_loss"),
-    ChartSpec("ppo_value_loss", "ppo", "Value loss", "", "PPO_UPDATE_COMPLETED value_loss"),
-    ChartSpec("ppo_entropy", "ppo", "Entropy, total and per head", "",
-              "PPO_UPDATE_COMPLETED entropy and head_<head>_entropy"),
-    ChartSpec("ppo_kl", "ppo", "KL divergence", "", "PPO_UPDATE_COMPLETED kl_divergence"),
-    ChartSpec("ppo_clip_fraction", "ppo", "Clip fraction", "",
-              "PPO_UPDATE_COMPLETED clip_fraction"),
-    ChartSpec("ppo_explained_variance", "ppo", "Explained variance", "",
-              "PPO_UPDATE_COMPLETED explained_variance"),
-    ChartSpec("ppo_grad_norm", "ppo", "Policy gradient norm, total and per head", "",
-              "PPO_UPDATE_COMPLETED grad_norm and head_<head>_grad_norm"),
-    ChartSpec("ppo_lr", "ppo", "Learning rate", "", "PPO_UPDATE_COMPLETED lr"),
-    ChartSpec("host_grad_norm", "gradients", "Host gradient norm by env", "",
-              "EPOCH_COMPLETED (scope env) host_grad_norm", log=True),
-    ChartSpec("seed_grad_norm", "gradients", "Seed gradient norm by env and slot", "",
-              "EPOCH_COMPLETED (scope env) seeds.<slot>.gradient_norm", log=True),
-    ChartSpec("step_time", "throughput", "Step time by env", "ms",
-              "ANALYTICS_SNAPSHOT (kind throughput) step_time_ms"),
-    ChartSpec("fps", "throughput", "Samples per second by env", "/s",
-              "ANALYTICS_SNAPSHOT (kind throughput) fps"),
-    ChartSpec("dataloader_wait", "throughput", "Dataloader wait by env", "ms",
-              "ANALYTICS_SNAPSHOT (kind throughput) dataloader_wait_ms"),
-    ChartSpec("reward_components", "rewards", "Reward components (mean over envs)", "",
-              "ANALYTICS_SNAPSHOT (kind reward_summary): each component's episode sum, "
-              "averaged over the batch's envs"),
-    ChartSpec("actions", "rewards", "Actions per batch", "",
-              "ANALYTICS_SNAPSHOT (kind action_distribution) action_counts"),
-    ChartSpec("mask_hits", "rewards", "Action mask hit rate by head", "",
-              "ANALYTICS_SNAPSHOT (kind mask_hit_rates) mask_hits / mask_total"),
-    ChartSpec("rank_epoch_seconds", "ranks", "Epoch time by rank", "s",
-              "EPOCH_COMPLETED (scope aggregate) epoch_seconds of each rank"),
-    ChartSpec("straggler", "ranks", "Slowest rank against the median", "s",
-              "per epoch: the slowest rank's epoch_seconds and the median over ranks"),
-    ChartSpec("collective_wait", "ranks", "Collective wait by rank", "s",
-              "ANALYTICS_SNAPSHOT (kind collectives) wait_seconds_total per batch"),
-)  # fmt: skip
-CHART_IDS = frozenset(c.id for c in CHARTS)
-
-PPO_FIELDS = {
-    "ppo_policy_loss": ("policy_loss",),
-    "ppo_value_loss": ("value_loss",),
-    "ppo_kl": ("kl_divergence",),
-    "ppo_clip_fraction": ("clip_fraction",),
-    "ppo_explained_variance": ("explained_variance",),
-    "ppo_lr": ("lr",),
-}
-
-
-@dataclass(slots=True)
-class Series:
-    """One curve: every point of it, and the figures of the table (over every point)."""
-
-    chart: str
-    label: str
-    run: int
-    t: list[float] = field(default_factory=list)
-    p: list[float] = field(default_factory=list)
-    y: list[float] = field(default_factory=list)
-    gaps: list[tuple[int, float, float]] = field(default_factory=list)
-    """(index of the point after it, t, p) of each gap: where the series had no value (a slot
-    with no seed), so the line breaks there instead of joining two seeds' lives."""
-
-    def add(self, t: float, p: float, y: Any) -> None:
-        self.t.append(t)
-        self.p.append(p)
-        self.y.append(_num(y))
-
-    def add_gap(self, t: float, p: float) -> None:
-        if self.y and not (self.gaps and self.gaps[-1][0] == len(self.y)):
-            self.gaps.append((len(self.y), t, p))
-
-    @property
-    def finite(self) -> list[float]:
-        return [v for v in self.y if math.isfinite(v)]
-
-    def stats(self) -> dict[str, Any]:
-        """count, non-finite count, min, max (over finite points) and the last point."""
-        finite = self.finite
-        return {
-            "count": len(self.y),
-            "nonfinite": len(self.y) - len(finite),
-            "min": min(finite) if finite else None,
-            "max": max(finite) if finite else None,
-            "last": self.y[-1] if self.y else None,
-        }
-
-    def drawn(self, limit: int = MAX_POINTS) -> tuple[list[int], bool]:
-        """The indices of the points drawn, and whether any were left out: every point up to
-        ``limit``; above it, each of ``limit // 2`` buckets keeps its lowest and highest point
-        (and any non-finite one, drawn as a gap), so every peak survives."""
-        n = len(self.y)
-        if n <= limit:
-            return list(range(n)), False
-        buckets = limit // 2
-        keep: list[int] = [0]
-        for b in range(buckets):
-            lo, hi = b * n // buckets, (b + 1) * n // buckets
-            idx = [i for i in range(lo, hi) if math.isfinite(self.y[i])]
-            gaps = [i for i in range(lo, hi) if not math.isfinite(self.y[i])][:1]
-            chosen = set(gaps)
-            if idx:
-                chosen.add(min(idx, key=self.y.__getitem__))
-                chosen.add(max(idx, key=self.y.__getitem__))
-            keep.extend(sorted(chosen))
-        keep.append(n - 1)
-        return sorted(set(keep)), True
-
-
-@dataclass(frozen=True, slots=True)
-class Marker:
-    """Something that went wrong, at its moment: drawn on every curve, listed in the table."""
-
-    run: int
-    kind: str
-    """gradient_anomaly, loss_spike, rollback or regression_cull."""
-    what: str
-    t: float
-    p: float
-    ns: int
-    """When it happened (Unix nanoseconds)."""
-    time: str
-    rank: int | None
-    env: int | None
-    epoch: int | None
-    batch: int
-    value: float | None
-    threshold: float | None
-    event_id: str
-    trace_id: str = ""
-    span_id: str = ""
-    span: str = ""
-    """The span's name and what it covers (``esper.episode env 0``)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Band:
-    """A stretch of the run: an escalation window (an env at debug) or an alert firing."""
-
-    run: int
-    kind: str
-    """escalation or alert."""
-    label: str
-    t0: float
-    t1: float
-    p0: float
-    p1: float
-    open_end: bool = False
-    """The record ends inside it."""
-
-
-@dataclass(slots=True)
-class StageSpan:
-    stage: str
-    t0: float
-    p0: float
-    t1: float = 0.0
-    p1: float = 0.0
-    alpha: float | None = None
-    gates: list[str] = field(default_factory=list)
-
-
-@dataclass(slots=True)
-class SeedLife:
-    """One seed, germination to its end, stage by stage."""
-
-    run: int
-    lane: str
-    seed_id: str
-    blueprint: str
-    stages: list[StageSpan] = field(default_factory=list)
-    outcome: str = "alive"
-    """fossilized, culled, episode_end (alive when its episode ended: the env starts its next
-    episode afresh) or alive (still growing when the record ends: a killed run)."""
-    reason: str = ""
-    improvement: float | None = None
-
-
-@dataclass(slots=True)
-class Verdict:
-    """The telemetry's own account, as far as the record holds it."""
-
-    events: int
-    files: dict[str, int]
-    problems: list[str]
-    warnings: list[tuple[str, str, str]]
-    """(time, reason, detail) of each TELEMETRY_WARNING."""
-    backends: list[dict[str, Any]]
-    """Each backend's final counts, where the record carries them."""
-
-
-@dataclass(slots=True)
-class RunView:
-    """Everything the report shows of one run."""
-
-    index: int
-    run_id: str
-    status: RunStatus
-    ranks: list[RankReport]
-    started: dict[str, Any]
-    completed: dict[str, Any] | None
-    start: str
-    end: str
-    duration: float
-    nodes: list[str]
-    world_size: int
-    max_epochs: int
-    series: list[Series]
-    markers: list[Marker]
-    bands: list[Band]
-    seeds: list[SeedLife]
-    lanes: list[str]
-    verdict: Verdict
-    last_t: float
-    last_p: float
-
-
-def _num(v: Any) -> float:
-    if v is None:
-        return math.nan
-    try:
-        return float(v)
-    except (TypeError, ValueError):
-        return math.nan
 
 
 def _iso(ns: int) -> str:
@@ -391,7 +142,7 @@ class _Builder:
             if e.rank is not None and d.get("epoch_seconds") is not None:
                 self.add("rank_epoch_seconds", f"rank {e.rank}", t, p, d["epoch_seconds"])
                 key = (batch, inner)
-                self.epochs_by_rank.setdefault(key, {})[e.rank] = _num(d["epoch_seconds"])
+                self.epochs_by_rank.setdefault(key, {})[e.rank] = num(d["epoch_seconds"])
                 self.epoch_at[key] = max(self.epoch_at.get(key, (t, p)), (t, p))
             if inner >= self.max_epochs:  # the episode ends: the next epoch is the next batch's
                 self.end_episode(e.rank, t, p)
@@ -459,7 +210,7 @@ class _Builder:
             self.add("dataloader_wait", label, t, p, d.get("dataloader_wait_ms"))
         elif kind == "reward_summary" and batch is not None:
             for name, value in (d.get("summary") or {}).items():
-                self.rewards.setdefault((int(batch), str(name)), []).append(_num(value))
+                self.rewards.setdefault((int(batch), str(name)), []).append(num(value))
             self.reward_at[int(batch)] = (t, p)
         elif kind == "action_distribution":
             for op, n in (d.get("action_counts") or {}).items():
@@ -467,8 +218,8 @@ class _Builder:
         elif kind == "mask_hit_rates":
             totals = d.get("mask_total") or {}
             for head, hits in (d.get("mask_hits") or {}).items():
-                total = _num(totals.get(head))
-                self.add("mask_hits", str(head), t, p, _num(hits) / total if total else math.nan)
+                total = num(totals.get(head))
+                self.add("mask_hits", str(head), t, p, num(hits) / total if total else math.nan)
         elif kind == "collectives":
             rank = d.get("rank", e.rank)
             self.add("collective_wait", f"rank {rank}", t, p, d.get("wait_seconds_total"))
@@ -491,8 +242,8 @@ class _Builder:
                 env=None if env is None else int(env),
                 epoch=e.epoch,
                 batch=max(0, math.ceil(p - 1e-9) - 1),  # the batch whose epoch it is
-                value=None if value is None else _num(value),
-                threshold=None if threshold is None else _num(threshold),
+                value=None if value is None else num(value),
+                threshold=None if threshold is None else num(threshold),
                 event_id=e.event_id,
             )
         )
@@ -647,7 +398,7 @@ class _Builder:
 
 
 def _opt(v: Any) -> float | None:
-    return None if v is None else _num(v)
+    return None if v is None else num(v)
 
 
 def build_run(

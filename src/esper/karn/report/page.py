@@ -14,7 +14,8 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from esper.karn.report.model import CHARTS, SECTIONS, Band, Marker, RunView, Series
+from esper.karn.report.charts import CHARTS, SECTIONS
+from esper.karn.report.views import Band, Marker, RunView, Series
 
 RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#8c564b",
                "#e377c2")  # fmt: skip

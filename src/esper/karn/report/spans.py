@@ -17,7 +17,7 @@ from dataclasses import replace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from esper.karn.report.model import Marker
+from esper.karn.report.views import Marker
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa.otel import RecordedTraces, run_trace_ids
 
