@@ -10,19 +10,15 @@ from esper.nissa._file import (
     parse_run_dir_time,
 )
 from esper.nissa._fork import register_fork_resource
-from esper.nissa._hub import (
-    STOP_SIGNALS,
-    BackendStats,
-    HubStats,
-    NissaHub,
-    emit,
-    get_hub,
-    install_signal_handlers,
-    reset_hub,
-    start_daemon_thread,
-)
+from esper.nissa._hub import BackendStats, HubStats, NissaHub, emit, get_hub, reset_hub
 from esper.nissa._jsonl import SCHEMA_VERSION, decode_line, encode_event, to_jsonable
 from esper.nissa._memory import InMemoryOutput, capture_events
+from esper.nissa._signals import (
+    STOP_SIGNALS,
+    install_signal_handlers,
+    signals_blocked,
+    start_daemon_thread,
+)
 from esper.nissa.replay import LineProblem, Replay, iter_events, read_events
 
 __all__ = [
@@ -53,6 +49,7 @@ __all__ = [
     "read_events",
     "register_fork_resource",
     "reset_hub",
+    "signals_blocked",
     "start_daemon_thread",
     "to_jsonable",
 ]

@@ -32,16 +32,12 @@ from __future__ import annotations
 import atexit
 import functools
 import logging
-import signal
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing import util as mp_util
-from types import FrameType
-from typing import Any
 
 from esper.leyline import (
     DEFAULT_BUDGETS,
@@ -59,38 +55,9 @@ from esper.nissa._backend import (
     check_backend,
 )
 from esper.nissa._fork import register_fork_hub
+from esper.nissa._signals import start_daemon_thread
 
 _log = logging.getLogger("esper.nissa")
-
-_SHUTDOWN_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT}
-
-
-def block_shutdown_signals() -> set[int | signal.Signals]:
-    """Block SIGINT and SIGTERM in the calling thread; returns the previous mask.
-
-    Python runs signal handlers only in the main thread, but the kernel may deliver a signal to
-    any thread that does not block it; if a helper thread takes Ctrl-C, a main thread blocked
-    in a system call never wakes up to handle it. Threads Esper starts call this first, and
-    threads they create inherit the mask.
-    """
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _SHUTDOWN_SIGNALS)
-
-
-def start_daemon_thread(target: Callable[[], None], name: str) -> threading.Thread:
-    """Start a named daemon thread that never takes SIGINT or SIGTERM.
-
-    The mask is set in this thread around ``start`` so the new thread is born with it: a
-    thread that blocked the signals only as its own first step could still take one that
-    arrives before it runs, and then a main thread blocked in a system call never wakes.
-    """
-    previous = block_shutdown_signals()
-    try:
-        thread = threading.Thread(target=target, name=name[:60], daemon=True)
-        thread.start()
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-    return thread
-
 
 _FLUSH_ROUNDS = 4
 """At most this many marker rounds per flush (see ``NissaHub._flush_rounds``)."""
@@ -749,41 +716,3 @@ def reset_hub(timeout: float | None = None) -> None:
         hub, _GLOBAL_HUB = _GLOBAL_HUB, None
     if hub is not None:
         hub.close(timeout)
-
-
-class _StopSignals:
-    """The handler of the signals that stop a run: the first one unwinds the main thread (Ctrl-C
-    as KeyboardInterrupt, any other as ``SystemExit(128 + signum)``); those that follow while
-    it unwinds are noted and ignored, so the unwinding that records how the run ended (its
-    TRAINING_COMPLETED, the final flush) is never cut short by a second Ctrl-C or SIGTERM."""
-
-    def __init__(self) -> None:
-        self.first: int | None = None
-        self.ignored = 0
-
-    def __call__(self, signum: int, frame: FrameType | None) -> Any:
-        if self.first is not None:
-            self.ignored += 1
-            return
-        self.first = signum
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
-
-
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
-"""What a user, a terminal, a scheduler or torchrun sends to stop a job (not SIGKILL, which no
-process can see: a run killed so reads back as ``unfinished``)."""
-
-
-def install_signal_handlers() -> None:
-    """Make every stop signal unwind the main thread the way Ctrl-C does, once (see
-    ``_StopSignals``), so ``finally`` blocks and the atexit hook close the hub and deliver what
-    is queued. Call from the main thread of a command-line program; libraries should not take
-    over signals."""
-    handler = _StopSignals()
-    for sig in STOP_SIGNALS:
-        signal.signal(sig, handler)
-    # A process started while its parent's thread blocked these signals inherits the block:
-    # the thread that handles them must receive them.
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _SHUTDOWN_SIGNALS)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -60,7 +59,7 @@ from opentelemetry.trace import (
 
 from esper.leyline import BackendConfigError, RankInfo, TelemetryEvent, TelemetryEventType
 from esper.nissa._backend import OutputBackend
-from esper.nissa._hub import block_shutdown_signals, start_daemon_thread
+from esper.nissa._signals import signals_blocked, start_daemon_thread
 
 ET = TelemetryEventType
 DEFAULT_SERVICE_NAME = "esper-trainer"
@@ -281,13 +280,10 @@ class OTelOutput(OutputBackend):
             resource=self.resource, id_generator=self._ids or RandomIdGenerator()
         )
         if batch:
-            previous = block_shutdown_signals()  # the SDK's worker thread inherits the mask
-            try:
+            with signals_blocked():  # the SDK's worker thread inherits the mask
                 processor: Any = BatchSpanProcessor(
                     self._counting, max_queue_size=max_queue_size, schedule_delay_millis=1000
                 )
-            finally:
-                signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         else:
             processor = SimpleSpanProcessor(self._counting)
         self.provider.add_span_processor(processor)

@@ -15,7 +15,6 @@ endpoint for Prometheus file-based service discovery and ``close`` removes it ag
 from __future__ import annotations
 
 import os
-import signal
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +26,8 @@ from prometheus_client.registry import Collector
 from esper.leyline import BackendConfigError, TelemetryEvent
 from esper.nissa._backend import OutputBackend
 from esper.nissa._fork import register_fork_resource
-from esper.nissa._hub import HubStats, block_shutdown_signals
+from esper.nissa._hub import HubStats
+from esper.nissa._signals import signals_blocked
 from esper.nissa.cuda_metrics import CudaCollector, CudaStatsSource, cuda_available
 from esper.nissa.exposition import CONTENT_TYPE, CachedExposition
 from esper.nissa.metric_catalogue import METRICS_BY_NAME, MetricDetail
@@ -138,11 +138,8 @@ class PrometheusOutput(OutputBackend):
             tls = TlsFiles(Path(certfile), Path(keyfile), ca)
         server = MetricsServer(metrics_app(self.render, CONTENT_TYPE), port, addr, tls)
         # The server's threads inherit this thread's signal mask: keep Ctrl-C for the main one.
-        previous_mask = block_shutdown_signals()
-        try:
+        with signals_blocked():
             server.start()
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, previous_mask)
         self._server = server
         return server.port
 
