@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -48,6 +49,33 @@ def write_blocks(
             samples += tsdb.write_alerts_openmetrics(activities, alerts_om)
             tsdb.create_blocks(alerts_om, out)
     return samples, fired
+
+
+def write_blocks_whole(
+    runs: Sequence[BackfilledRun],
+    out: Path,
+    alerts_file: Path,
+    recording_file: Path,
+    *,
+    openmetrics: Path | None = None,
+    out_existed: bool,
+) -> tuple[int, Fired]:
+    """``write_blocks``, whole or not at all: ``out`` was new or empty, so whatever is in it
+    when the work fails (a tool's error, a full disk, Ctrl-C) is this backfill's, and half of
+    one would pass for a whole. It is removed (and ``out`` itself when this made it: not
+    ``out_existed``) before the error goes on."""
+    try:
+        return write_blocks(runs, out, alerts_file, recording_file, openmetrics=openmetrics)
+    except BaseException:
+        for child in out.iterdir() if out_existed else [out]:
+            shutil.rmtree(child, ignore_errors=True)
+        raise
+
+
+def ending_after(runs: Sequence[BackfilledRun], now_s: float) -> list[BackfilledRun]:
+    """The runs that, placed where they are (``--align-start``), would end after ``now_s``:
+    Prometheus refuses samples from the future."""
+    return [r for r in runs if r.end_ms / 1000 > now_s]
 
 
 def alerts_over(

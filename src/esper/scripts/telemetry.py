@@ -4,7 +4,6 @@ metrics into Prometheus TSDB blocks."""
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
 import time
 from collections import Counter
@@ -23,8 +22,9 @@ from esper.nissa.backends import BackendSpec
 from esper.nissa.backfill import BackfilledRun, backfill_runs
 from esper.nissa.metric_catalogue import MetricDetail
 from esper.nissa.replay import LineProblem, RunTracker, resolve_events_files
+from esper.nissa.verdicts import account_lines, anomaly_report
 from esper.runs import tsdb
-from esper.runs.backfill import write_blocks
+from esper.runs.backfill import ending_after, write_blocks_whole
 from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_not_an_input, check_output_dir, check_output_file
@@ -91,86 +91,6 @@ def _summarize(args: argparse.Namespace) -> int:
     if not status.finished and status.state != "unknown":
         print(f"warning: {where}: {status.detail}", file=sys.stderr)
     return 0
-
-
-def account_lines(events: Sequence[TelemetryEvent]) -> list[str]:
-    """The telemetry's own account of the run (TELEMETRY_CLOSED, one per process), or why
-    the record has none."""
-    closed = [e for e in events if e.event_type is TelemetryEventType.TELEMETRY_CLOSED]
-    if not closed:
-        started = any(e.event_type is TelemetryEventType.TRAINING_STARTED for e in events)
-        return ["telemetry account: none in the record (the run was killed, or recorded by an "
-                "older Esper)"] if started else []  # fmt: skip
-    lines = []
-    for e in closed:
-        d = e.data
-        who = "" if e.rank is None else f" of rank {e.rank}"
-        verdict = "every event kept" if d.get("complete") else "EVENTS LOST"
-        lines.append(f"telemetry account{who}: {d.get('emitted')} events before it, {verdict}; "
-                     f"dropped at the hub: {(d.get('dropped') or {}).get('hub', 0)}")  # fmt: skip
-        for name, delivered in (d.get("delivered") or {}).items():
-            counts = {k: (d.get(k) or {}).get(name, 0) for k in ("dropped", "failed", "lost")}
-            lines.append(f"  {name}: delivered {delivered}, "
-                         + ", ".join(f"{k} {n}" for k, n in counts.items()))  # fmt: skip
-    return lines
-
-
-def anomaly_report(events: Sequence[TelemetryEvent]) -> list[str]:
-    """One line per anomaly (gradient anomalies and loss spikes, rollbacks, regression culls):
-    when, where, what, and the epochs its escalation recorded at debug level."""
-    windows: dict[str, tuple[int | None, int | None, int]] = {}  # trigger id -> env, from, to
-    opened: dict[tuple[int | None, int | None], TelemetryEvent] = {}
-    for e in events:
-        if e.event_type is not TelemetryEventType.TELEMETRY_LEVEL_CHANGED:
-            continue
-        key = (e.rank, e.data.get("env_id"))
-        if e.data.get("to_level") == "debug":
-            opened[key] = e
-        elif key in opened:
-            start = opened.pop(key)
-            trigger = start.data.get("trigger_event_id")
-            if isinstance(trigger, str):
-                windows[trigger] = (start.data.get("env_id"), start.epoch,
-                                    int(e.data.get("until_epoch", 0)))  # fmt: skip
-    unclosed = {  # the record ends inside these windows (a killed run): say so, not "none"
-        s.data.get("trigger_event_id"): s for s in opened.values()
-    }
-    lines = []
-    for e in events:
-        what = _anomaly(e)
-        if what is None:
-            continue
-        d = e.data
-        env = "policy" if d.get("env_id") is None else f"env {d.get('env_id')}"
-        rank = "" if e.rank is None else f"rank {e.rank} "
-        window = windows.get(e.event_id)
-        still_open = unclosed.get(e.event_id)
-        if still_open is not None:
-            who = "every env" if still_open.data.get("env_id") is None else (
-                f"env {still_open.data.get('env_id')}")  # fmt: skip
-            detail = (f"{who} at debug from epoch {still_open.epoch}; the record ends inside "
-                      "the window")  # fmt: skip
-        elif window is None:
-            detail = "no escalation"
-        else:
-            who = "every env" if window[0] is None else f"env {window[0]}"
-            detail = f"{who} at debug, epochs {window[1]}..{window[2]}"
-        when = e.timestamp.isoformat(timespec="seconds")
-        lines.append(f"{when} {rank}{env} epoch {e.epoch}: {what}; {detail}")
-    return lines
-
-
-def _anomaly(e: TelemetryEvent) -> str | None:
-    d = e.data
-    if e.event_type is TelemetryEventType.GRADIENT_ANOMALY:
-        value, threshold = d.get("value"), d.get("threshold")
-        bound = "" if threshold is None else f" (threshold {threshold:.3g})"
-        return f"{d.get('scope')} {d.get('kind')}, {value:.3g}{bound}"
-    if e.event_type is TelemetryEventType.GOVERNOR_ROLLBACK:
-        return f"rollback on {d.get('reason')} (loss {d.get('loss_at_panic')})"
-    if e.event_type is TelemetryEventType.SEED_CULLED and d.get("reason") == "blend_regression":
-        return f"seed {e.seed_id} in {e.slot_id} culled for a blend regression"
-    return None
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -288,7 +208,7 @@ def _backfill(args: argparse.Namespace) -> int:
         replay.events, align_start_ns=align_ns, detail=MetricDetail(args.metrics_detail)
     )
     if align_ns is not None:
-        late = [r for r in runs if r.end_ms / 1000 > time.time()]
+        late = ending_after(runs, time.time())
         if late:
             raise UsageError(
                 f"--align-start {_when(args.align_start)}: run {late[0].run_id} would end in "
@@ -296,15 +216,11 @@ def _backfill(args: argparse.Namespace) -> int:
                 "choose an earlier instant"
             )
     try:
-        samples, fired = write_blocks(
-            runs, args.out, alerts_file, recording_file, openmetrics=args.openmetrics
-        )
+        samples, fired = write_blocks_whole(
+            runs, args.out, alerts_file, recording_file,
+            openmetrics=args.openmetrics, out_existed=existed,
+        )  # fmt: skip
     except BaseException:
-        # --out was new or empty: what is there now is this backfill's, and half of one
-        # would look like a whole. Remove it (and --out itself when backfill made it), so
-        # what is left reads as what it holds.
-        for child in args.out.iterdir() if existed else [args.out]:
-            shutil.rmtree(child, ignore_errors=True)
         print(f"esper telemetry: backfill did not finish; removed the partial {args.out}",
               file=sys.stderr)  # fmt: skip
         raise
