@@ -12,12 +12,18 @@ rank waited for the slowest one: ``waits`` collects (operation, seconds) per cal
 
 from __future__ import annotations
 
+import hashlib
+import math
+import statistics
 import time
-from collections.abc import Iterable
-from typing import Protocol
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
+
+from esper.leyline import ACTION_HEADS, Op
 
 
 class Collectives(Protocol):
@@ -145,3 +151,112 @@ class ProcessGroupCollectives:
     def take_waits(self) -> list[tuple[str, float]]:
         waits, self._waits = self._waits, []
         return waits
+
+
+def policy_digest(policy: torch.nn.Module) -> str:
+    """A short hash of the policy's parameters and buffers: equal on every rank of a run
+    exactly when their policies are (one device-to-host copy of the policy)."""
+    flat = torch.cat([t.detach().reshape(-1).float() for t in policy.state_dict().values()])
+    return hashlib.sha256(flat.cpu().numpy().tobytes()).hexdigest()[:16]
+
+
+_REDUCTIONS: dict[str, str] = {
+    **dict.fromkeys(
+        ("policy_loss", "value_loss", "entropy", "kl_divergence", "clip_fraction",
+         "explained_variance", "ratio_mean", *(f"head_{h}_entropy" for h in ACTION_HEADS)),
+        "mean",
+    ),
+    "ratio_min": "min",
+    "ratio_max": "max",
+    "ratio_std": "pooled_std",
+    "update_time_ms": "max",
+    "entropy_collapsed": "any",
+}  # fmt: skip
+"""How PPO_UPDATE_COMPLETED's per-rank values combine into the run's. The fields not listed
+(gradient norms and health, layer counts, train steps, early stop, the entropy coefficient)
+are the same on every rank: they come from the averaged gradients and the agreed early stop."""
+
+
+def _reduce(key: str, by_key: dict[str, list[float]]) -> float | bool:
+    values = by_key[key]
+    how = _REDUCTIONS[key]
+    if how == "min":
+        return min(values)
+    if how == "max":
+        return max(values)
+    if how == "any":
+        return any(v != 0.0 for v in values)
+    if how == "pooled_std":  # every rank has as many samples: pool the variances
+        means = by_key["ratio_mean"]
+        grand = statistics.fmean(means)
+        return math.sqrt(
+            statistics.fmean(s * s + (m - grand) ** 2 for s, m in zip(values, means, strict=True))
+        )
+    return statistics.fmean(values)
+
+
+def _as_float(value: object) -> float:
+    return float(value) if isinstance(value, int | float) else math.nan
+
+
+@dataclass(slots=True)
+class RunBatch:
+    """A batch's figures over every rank."""
+
+    accuracies: list[float]
+    rewards: list[float]
+    action_counts: dict[str, int]
+    success_counts: dict[str, int]
+    mask_hits: list[int]
+    decisions: int
+    metrics: dict[str, Any]
+
+
+def gather_batch(
+    comm: Collectives,
+    *,
+    accuracies: list[float],
+    rewards: list[float],
+    action_counts: Mapping[str, int],
+    success_counts: Mapping[str, int],
+    mask_hits: list[int],
+    decisions: int,
+    metrics: dict[str, Any],
+) -> RunBatch:
+    """A batch over all ranks, from one all-gather of every rank's packed figures (with one
+    rank: this rank's own, unchanged); the PPO figures combined as ``_REDUCTIONS`` says."""
+    ops = [op.name for op in Op]
+    scalars = [k for k in _REDUCTIONS if k in metrics]
+    packed = [
+        *accuracies,
+        *rewards,
+        *(action_counts[o] for o in ops),
+        *(success_counts[o] for o in ops),
+        *mask_hits,
+        decisions,
+        *(_as_float(metrics[k]) for k in scalars),
+    ]
+    ranks = comm.gather([float(v) for v in packed])
+    n, k, h = len(accuracies), len(ops), len(mask_hits)
+
+    def column(start: int, length: int) -> list[list[float]]:
+        return [row[start : start + length] for row in ranks]
+
+    def summed(start: int, length: int) -> list[int]:
+        return [int(sum(col)) for col in zip(*column(start, length), strict=True)]
+
+    run = RunBatch(
+        accuracies=[a for row in column(0, n) for a in row],
+        rewards=[r for row in column(n, n) for r in row],
+        action_counts=dict(zip(ops, summed(2 * n, k), strict=True)),
+        success_counts=dict(zip(ops, summed(2 * n + k, k), strict=True)),
+        mask_hits=summed(2 * n + 2 * k, h),
+        decisions=summed(2 * n + 2 * k + h, 1)[0],
+        metrics=dict(metrics),
+    )
+    if len(ranks) > 1:
+        start = 2 * n + 2 * k + h + 1
+        by_key = {key: [row[start + j] for row in ranks] for j, key in enumerate(scalars)}
+        for key in scalars:
+            run.metrics[key] = _reduce(key, by_key)
+    return run

@@ -9,13 +9,16 @@ from typing import Any, Protocol
 import torch
 
 from esper.leyline import (
+    ACTION_HEADS,
     EmitsEvents,
+    FactoredAction,
     Severity,
     TelemetryConfig,
     TelemetryEventType,
     TelemetryLevel,
     emit_event,
 )
+from esper.nissa import get_hub
 from esper.tolaria.counterfactual import (
     emit_counterfactual_computed,
     emit_counterfactual_unavailable,
@@ -186,4 +189,69 @@ def _emit_mask_hit_rates(
             "mask_total": dict(mask_total),
         },
         message=f"batch {batch_idx} mask hits {dict(mask_hits)}",
+    )
+
+
+def _emit_last_action(
+    env_id: int,
+    epoch: int,
+    factored_action: FactoredAction,
+    masked: Mapping[str, bool],
+    success: bool,
+    *,
+    hub: EmitsEvents | None = None,
+) -> dict[str, Any]:
+    """ANALYTICS_SNAPSHOT kind=last_action: one env's decision, whether each head's mask
+    removed a choice, and whether it succeeded (debug level). Sent to ``hub`` (the run's),
+    or to the process hub; returns the payload."""
+    a = factored_action
+    data: dict[str, Any] = {
+        "kind": "last_action",
+        "env_id": env_id,
+        "epoch": epoch,
+        "op": a.op.name,
+        "slot_id": a.slot_id,
+        "blueprint_id": a.blueprint_id,
+        "blend_id": a.blend_id,
+        **{f"{h}_masked": bool(masked[h]) for h in ACTION_HEADS},
+        "action_success": success,
+    }
+    emit_event(
+        (get_hub() if hub is None else hub).emit,
+        ET.ANALYTICS_SNAPSHOT,
+        data,
+        message=f"env {env_id}: {a.op.name} {a.slot_id}",
+        epoch=epoch,
+    )
+    return data
+
+
+def _emit_collectives(
+    hub: EmitsEvents,
+    *,
+    batch_idx: int,
+    rank: int,
+    waits: list[tuple[str, float]],
+    policy_digest: str,
+) -> None:
+    """ANALYTICS_SNAPSHOT kind=collectives: this rank's collective calls in a batch and how
+    long each took (mostly waiting for the slowest rank)."""
+    by_op: dict[str, list[float]] = {}
+    for op, seconds in waits:
+        by_op.setdefault(op, []).append(seconds)
+    total = sum(seconds for _, seconds in waits)
+    emit_event(
+        hub.emit,
+        ET.ANALYTICS_SNAPSHOT,
+        {
+            "kind": "collectives",
+            "batch_idx": batch_idx,
+            "rank": rank,
+            "calls": len(waits),
+            "wait_seconds_total": total,
+            "wait_seconds_max": max((seconds for _, seconds in waits), default=0.0),
+            "wait_seconds": by_op,
+            "policy_digest": policy_digest,
+        },
+        message=f"rank {rank} batch {batch_idx}: {len(waits)} collectives, {total:.3f} s waiting",
     )

@@ -14,12 +14,11 @@ epoch for the batched actions and once per batch for the mask counts.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,12 +37,19 @@ from esper.leyline import (
     emit_event,
     make_event,
 )
-from esper.nissa import get_hub
-from esper.simic.collectives import Collectives, LocalCollectives
+from esper.simic.collectives import (
+    Collectives,
+    LocalCollectives,
+    RunBatch,
+    gather_batch,
+    policy_digest,
+)
 from esper.simic.emitters import (
     _apply_slot_telemetry,
     _emit_action_distribution,
     _emit_cf_unavailable,
+    _emit_collectives,
+    _emit_last_action,
     _emit_mask_hit_rates,
     _emit_ppo_update_event,
     _emit_reward_summary,
@@ -78,130 +84,6 @@ __all__ = [
 ]
 
 ET = TelemetryEventType
-
-
-def _emit_last_action(
-    env_id: int,
-    epoch: int,
-    factored_action: FactoredAction,
-    masked: Mapping[str, bool],
-    success: bool,
-    *,
-    hub: EmitsEvents | None = None,
-) -> dict[str, Any]:
-    """ANALYTICS_SNAPSHOT kind=last_action: one env's decision, whether each head's mask
-    removed a choice, and whether it succeeded (debug level). Sent to ``hub`` (the run's),
-    or to the process hub; returns the payload."""
-    a = factored_action
-    data: dict[str, Any] = {
-        "kind": "last_action",
-        "env_id": env_id,
-        "epoch": epoch,
-        "op": a.op.name,
-        "slot_id": a.slot_id,
-        "blueprint_id": a.blueprint_id,
-        "blend_id": a.blend_id,
-        **{f"{h}_masked": bool(masked[h]) for h in ACTION_HEADS},
-        "action_success": success,
-    }
-    emit_event(
-        (get_hub() if hub is None else hub).emit,
-        ET.ANALYTICS_SNAPSHOT,
-        data,
-        message=f"env {env_id}: {a.op.name} {a.slot_id}",
-        epoch=epoch,
-    )
-    return data
-
-
-def policy_digest(policy: torch.nn.Module) -> str:
-    """A short hash of the policy's parameters and buffers: equal on every rank of a run
-    exactly when their policies are (one device-to-host copy of the policy)."""
-    flat = torch.cat([t.detach().reshape(-1).float() for t in policy.state_dict().values()])
-    return hashlib.sha256(flat.cpu().numpy().tobytes()).hexdigest()[:16]
-
-
-def _emit_collectives(
-    hub: EmitsEvents,
-    *,
-    batch_idx: int,
-    rank: int,
-    waits: list[tuple[str, float]],
-    policy_digest: str,
-) -> None:
-    """ANALYTICS_SNAPSHOT kind=collectives: this rank's collective calls in a batch and how
-    long each took (mostly waiting for the slowest rank)."""
-    by_op: dict[str, list[float]] = {}
-    for op, seconds in waits:
-        by_op.setdefault(op, []).append(seconds)
-    total = sum(seconds for _, seconds in waits)
-    emit_event(
-        hub.emit,
-        ET.ANALYTICS_SNAPSHOT,
-        {
-            "kind": "collectives",
-            "batch_idx": batch_idx,
-            "rank": rank,
-            "calls": len(waits),
-            "wait_seconds_total": total,
-            "wait_seconds_max": max((seconds for _, seconds in waits), default=0.0),
-            "wait_seconds": by_op,
-            "policy_digest": policy_digest,
-        },
-        message=f"rank {rank} batch {batch_idx}: {len(waits)} collectives, {total:.3f} s waiting",
-    )
-
-
-_REDUCTIONS: dict[str, str] = {
-    **dict.fromkeys(
-        ("policy_loss", "value_loss", "entropy", "kl_divergence", "clip_fraction",
-         "explained_variance", "ratio_mean", *(f"head_{h}_entropy" for h in ACTION_HEADS)),
-        "mean",
-    ),
-    "ratio_min": "min",
-    "ratio_max": "max",
-    "ratio_std": "pooled_std",
-    "update_time_ms": "max",
-    "entropy_collapsed": "any",
-}  # fmt: skip
-"""How PPO_UPDATE_COMPLETED's per-rank values combine into the run's. The fields not listed
-(gradient norms and health, layer counts, train steps, early stop, the entropy coefficient)
-are the same on every rank: they come from the averaged gradients and the agreed early stop."""
-
-
-def _reduce(key: str, by_key: dict[str, list[float]]) -> float | bool:
-    values = by_key[key]
-    how = _REDUCTIONS[key]
-    if how == "min":
-        return min(values)
-    if how == "max":
-        return max(values)
-    if how == "any":
-        return any(v != 0.0 for v in values)
-    if how == "pooled_std":  # every rank has as many samples: pool the variances
-        means = by_key["ratio_mean"]
-        grand = statistics.fmean(means)
-        return math.sqrt(
-            statistics.fmean(s * s + (m - grand) ** 2 for s, m in zip(values, means, strict=True))
-        )
-    return statistics.fmean(values)
-
-
-def _as_float(value: object) -> float:
-    return float(value) if isinstance(value, int | float) else math.nan
-
-
-@dataclass(slots=True)
-class _RunBatch:
-    """A batch's figures over every rank."""
-
-    accuracies: list[float]
-    rewards: list[float]
-    action_counts: dict[str, int]
-    success_counts: dict[str, int]
-    mask_hits: list[int]
-    decisions: int
-    metrics: dict[str, Any]
 
 
 CHECKPOINT_FORMAT = "esper-ppo-v1"
@@ -602,44 +484,13 @@ class VectorizedPPO:
         mask_hits: list[int],
         decisions: int,
         metrics: dict[str, Any],
-    ) -> _RunBatch:
-        """The batch over all ranks, from one all-gather of every rank's packed figures
-        (with one rank: this rank's own, unchanged)."""
-        ops = [op.name for op in Op]
-        scalars = [k for k in _REDUCTIONS if k in metrics]
-        packed = [
-            *accuracies,
-            *rewards,
-            *(stats.action_counts[o] for o in ops),
-            *(stats.success_counts[o] for o in ops),
-            *mask_hits,
-            decisions,
-            *(_as_float(metrics[k]) for k in scalars),
-        ]
-        ranks = self.comm.gather([float(v) for v in packed])
-        n, k, h = len(accuracies), len(ops), len(mask_hits)
-
-        def column(start: int, length: int) -> list[list[float]]:
-            return [row[start : start + length] for row in ranks]
-
-        def summed(start: int, length: int) -> list[int]:
-            return [int(sum(col)) for col in zip(*column(start, length), strict=True)]
-
-        run = _RunBatch(
-            accuracies=[a for row in column(0, n) for a in row],
-            rewards=[r for row in column(n, n) for r in row],
-            action_counts=dict(zip(ops, summed(2 * n, k), strict=True)),
-            success_counts=dict(zip(ops, summed(2 * n + k, k), strict=True)),
-            mask_hits=summed(2 * n + 2 * k, h),
-            decisions=summed(2 * n + 2 * k + h, 1)[0],
-            metrics=dict(metrics),
-        )
-        if len(ranks) > 1:
-            start = 2 * n + 2 * k + h + 1
-            by_key = {key: [row[start + j] for row in ranks] for j, key in enumerate(scalars)}
-            for key in scalars:
-                run.metrics[key] = _reduce(key, by_key)
-        return run
+    ) -> RunBatch:
+        """The batch over all ranks (``gather_batch``)."""
+        return gather_batch(
+            self.comm, accuracies=accuracies, rewards=rewards,
+            action_counts=stats.action_counts, success_counts=stats.success_counts,
+            mask_hits=mask_hits, decisions=decisions, metrics=metrics,
+        )  # fmt: skip
 
     def _report_policy_anomalies(self, *, emit: bool) -> None:
         """GRADIENT_ANOMALY (scope policy) when the update's worst minibatch had non-finite,
