@@ -54,6 +54,11 @@ def test_every_event_carries_every_required_catalogue_field(
         validate_payload(event.event_type, event.data)  # raises naming the field
 
 
+def _completed(events: list[TelemetryEvent]) -> TelemetryEvent:
+    (done,) = [e for e in events if e.event_type is ET.TRAINING_COMPLETED]
+    return done
+
+
 @pytest.mark.slow
 def test_the_run_tells_its_story_from_start_to_end(
     run: tuple[list[TelemetryEvent], str, Path],
@@ -61,8 +66,11 @@ def test_the_run_tells_its_story_from_start_to_end(
     events, out, tmp = run
     types = {e.event_type for e in events}
     assert events[0].event_type is ET.TRAINING_STARTED
-    assert events[-1].event_type is ET.TRAINING_COMPLETED
-    assert events[-1].data["status"] == "completed"
+    # The run's story ends with TRAINING_COMPLETED; the record, with the telemetry's account.
+    assert events[-2].event_type is ET.TRAINING_COMPLETED
+    assert events[-2].data["status"] == "completed"
+    assert events[-1].event_type is ET.TELEMETRY_CLOSED
+    assert events[-1].data["complete"] is True
     expected = {
         ET.EPOCH_COMPLETED, ET.SEED_GERMINATED, ET.SEED_GATE_EVALUATED, ET.SEED_STAGE_CHANGED,
         ET.COUNTERFACTUAL_COMPUTED, ET.PLATEAU_DETECTED, ET.CHECKPOINT_SAVED,
@@ -120,7 +128,7 @@ def test_nan_loss_fault_makes_the_governor_roll_back_and_the_run_finish(tmp_path
     data = rollbacks[0].data
     assert (data["reason"], data["env_id"], data["device"]) == ("nan_loss", 0, "cpu")
     assert rollbacks[0].epoch == 4
-    assert events[-1].data["status"] == "completed"
+    assert _completed(events).data["status"] == "completed"
     final = [e for e in events if e.event_type is ET.EPOCH_COMPLETED and e.data["scope"] == "env"][
         -1
     ]
@@ -148,7 +156,7 @@ def test_cifar10_trains_from_a_local_archive(tmp_path: Path) -> None:
     )
     started = events[0].data
     assert (started["task"], started["max_epochs"]) == ("cifar10", 2)
-    assert events[-1].data["status"] == "completed"
+    assert _completed(events).data["status"] == "completed"
     assert "final validation accuracy" in out
 
 
