@@ -263,7 +263,7 @@ def _report_backfill(
           f"({_size(args.out) / 1024:.0f} KiB), with the recording rules and ALERTS")  # fmt: skip
     if args.openmetrics is not None:
         print(f"OpenMetrics text: {args.openmetrics}")
-    print(f"serve them: prometheus --storage.tsdb.path={args.out}, or see the README "
+    print(f"serve them: prometheus --storage.tsdb.path={args.out}, or see docs/AFTERWARDS.md "
           "('Look at a recorded run in Grafana')")  # fmt: skip
     if not args.alerts:
         return
