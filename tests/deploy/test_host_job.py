@@ -1,6 +1,6 @@
 """The documented "job on the host, stack in compose" path, with the shipped configs.
 
-A real ``esper train ppo`` on this host registers itself the way the README tells a host job
+A real ``esper train ppo`` on this host registers itself the way docs/LIVE.md tells a host job
 to (``--metrics-sd-dir`` into the directory compose bind-mounts into Prometheus); a real
 Prometheus runs the shipped ``prometheus.yml`` with its container paths mapped to the host
 sources of compose's mounts, scrapes the run, and evaluates the shipped alert rules; a real
