@@ -30,8 +30,8 @@ from esper.leyline import (
     make_event,
 )
 from esper.leyline import TelemetryEvent as Event
-from esper.nissa.metric_catalogue import MetricDetail
 from esper.nissa.prometheus import PrometheusOutput
+from esper.nissa.prometheus.catalogue import MetricDetail
 
 from _report import write_section
 

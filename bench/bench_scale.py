@@ -124,8 +124,8 @@ def _worker(ranks: list[int], load: _Load, targets: list[str], stop: Any, out: A
     os.environ["OMP_NUM_THREADS"] = "1"
     from esper.leyline import TelemetryEventType
     from esper.nissa import read_events
-    from esper.nissa.metric_catalogue import MetricDetail
     from esper.nissa.prometheus import PrometheusOutput
+    from esper.nissa.prometheus.catalogue import MetricDetail
 
     events = read_events(record).events
     epochs: list[list[Any]] = [[]]

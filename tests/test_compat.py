@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from esper.nissa import read_events
-from esper.nissa.backfill import backfill_runs, write_openmetrics
+from esper.nissa.prometheus.backfill import backfill_runs, write_openmetrics
 from esper.scripts import telemetry
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -59,7 +59,7 @@ def test_the_backfilled_text_is_the_same_under_any_hash_seed(tmp_path: Path) -> 
 
     code = (
         "import sys; from esper.nissa import read_events; "
-        "from esper.nissa.backfill import backfill_runs, write_openmetrics; "
+        "from esper.nissa.prometheus.backfill import backfill_runs, write_openmetrics; "
         f"events = read_events({str(RUN)!r}).events; "
         "write_openmetrics(backfill_runs(events), sys.stdout)"
     )

@@ -75,7 +75,7 @@ def test_imports_go_down_only_and_never_into_another_packages_privates() -> None
     [
         ("tolaria", "from esper.simic.ppo import PPOConfig\n", "a higher layer"),
         ("kasmina", "def f():\n    import esper.karn.sanctum\n", "a higher layer"),
-        ("scripts", "from esper.nissa._hub import NissaHub\n", "the private module"),
+        ("scripts", "from esper.leyline._catalogue import CATALOGUE\n", "the private module"),
         ("simic", "from esper.tolaria.environment import _helper\n", "private _helper"),
     ],
 )
@@ -100,3 +100,52 @@ def test_the_walk_finds_each_kind_of_bad_import(
 )  # fmt: skip
 def test_the_public_paths_the_spec_and_plans_name_still_import(path: str) -> None:
     __import__(path)
+
+
+NISSA_PARTS = {
+    "hub": {"hub"},
+    "record": {"hub", "record"},
+    "prometheus": {"hub", "record", "prometheus"},
+    "otel": {"hub", "otel"},
+}
+"""Inside ``esper.nissa``: what each part may import. The hub knows no backend; each backend
+knows the hub, and none knows another, except that the Prometheus path reads the record
+(backfill replays it). ``backends.py`` (which attaches them all), ``console.py`` and the
+package's ``__init__`` stand above the parts."""
+
+
+def nissa_violations(src: Path = SRC) -> list[str]:
+    """Every import inside ``esper.nissa``'s parts that crosses a line ``NISSA_PARTS`` draws."""
+    found = []
+    root = src / "esper" / "nissa"
+    for part, allowed in NISSA_PARTS.items():
+        for path in sorted((root / part).rglob("*.py")):
+            for line, target, _names in _imports(path):
+                tparts = target.split(".")
+                if tparts[:2] != ["esper", "nissa"]:
+                    continue
+                other = tparts[2] if len(tparts) > 2 else "(esper.nissa itself)"
+                if other not in allowed:
+                    found.append(f"{path.relative_to(src.parent)}:{line}: nissa.{part} imports "
+                                 f"{target}")  # fmt: skip
+    return found
+
+
+def test_every_nissa_part_is_a_package_the_rule_names() -> None:
+    parts = {p.name for p in (SRC / "esper" / "nissa").iterdir() if (p / "__init__.py").exists()}
+    assert parts == set(NISSA_PARTS)
+
+
+def test_the_hub_knows_no_backend_and_no_backend_another() -> None:
+    assert nissa_violations() == []
+
+
+def test_the_nissa_walk_finds_a_backend_that_knows_another(tmp_path: Path) -> None:
+    part = tmp_path / "esper" / "nissa" / "otel"
+    part.mkdir(parents=True)
+    (part / "__init__.py").write_text("")
+    (part / "mod.py").write_text("from esper.nissa.prometheus.output import PrometheusOutput\n")
+    for other in set(NISSA_PARTS) - {"otel"}:
+        (tmp_path / "esper" / "nissa" / other).mkdir()
+    (found,) = nissa_violations(tmp_path)
+    assert "nissa.otel imports esper.nissa.prometheus.output" in found

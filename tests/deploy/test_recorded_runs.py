@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from esper.runs import tsdb
+from esper.nissa.prometheus import tsdb
 from esper.scripts import cli
 from tests._stack import REPO, Stack, query, serving_blocks, wait_until
 

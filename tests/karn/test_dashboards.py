@@ -17,7 +17,7 @@ from esper.karn.grafana import (
     panel_queries,
     render,
 )
-from esper.nissa.metric_catalogue import METRICS
+from esper.nissa.prometheus.catalogue import METRICS
 from esper.scripts import cli
 from tests._stack import DEPLOY, REPO, Stack, panel_promql, query, query_range, wait_until
 

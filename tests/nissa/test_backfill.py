@@ -14,9 +14,9 @@ import pytest
 
 from esper.leyline import TelemetryEvent, TelemetryEventType, example_payload, make_event
 from esper.nissa import DirectoryOutput
-from esper.nissa.backfill import START_LABEL, SeriesId, backfill_runs, write_openmetrics
-from esper.nissa.metric_catalogue import MetricDetail
-from esper.runs import tsdb
+from esper.nissa.prometheus import tsdb
+from esper.nissa.prometheus.backfill import START_LABEL, SeriesId, backfill_runs, write_openmetrics
+from esper.nissa.prometheus.catalogue import MetricDetail
 from esper.scripts import cli
 
 ET = TelemetryEventType

@@ -1,9 +1,9 @@
 """The private names of prometheus_client that Esper reads, named in one place.
 
-``esper.nissa.exposition`` (the cached render, byte for byte ``generate_latest``) and
-``esper.nissa.backfill`` read a metric's and a child's private attributes. ``pyproject.toml``
-pins the release range that has them; a release that moves one fails here, naming it, rather
-than somewhere deep in a render."""
+``esper.nissa.prometheus.exposition`` (the cached render, byte for byte ``generate_latest``)
+and ``esper.nissa.prometheus.backfill`` read a metric's and a child's private attributes.
+``pyproject.toml`` pins the release range that has them; a release that moves one fails here,
+naming it, rather than somewhere deep in a render."""
 
 from __future__ import annotations
 
@@ -44,8 +44,8 @@ def test_every_private_name_esper_reads_is_there(who: str, name: str) -> None:
     obj = _objects()[who]
     assert hasattr(obj, name), (
         f"prometheus_client {prometheus_client.__version__}: the {who} has no {name}, which "
-        "esper.nissa.exposition or esper.nissa.backfill reads; keep the pinned range in "
-        "pyproject.toml, or port the reader to the new release"
+        "esper.nissa.prometheus.exposition or esper.nissa.prometheus.backfill reads; keep the "
+        "pinned range in pyproject.toml, or port the reader to the new release"
     )
 
 

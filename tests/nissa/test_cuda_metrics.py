@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
-from esper.nissa.cuda_metrics import CudaStatsSource, cuda_identity
 from esper.nissa.prometheus import PrometheusOutput
+from esper.nissa.prometheus.cuda import CudaStatsSource, cuda_identity
 
 UUID0 = "5fd3a1c2-7e0b-4c51-9a3e-2b8f0c6d1e47"
 

@@ -22,7 +22,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.leyline import TelemetryEvent, TelemetryEventType, example_payload, make_event
-from esper.nissa.metric_catalogue import (
+from esper.nissa.prometheus import PrometheusOutput
+from esper.nissa.prometheus.budget import estimate_series
+from esper.nissa.prometheus.catalogue import (
     FOLD_STATS,
     METRICS,
     METRICS_BY_NAME,
@@ -31,8 +33,6 @@ from esper.nissa.metric_catalogue import (
     fold_of,
     served_labels,
 )
-from esper.nissa.prometheus import PrometheusOutput
-from esper.nissa.series_budget import estimate_series
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from bench_prometheus import _load

@@ -14,12 +14,12 @@ from typing import Any
 import pytest
 
 from esper.leyline import BackendConfigError
-from esper.nissa.metrics_server import (
+from esper.nissa.prometheus import PrometheusOutput
+from esper.nissa.prometheus.server import (
     HANDSHAKE_TIMEOUT_SECONDS,
     PROMETHEUS_HEADER,
     ScrapeTracker,
 )
-from esper.nissa.prometheus import PrometheusOutput
 from tests._tls import self_signed
 
 PROM_A = {"REMOTE_ADDR": "10.0.0.1", "HTTP_USER_AGENT": "Prometheus/2.42.0+ds",
@@ -240,7 +240,7 @@ def test_metrics_are_at_metrics_with_head_an_index_at_root_and_404_elsewhere(
 def test_past_the_connection_limit_a_scrape_is_told_to_retry_never_reset(
     served: PrometheusOutput,
 ) -> None:
-    from esper.nissa.metrics_server import MAX_CONNECTIONS, RETRY_AFTER_SECONDS
+    from esper.nissa.prometheus.server import MAX_CONNECTIONS, RETRY_AFTER_SECONDS
     from tests._stack import wait_until
 
     port = _port(served)

@@ -22,9 +22,10 @@ from esper.leyline import (
     example_payload,
     make_event,
 )
-from esper.nissa import NissaHub, metric_mapping
-from esper.nissa.cuda_metrics import CudaCollector
-from esper.nissa.metric_catalogue import (
+from esper.nissa import NissaHub
+from esper.nissa.prometheus import PrometheusOutput
+from esper.nissa.prometheus import mapping as metric_mapping
+from esper.nissa.prometheus.catalogue import (
     CUDA_STATS,
     EVENT_COUNT,
     EVENT_TIME,
@@ -37,9 +38,9 @@ from esper.nissa.metric_catalogue import (
     derived,
     render_metrics_markdown,
 )
-from esper.nissa.metric_mapping import event_fed, families
-from esper.nissa.prometheus import PrometheusOutput
-from esper.nissa.scrape_target import process_start_ticks
+from esper.nissa.prometheus.cuda import CudaCollector
+from esper.nissa.prometheus.mapping import event_fed, families
+from esper.nissa.prometheus.targets import process_start_ticks
 from tests._tls import self_signed
 
 ET = TelemetryEventType

@@ -10,8 +10,8 @@ import pytest
 
 from esper.leyline import TelemetryConfig
 from esper.nissa import NissaHub
-from esper.nissa.metric_catalogue import METRICS, MetricKind
 from esper.nissa.prometheus import PrometheusOutput
+from esper.nissa.prometheus.catalogue import METRICS, MetricKind
 from esper.runs import run_training
 from esper.runs.config import RunConfig
 from tests._stack import DEPLOY, Stack, metric_names, query, wait_until

@@ -18,10 +18,10 @@ from esper.leyline import (
     make_event,
 )
 from esper.nissa import InMemoryOutput, NissaHub, read_events
-from esper.nissa._file import DirectoryOutput
-from esper.nissa._jsonl import decode_line, encode_event
 from esper.nissa.otel import OTelOutput, run_trace_ids
-from esper.nissa.replay import run_status
+from esper.nissa.record.files import DirectoryOutput
+from esper.nissa.record.jsonl import decode_line, encode_event
+from esper.nissa.record.replay import run_status
 
 ET = TelemetryEventType
 _clock = itertools.count(1_800_000_000_000_000_000, 1_000_000_000)

@@ -10,9 +10,9 @@ import pytest
 from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.nissa import NissaHub
 from esper.nissa.backends import BackendSpec, attach_backends
-from esper.nissa.metric_catalogue import MetricDetail
 from esper.nissa.prometheus import PrometheusOutput
-from esper.nissa.series_budget import SERIES_BUDGET_PER_RANK, estimate_series
+from esper.nissa.prometheus.budget import SERIES_BUDGET_PER_RANK, estimate_series
+from esper.nissa.prometheus.catalogue import MetricDetail
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 from bench_prometheus import _load

@@ -20,12 +20,12 @@ from esper.nissa import (
     InMemoryOutput,
     NissaHub,
     OutputBackend,
-    _hub,
     capture_events,
     get_hub,
     read_events,
     reset_hub,
 )
+from esper.nissa.hub import hub as _hub
 
 ET = TelemetryEventType
 

@@ -10,7 +10,7 @@ import pytest
 from esper.leyline import TelemetryEvent, TelemetryEventType, example_payload, make_event
 from esper.nissa import NissaHub, read_events
 from esper.nissa.backends import BackendSpec
-from esper.nissa.backfill import backfill_runs
+from esper.nissa.prometheus.backfill import backfill_runs
 from esper.runs.session import RunSession
 from esper.scripts import telemetry
 

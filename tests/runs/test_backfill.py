@@ -32,9 +32,9 @@ from esper.karn.grafana import (
 )
 from esper.leyline import TelemetryEvent, TelemetryEventType
 from esper.nissa import read_events
-from esper.nissa.backfill import ACCOUNTED
-from esper.nissa.metric_catalogue import METRICS, MetricKind
-from esper.nissa.metric_mapping import read_at_scrape
+from esper.nissa.prometheus.backfill import ACCOUNTED
+from esper.nissa.prometheus.catalogue import METRICS, MetricKind
+from esper.nissa.prometheus.mapping import read_at_scrape
 from tests._stack import REPO, Stack, panel_promql, query, query_range, serving_blocks
 
 ET = TelemetryEventType

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from esper.nissa.scrape_target import OWNER_HOST, OWNER_PID
+from esper.nissa.prometheus.targets import OWNER_HOST, OWNER_PID
 from esper.scripts import cli, telemetry
 from tests._stack import free_port
 
@@ -200,7 +200,7 @@ sys.meta_path.insert(0, _Announce())
     ("command", "module"),
     [
         (["train", "ppo", "--episodes", "1", "--no-report"], "torch"),
-        (["telemetry", "backfill", str(RUN), "--out", "OUT"], "esper.nissa.backfill"),
+        (["telemetry", "backfill", str(RUN), "--out", "OUT"], "esper.nissa.prometheus.backfill"),
         (["report", str(RUN), "-o", "OUT"], "esper.karn.report"),
     ],
 )

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from esper.nissa.prometheus import PrometheusOutput
-from esper.nissa.scrape_target import OWNER_START
+from esper.nissa.prometheus.targets import OWNER_START
 from esper.scripts import cli
 from tests._stack import free_port, wait_until
 
@@ -59,7 +59,7 @@ def test_a_killed_trainers_target_is_listed_dead_and_pruned_and_a_live_one_kept(
 
 
 def test_another_hosts_silent_target_is_kept_unless_asked(tmp_path: Path) -> None:
-    from esper.nissa.scrape_target import OWNER_HOST, OWNER_PID
+    from esper.nissa.prometheus.targets import OWNER_HOST, OWNER_PID
 
     remote = tmp_path / "esper-remote.json"
     labels = {"run_id": "r", OWNER_HOST: "another-host", OWNER_PID: "1234"}

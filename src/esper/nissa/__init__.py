@@ -1,25 +1,25 @@
 """Nissa is the telemetry hub: it takes every event and delivers it to the output backends."""
 
-from esper.nissa._backend import Backend, OutputBackend
-from esper.nissa._console import ConsoleOutput, format_event
-from esper.nissa._file import (
+from esper.nissa.console import ConsoleOutput, format_event
+from esper.nissa.hub.backend import Backend, OutputBackend
+from esper.nissa.hub.fork import register_fork_resource
+from esper.nissa.hub.hub import BackendStats, HubStats, NissaHub, emit, get_hub, reset_hub
+from esper.nissa.hub.memory import InMemoryOutput, capture_events
+from esper.nissa.hub.signals import (
+    STOP_SIGNALS,
+    install_signal_handlers,
+    signals_blocked,
+    start_daemon_thread,
+)
+from esper.nissa.record.files import (
     EVENTS_FILE,
     RUN_DIR_TIME_FORMAT,
     DirectoryOutput,
     FileOutput,
     parse_run_dir_time,
 )
-from esper.nissa._fork import register_fork_resource
-from esper.nissa._hub import BackendStats, HubStats, NissaHub, emit, get_hub, reset_hub
-from esper.nissa._jsonl import SCHEMA_VERSION, decode_line, encode_event, to_jsonable
-from esper.nissa._memory import InMemoryOutput, capture_events
-from esper.nissa._signals import (
-    STOP_SIGNALS,
-    install_signal_handlers,
-    signals_blocked,
-    start_daemon_thread,
-)
-from esper.nissa.replay import LineProblem, Replay, iter_events, read_events
+from esper.nissa.record.jsonl import SCHEMA_VERSION, decode_line, encode_event, to_jsonable
+from esper.nissa.record.replay import LineProblem, Replay, iter_events, read_events
 
 __all__ = [
     "EVENTS_FILE",

@@ -15,14 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from esper.leyline import RankInfo
-from esper.nissa._file import (
-    DirectoryOutput,
-    FileOutput,
-    free_run_dir_name,
-    rank_file_name,
-)
-from esper.nissa._hub import NissaHub
-from esper.nissa.metric_catalogue import MetricDetail
+from esper.nissa.hub.hub import NissaHub
 from esper.nissa.otel import (
     OTelOutput,
     RecordedTraces,
@@ -31,7 +24,14 @@ from esper.nissa.otel import (
     traces_endpoint,
 )
 from esper.nissa.prometheus import PrometheusOutput
-from esper.nissa.series_budget import SERIES_BUDGET_PER_RANK, SeriesEstimate
+from esper.nissa.prometheus.budget import SERIES_BUDGET_PER_RANK, SeriesEstimate
+from esper.nissa.prometheus.catalogue import MetricDetail
+from esper.nissa.record.files import (
+    DirectoryOutput,
+    FileOutput,
+    free_run_dir_name,
+    rank_file_name,
+)
 
 __all__ = [
     "BackendSpec",

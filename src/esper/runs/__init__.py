@@ -1,7 +1,7 @@
 """Runs: one home for a training run, whichever controller drives it."""
 
 # The names below load on first use (PEP 562): a command that only reads a record (esper report,
-# esper telemetry) imports esper.runs.report or esper.runs.tsdb without loading torch.
+# esper telemetry) imports esper.runs.report or esper.nissa.prometheus.tsdb without loading torch.
 
 from __future__ import annotations
 

@@ -10,9 +10,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from esper.leyline import TelemetryEvent
-from esper.nissa.backfill import BackfilledRun, backfill_runs, write_openmetrics
-from esper.nissa.metric_catalogue import MetricDetail
-from esper.runs import tsdb
+from esper.nissa.prometheus import tsdb
+from esper.nissa.prometheus.backfill import BackfilledRun, backfill_runs, write_openmetrics
+from esper.nissa.prometheus.catalogue import MetricDetail
 
 Fired = dict[str, list[tsdb.AlertActivity]]
 """run id -> every alert its past raised (pending or firing)."""

@@ -27,7 +27,7 @@ import torch.distributed as dist
 
 from esper.leyline import RankInfo, UsageError
 from esper.nissa import start_daemon_thread
-from esper.nissa.scrape_target import process_stat
+from esper.nissa.prometheus.targets import process_stat
 from esper.simic.collectives import ProcessGroupCollectives
 
 STORE_PREFIX = "esper"

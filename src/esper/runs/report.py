@@ -13,8 +13,8 @@ from pathlib import Path
 
 from esper.karn.report import Band, Report, RunView, build_report, write_report
 from esper.leyline import UsageError
-from esper.nissa.replay import LineProblem, Paths, resolve_events_files, same_file
-from esper.runs import tsdb
+from esper.nissa.prometheus import tsdb
+from esper.nissa.record.replay import LineProblem, Paths, resolve_events_files, same_file
 from esper.runs.backfill import alerts_over
 
 REPORT_FILE = "report.html"

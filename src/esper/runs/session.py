@@ -32,7 +32,7 @@ from esper.leyline import (
 )
 from esper.nissa import STOP_SIGNALS, NissaHub, get_hub, install_signal_handlers
 from esper.nissa.backends import BackendSpec, TelemetrySetup, attach_backends
-from esper.nissa.metrics_server import LingerResult
+from esper.nissa.prometheus.server import LingerResult
 
 CLOSE_TIMEOUT_SECONDS = 30.0
 """How long delivering and closing the telemetry may take at the end of a run."""

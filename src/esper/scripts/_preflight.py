@@ -13,7 +13,7 @@ import tempfile
 from pathlib import Path
 
 from esper.leyline import UsageError
-from esper.nissa.replay import same_file
+from esper.nissa.record.replay import same_file
 
 
 def _probe_dir(flag: str, directory: Path, what: str) -> None:

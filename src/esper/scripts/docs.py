@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from esper.leyline import UsageError, render_events_markdown
-from esper.nissa.metric_catalogue import render_metrics_markdown
+from esper.nissa.prometheus.catalogue import render_metrics_markdown
 from esper.scripts._preflight import check_output_dir
 
 GENERATED: dict[str, Callable[[], str]] = {

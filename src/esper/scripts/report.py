@@ -9,7 +9,7 @@ from pathlib import Path
 
 from esper.karn.report import AssetError, ReportError
 from esper.leyline import ReplayError, UsageError
-from esper.runs import tsdb
+from esper.nissa.prometheus import tsdb
 from esper.runs.report import make_report
 from esper.scripts.telemetry import SHIPPED_RULES
 

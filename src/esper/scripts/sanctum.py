@@ -11,7 +11,7 @@ from esper.karn.sanctum import SanctumAggregator
 from esper.karn.sanctum.app import SanctumApp
 from esper.leyline import ReplayError
 from esper.nissa import iter_events
-from esper.nissa.replay import LineProblem
+from esper.nissa.record.replay import LineProblem
 
 
 def load(path: Path | Sequence[Path]) -> tuple[SanctumAggregator, list[LineProblem]]:

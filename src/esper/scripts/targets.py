@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from esper.nissa.scrape_target import OWNER_HOST, OWNER_PID, OWNER_START, process_start_ticks
+from esper.nissa.prometheus.targets import OWNER_HOST, OWNER_PID, OWNER_START, process_start_ticks
 
 PROBE_SECONDS = 2.0
 

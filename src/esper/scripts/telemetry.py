@@ -19,11 +19,11 @@ from esper.leyline import (
 )
 from esper.nissa import NissaHub, iter_events, read_events
 from esper.nissa.backends import BackendSpec
-from esper.nissa.backfill import BackfilledRun, backfill_runs
-from esper.nissa.metric_catalogue import MetricDetail
-from esper.nissa.replay import LineProblem, RunTracker, resolve_events_files
-from esper.nissa.verdicts import account_lines, anomaly_report
-from esper.runs import tsdb
+from esper.nissa.prometheus import tsdb
+from esper.nissa.prometheus.backfill import BackfilledRun, backfill_runs
+from esper.nissa.prometheus.catalogue import MetricDetail
+from esper.nissa.record.replay import LineProblem, RunTracker, resolve_events_files
+from esper.nissa.record.verdicts import account_lines, anomaly_report
 from esper.runs.backfill import ending_after, write_blocks_whole
 from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
 from esper.scripts import _argtypes as at

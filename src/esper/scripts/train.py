@@ -18,9 +18,9 @@ from esper.kasmina import BLUEPRINT_IDS, SLOT_IDS
 from esper.leyline import RankInfo, TelemetryConfig, TelemetryLevel, UsageError
 from esper.nissa import NissaHub
 from esper.nissa.backends import BackendSpec
-from esper.nissa.metric_catalogue import MetricDetail
-from esper.nissa.replay import same_file
-from esper.nissa.series_budget import estimate_series
+from esper.nissa.prometheus.budget import estimate_series
+from esper.nissa.prometheus.catalogue import MetricDetail
+from esper.nissa.record.replay import same_file
 from esper.runs import distributed
 from esper.runs.config import RunConfig
 from esper.runs.launch import TrainRequest, launch

@@ -9,16 +9,13 @@ from typing import Any, Protocol
 import torch
 
 from esper.leyline import (
-    ACTION_HEADS,
     EmitsEvents,
-    FactoredAction,
     Severity,
     TelemetryConfig,
     TelemetryEventType,
     TelemetryLevel,
     emit_event,
 )
-from esper.nissa import get_hub
 from esper.tolaria.counterfactual import (
     emit_counterfactual_computed,
     emit_counterfactual_unavailable,
@@ -190,40 +187,6 @@ def _emit_mask_hit_rates(
         },
         message=f"batch {batch_idx} mask hits {dict(mask_hits)}",
     )
-
-
-def _emit_last_action(
-    env_id: int,
-    epoch: int,
-    factored_action: FactoredAction,
-    masked: Mapping[str, bool],
-    success: bool,
-    *,
-    hub: EmitsEvents | None = None,
-) -> dict[str, Any]:
-    """ANALYTICS_SNAPSHOT kind=last_action: one env's decision, whether each head's mask
-    removed a choice, and whether it succeeded (debug level). Sent to ``hub`` (the run's),
-    or to the process hub; returns the payload."""
-    a = factored_action
-    data: dict[str, Any] = {
-        "kind": "last_action",
-        "env_id": env_id,
-        "epoch": epoch,
-        "op": a.op.name,
-        "slot_id": a.slot_id,
-        "blueprint_id": a.blueprint_id,
-        "blend_id": a.blend_id,
-        **{f"{h}_masked": bool(masked[h]) for h in ACTION_HEADS},
-        "action_success": success,
-    }
-    emit_event(
-        (get_hub() if hub is None else hub).emit,
-        ET.ANALYTICS_SNAPSHOT,
-        data,
-        message=f"env {env_id}: {a.op.name} {a.slot_id}",
-        epoch=epoch,
-    )
-    return data
 
 
 def _emit_collectives(

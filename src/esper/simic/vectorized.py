@@ -18,7 +18,7 @@ import math
 import statistics
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +37,7 @@ from esper.leyline import (
     emit_event,
     make_event,
 )
+from esper.nissa import get_hub
 from esper.simic.collectives import (
     Collectives,
     LocalCollectives,
@@ -49,7 +50,6 @@ from esper.simic.emitters import (
     _emit_action_distribution,
     _emit_cf_unavailable,
     _emit_collectives,
-    _emit_last_action,
     _emit_mask_hit_rates,
     _emit_ppo_update_event,
     _emit_reward_summary,
@@ -84,6 +84,41 @@ __all__ = [
 ]
 
 ET = TelemetryEventType
+
+
+# The user's plan (tests/plans) calls this here, with get_hub patched in this module.
+def _emit_last_action(
+    env_id: int,
+    epoch: int,
+    factored_action: FactoredAction,
+    masked: Mapping[str, bool],
+    success: bool,
+    *,
+    hub: EmitsEvents | None = None,
+) -> dict[str, Any]:
+    """ANALYTICS_SNAPSHOT kind=last_action: one env's decision, whether each head's mask
+    removed a choice, and whether it succeeded (debug level). Sent to ``hub`` (the run's),
+    or to the process hub; returns the payload."""
+    a = factored_action
+    data: dict[str, Any] = {
+        "kind": "last_action",
+        "env_id": env_id,
+        "epoch": epoch,
+        "op": a.op.name,
+        "slot_id": a.slot_id,
+        "blueprint_id": a.blueprint_id,
+        "blend_id": a.blend_id,
+        **{f"{h}_masked": bool(masked[h]) for h in ACTION_HEADS},
+        "action_success": success,
+    }
+    emit_event(
+        (get_hub() if hub is None else hub).emit,
+        ET.ANALYTICS_SNAPSHOT,
+        data,
+        message=f"env {env_id}: {a.op.name} {a.slot_id}",
+        epoch=epoch,
+    )
+    return data
 
 
 CHECKPOINT_FORMAT = "esper-ppo-v1"

@@ -17,7 +17,7 @@ from esper.karn.report.spans import locate_spans
 from esper.karn.report.views import Band, RunView
 from esper.leyline import TelemetryEvent
 from esper.nissa import read_events
-from esper.nissa.replay import LineProblem, Paths
+from esper.nissa.record.replay import LineProblem, Paths
 
 
 class ReportError(RuntimeError):

@@ -29,7 +29,7 @@ from esper.karn.report.views import (
     num,
 )
 from esper.leyline import TelemetryEvent, TelemetryEventType
-from esper.nissa.replay import rank_reports, run_status
+from esper.nissa.record.replay import rank_reports, run_status
 
 ET = TelemetryEventType
 

@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from esper.nissa.replay import RankReport, RunStatus
+from esper.nissa.record.replay import RankReport, RunStatus
 
 MAX_POINTS = 2000
 """Points drawn per series at most; longer series are thinned to each bucket's min and max."""

@@ -28,7 +28,7 @@ from esper.karn.sanctum.schema import (
 )
 from esper.leyline import DISCRIMINATORS, TelemetryEvent, TelemetryEventType
 from esper.nissa import OutputBackend, register_fork_resource
-from esper.nissa.replay import RunStatus, RunTracker
+from esper.nissa.record.replay import RunStatus, RunTracker
 
 ET = TelemetryEventType
 _SEGMENT = re.compile(r"^(\w+)(?:\[(.+)\])?$")

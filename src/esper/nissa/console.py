@@ -7,7 +7,7 @@ from collections.abc import Iterable
 from typing import TextIO
 
 from esper.leyline import LIFECYCLE_EVENT_TYPES, Severity, TelemetryEvent, TelemetryEventType
-from esper.nissa._backend import OutputBackend
+from esper.nissa.hub.backend import OutputBackend
 
 _SEVERITY_RANK = {s: i for i, s in enumerate(Severity)}
 

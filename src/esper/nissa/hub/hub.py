@@ -47,15 +47,15 @@ from esper.leyline import (
     TelemetryEventType,
     payload_problem,
 )
-from esper.nissa._backend import (
+from esper.nissa.hub.backend import (
     Backend,
     accepts_timeout,
     backend_lost,
     backend_name,
     check_backend,
 )
-from esper.nissa._fork import register_fork_hub
-from esper.nissa._signals import start_daemon_thread
+from esper.nissa.hub.fork import register_fork_hub
+from esper.nissa.hub.signals import start_daemon_thread
 
 _log = logging.getLogger("esper.nissa")
 

@@ -8,9 +8,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from esper.leyline import TelemetryEvent, TelemetryEventType
-from esper.nissa._backend import OutputBackend
-from esper.nissa._fork import register_fork_resource
-from esper.nissa._hub import NissaHub, get_hub
+from esper.nissa.hub.backend import OutputBackend
+from esper.nissa.hub.fork import register_fork_resource
+from esper.nissa.hub.hub import NissaHub, get_hub
 
 
 class InMemoryOutput(OutputBackend):

@@ -1,7 +1,7 @@
 """Serving ``/metrics``: an HTTP(S) server that no one client can stall, and scrape tracking.
 
 ``MetricsServer`` serves what a render function returns (the exporter's cached exposition,
-``esper.nissa.exposition``) with a thread per connection. With TLS, the handshake runs
+``esper.nissa.prometheus.exposition``) with a thread per connection. With TLS, the handshake runs
 in that connection's thread under ``HANDSHAKE_TIMEOUT_SECONDS`` (the standard library's wrapped
 listening socket would run it in the accept loop with no timeout, so one idle TCP connection,
 a health check or a half-open client, would block every scrape). Every connection reads and

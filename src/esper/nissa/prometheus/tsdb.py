@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from esper.leyline import UsageError
-from esper.nissa.exposition import label_text
+from esper.nissa.prometheus.exposition import label_text
 
 DEBIAN_PACKAGE = "prometheus"
 """The Debian package that installs ``prometheus`` and ``promtool``."""

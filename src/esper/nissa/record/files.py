@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from esper.leyline import BackendConfigError, BackendError, TelemetryEvent
-from esper.nissa._backend import OutputBackend
-from esper.nissa._fork import register_fork_resource
-from esper.nissa._jsonl import encode_line
+from esper.nissa.hub.backend import OutputBackend
+from esper.nissa.hub.fork import register_fork_resource
+from esper.nissa.record.jsonl import encode_line
 
 RUN_DIR_PREFIX = "telemetry_"
 RUN_DIR_TIME_FORMAT = "%Y-%m-%d_%H%M%S"

@@ -10,7 +10,7 @@ reason, rollbacks by reason) are counted in full, so this is an upper bound, and
 user can plan with: series per rank = fixed + per_env x envs (+ CUDA series per GPU).
 
 At ``--metrics-detail rank`` the families labelled ``env_id`` are folded over the envs
-(``esper.nissa.metric_catalogue.Fold``): a summed family is one env's worth of lines, a
+(``esper.nissa.prometheus.catalogue.Fold``): a summed family is one env's worth of lines, a
 family folded to mean, min and max three; ``per_env`` is then 0.
 """
 
@@ -28,7 +28,7 @@ from esper.leyline import (
     TelemetryEventType,
     allowed_values,
 )
-from esper.nissa.metric_catalogue import (
+from esper.nissa.prometheus.catalogue import (
     METRICS,
     Fold,
     MetricDetail,

@@ -58,8 +58,8 @@ from opentelemetry.trace import (
 )
 
 from esper.leyline import BackendConfigError, RankInfo, TelemetryEvent, TelemetryEventType
-from esper.nissa._backend import OutputBackend
-from esper.nissa._signals import signals_blocked, start_daemon_thread
+from esper.nissa.hub.backend import OutputBackend
+from esper.nissa.hub.signals import signals_blocked, start_daemon_thread
 
 ET = TelemetryEventType
 DEFAULT_SERVICE_NAME = "esper-trainer"

@@ -1,13 +1,13 @@
 """The one mapping from telemetry events to Prometheus samples.
 
 ``MetricMapping`` registers every family of the metric catalogue
-(``esper.nissa.metric_catalogue.METRICS``) that is fed by events on a ``CollectorRegistry`` of
+(``esper.nissa.prometheus.catalogue.METRICS``) that is fed by events on a ``CollectorRegistry`` of
 its own and applies events to it: the one-field metrics from their ``MetricSpec.update`` with no
 code here, the rest (seed maps, stage counts, mask ratios, episodes) in the handlers below. The
 live exporter (``esper.nissa.prometheus.PrometheusOutput``) serves that registry on ``/metrics``;
-backfill (``esper.nissa.backfill``) replays a recorded run through the same mapping and writes
-a sample for every series an event changed, so a metric cannot mean one thing live and another
-afterwards.
+backfill (``esper.nissa.prometheus.backfill``) replays a recorded run through the same mapping
+and writes a sample for every series an event changed, so a metric cannot mean one thing live
+and another afterwards.
 
 Labelled children are bound once and cached, since ``.labels(...)`` costs about a microsecond
 a call. Counters whose label values are known in advance (anomaly scopes and kinds, heads,
@@ -35,7 +35,7 @@ from esper.leyline import (
     TelemetryEventType,
     allowed_values,
 )
-from esper.nissa.metric_catalogue import (
+from esper.nissa.prometheus.catalogue import (
     CUDA_STATS,
     FOLD_STATS,
     HUB_STATS,
@@ -83,7 +83,7 @@ class MetricMapping:
     even in a run that trains for less than two scrape intervals.
 
     ``detail``: at ``MetricDetail.RANK`` the families labelled ``env_id`` are served folded
-    over the envs (``esper.nissa.metric_catalogue.Fold``); the handlers below write per env
+    over the envs (``esper.nissa.prometheus.catalogue.Fold``); the handlers below write per env
     all the same, and ``_child`` hands them a writer that folds. A folded gauge keeps each
     env's value as it is written and computes the fold in ``fold()``, once per group however
     many envs wrote: the exposition calls it before each render, backfill after each event.

@@ -1,10 +1,10 @@
 """PrometheusOutput: the live exporter. Applies events to the one event-to-sample mapping
-(``esper.nissa.metric_mapping``) and serves its registry on ``/metrics``.
+(``esper.nissa.prometheus.mapping``) and serves its registry on ``/metrics``.
 
 Its parts live beside it, one concern per module: the mapping; serving ``/metrics`` and
-tracking who scraped it (``esper.nissa.metrics_server``); the ``file_sd`` target and the
-identity of the process that owns it (``esper.nissa.scrape_target``); the CUDA gauges read at
-scrape time (``esper.nissa.cuda_metrics``). The registry is the backend's own, never the
+tracking who scraped it (``esper.nissa.prometheus.server``); the ``file_sd`` target and the
+identity of the process that owns it (``esper.nissa.prometheus.targets``); the CUDA gauges read at
+scrape time (``esper.nissa.prometheus.cuda``). The registry is the backend's own, never the
 global one. Hub drop counts are read at scrape time here.
 
 ``serve()`` starts the HTTP endpoint (127.0.0.1 unless told otherwise, optional TLS); a port
@@ -24,16 +24,16 @@ from prometheus_client.core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from esper.leyline import BackendConfigError, TelemetryEvent
-from esper.nissa._backend import OutputBackend
-from esper.nissa._fork import register_fork_resource
-from esper.nissa._hub import HubStats
-from esper.nissa._signals import signals_blocked
-from esper.nissa.cuda_metrics import CudaCollector, CudaStatsSource, cuda_available
-from esper.nissa.exposition import CONTENT_TYPE, CachedExposition
-from esper.nissa.metric_catalogue import METRICS_BY_NAME, MetricDetail
-from esper.nissa.metric_mapping import MetricMapping
-from esper.nissa.metrics_server import LingerResult, MetricsServer, TlsFiles, metrics_app
-from esper.nissa.scrape_target import write_target_file
+from esper.nissa.hub.backend import OutputBackend
+from esper.nissa.hub.fork import register_fork_resource
+from esper.nissa.hub.hub import HubStats
+from esper.nissa.hub.signals import signals_blocked
+from esper.nissa.prometheus.catalogue import METRICS_BY_NAME, MetricDetail
+from esper.nissa.prometheus.cuda import CudaCollector, CudaStatsSource, cuda_available
+from esper.nissa.prometheus.exposition import CONTENT_TYPE, CachedExposition
+from esper.nissa.prometheus.mapping import MetricMapping
+from esper.nissa.prometheus.server import LingerResult, MetricsServer, TlsFiles, metrics_app
+from esper.nissa.prometheus.targets import write_target_file
 
 
 class _HubCollector(Collector):
@@ -169,7 +169,7 @@ class PrometheusOutput(OutputBackend):
         self, directory: str | os.PathLike[str], *, host: str, labels: dict[str, str]
     ) -> Path:
         """Register this endpoint for Prometheus file-based service discovery
-        (``esper.nissa.scrape_target.write_target_file``); ``close()`` removes it."""
+        (``esper.nissa.prometheus.targets.write_target_file``); ``close()`` removes it."""
         if self.port is None:
             raise BackendConfigError("write_sd_file needs serve() first")
         self._sd_file = write_target_file(directory, host=host, port=self.port, labels=labels)

@@ -14,7 +14,7 @@ from typing import Any
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from esper.nissa.metric_catalogue import METRICS_BY_NAME, MetricKind
+from esper.nissa.prometheus.catalogue import METRICS_BY_NAME, MetricKind
 
 
 class CudaStatsSource:

@@ -21,8 +21,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from esper.leyline import CorruptLineError, ReplayError, TelemetryEvent, TelemetryEventType
-from esper.nissa._file import EVENTS_FILE, RUN_DIR_PREFIX
-from esper.nissa._jsonl import decode_line
+from esper.nissa.record.files import EVENTS_FILE, RUN_DIR_PREFIX
+from esper.nissa.record.jsonl import decode_line
 
 
 @dataclass(frozen=True, slots=True)

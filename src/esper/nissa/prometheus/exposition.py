@@ -26,7 +26,7 @@ from prometheus_client import metrics as client_metrics
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
-from esper.nissa.metric_mapping import MetricMapping, SeriesKey
+from esper.nissa.prometheus.mapping import MetricMapping, SeriesKey
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

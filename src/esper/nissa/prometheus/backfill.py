@@ -44,10 +44,10 @@ from typing import IO, Any
 from prometheus_client import CollectorRegistry
 
 from esper.leyline import TelemetryEvent, TelemetryEventType
-from esper.nissa.exposition import escape, format_value, label_text
-from esper.nissa.metric_catalogue import METRICS_BY_NAME, MetricDetail
-from esper.nissa.metric_mapping import MetricMapping, SeriesKey
-from esper.nissa.replay import RunStatus, run_status
+from esper.nissa.prometheus.catalogue import METRICS_BY_NAME, MetricDetail
+from esper.nissa.prometheus.exposition import escape, format_value, label_text
+from esper.nissa.prometheus.mapping import MetricMapping, SeriesKey
+from esper.nissa.record.replay import RunStatus, run_status
 
 JOB = "esper-trainer"
 """The job label of the shipped scrape job (deploy/prometheus/prometheus.yml)."""
