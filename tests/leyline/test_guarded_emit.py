@@ -29,7 +29,7 @@ from esper.leyline import (
     sink_failures,
     strict_payloads,
 )
-from esper.leyline import _catalogue as catalogue
+from esper.leyline import _payloads as payloads
 from esper.nissa import InMemoryOutput, NissaHub
 from esper.tolaria.data import load_task
 from esper.tolaria.environment import EnvConfig, MorphogeneticEnv
@@ -58,9 +58,9 @@ def _drift(monkeypatch: pytest.MonkeyPatch, event_type: ET, variant: str | None)
     added = FieldSpec("added_in_catalogue", FieldType.INT, "", "a field the emitter lacks")
     patched = dataclasses.replace(spec, fields=(*spec.fields, added))
     monkeypatch.setitem(CATALOGUE, (event_type, variant), patched)
-    fits = catalogue.payload_fits
+    fits = payloads.payload_fits  # validation's own reference to the compiled check
     monkeypatch.setattr(
-        catalogue,
+        payloads,
         "payload_fits",
         lambda t, data: False if (t, data.get("scope")) == (event_type, variant) else fits(t, data),
     )

@@ -5,23 +5,10 @@ from esper.leyline._budgets import DEFAULT_BUDGETS, PerformanceBudgets
 from esper.leyline._catalogue import (
     CATALOGUE,
     CATALOGUE_SPECS,
-    DISCRIMINATORS,
     REWARD_COMPONENTS,
     SEED_FIELDS,
     SEED_SUMMARY_FIELDS,
-    FieldSpec,
-    FieldType,
-    PayloadSpec,
-    allowed_values,
-    example_payload,
-    make_event,
     payload_fits,
-    payload_problem,
-    recorded_payload_problem,
-    set_strict_payloads,
-    spec_for,
-    strict_payloads,
-    validate_payload,
 )
 from esper.leyline._docs import render_events_markdown
 from esper.leyline._emit import deliver, emit_event, sink_failures
@@ -45,7 +32,19 @@ from esper.leyline._events import (
     TelemetryLevel,
     new_event_id,
 )
+from esper.leyline._payloads import (
+    allowed_values,
+    example_payload,
+    make_event,
+    payload_problem,
+    recorded_payload_problem,
+    set_strict_payloads,
+    spec_for,
+    strict_payloads,
+    validate_payload,
+)
 from esper.leyline._ranks import COLLECTIVE_OPS, RankInfo
+from esper.leyline._schema import DISCRIMINATORS, FieldSpec, FieldType, PayloadSpec
 from esper.leyline._seed_telemetry import SeedTelemetry
 from esper.leyline._stages import (
     VALID_TRANSITIONS,

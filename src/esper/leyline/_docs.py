@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from esper.leyline._catalogue import CATALOGUE_SPECS, DISCRIMINATORS, FieldSpec
+from esper.leyline._catalogue import CATALOGUE_SPECS
 from esper.leyline._events import LIFECYCLE_EVENT_TYPES
+from esper.leyline._schema import DISCRIMINATORS, FieldSpec
 
 
 def _row(spec: FieldSpec, prefix: str = "") -> str:

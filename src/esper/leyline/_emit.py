@@ -18,8 +18,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from esper.leyline._catalogue import make_event
 from esper.leyline._events import Severity, TelemetryEvent, TelemetryEventType
+from esper.leyline._payloads import make_event
 
 _log = logging.getLogger("esper.telemetry")
 _lock = threading.Lock()
