@@ -2,12 +2,14 @@
 
 from esper.nissa.otel.output import (
     DEFAULT_SERVICE_NAME,
-    EXPORT_TIMEOUT_SECONDS,
-    OTEL_TIMEOUT_VARIABLES,
-    OTEL_URL_VARIABLES,
     SHUTDOWN_SECONDS,
     OTelOutput,
     RecordedTraces,
+)
+from esper.nissa.otel.sdk import (
+    EXPORT_TIMEOUT_SECONDS,
+    OTEL_TIMEOUT_VARIABLES,
+    OTEL_URL_VARIABLES,
     check_otel_environment,
     otlp_configured,
     otlp_exporter,
