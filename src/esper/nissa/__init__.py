@@ -3,7 +3,7 @@
 from esper.nissa.console import ConsoleOutput, format_event
 from esper.nissa.hub.backend import Backend, OutputBackend
 from esper.nissa.hub.fork import register_fork_resource
-from esper.nissa.hub.hub import BackendStats, HubStats, NissaHub, emit, get_hub, reset_hub
+from esper.nissa.hub.hub import NissaHub, emit, get_hub, reset_hub
 from esper.nissa.hub.memory import InMemoryOutput, capture_events
 from esper.nissa.hub.signals import (
     STOP_SIGNALS,
@@ -11,6 +11,7 @@ from esper.nissa.hub.signals import (
     signals_blocked,
     start_daemon_thread,
 )
+from esper.nissa.hub.stats import BackendStats, HubStats
 from esper.nissa.record.files import (
     EVENTS_FILE,
     RUN_DIR_TIME_FORMAT,

@@ -36,7 +36,6 @@ import threading
 import time
 import weakref
 from collections import deque
-from dataclasses import dataclass
 from multiprocessing import util as mp_util
 
 from esper.leyline import (
@@ -49,13 +48,13 @@ from esper.leyline import (
 )
 from esper.nissa.hub.backend import (
     Backend,
-    accepts_timeout,
-    backend_lost,
     backend_name,
     check_backend,
 )
 from esper.nissa.hub.fork import register_fork_hub
+from esper.nissa.hub.lane import _Control, _Internal, _Lane, _Marker, _PumpStop, _remaining
 from esper.nissa.hub.signals import start_daemon_thread
+from esper.nissa.hub.stats import BackendStats, HubStats
 
 _log = logging.getLogger("esper.nissa")
 
@@ -64,242 +63,6 @@ _FLUSH_ROUNDS = 4
 
 _REPORT_INTERVAL_SECONDS = 10.0
 """At most one drop or loss warning per this many seconds (plus the ones at close)."""
-
-
-def _remaining(deadline: float | None) -> float | None:
-    return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-class _Internal:
-    """Items the queues carry besides events."""
-
-    __slots__ = ()
-
-
-class _Marker(_Internal):
-    """A flush or stop request travelling through the queues; done when every lane saw it.
-
-    ``stop``: the lane flushes, closes its backend if ``close_backend``, and ends.
-    """
-
-    __slots__ = ("close_backend", "deadline", "done", "lock", "remaining", "stop")
-
-    def __init__(
-        self, deadline: float | None, *, stop: bool = False, close_backend: bool = False
-    ) -> None:
-        self.remaining = 0
-        self.stop = stop
-        self.close_backend = close_backend
-        self.deadline = deadline
-        self.lock = threading.Lock()
-        self.done = threading.Event()
-
-    def expect(self, lanes: int) -> None:
-        self.remaining = lanes
-        if lanes == 0:
-            self.done.set()
-
-    def arrive(self) -> None:
-        with self.lock:
-            self.remaining -= 1
-            if self.remaining <= 0:
-                self.done.set()
-
-
-class _Control(_Internal):
-    """Add a lane to, or take one out of, the pump's routing, at this point of the stream.
-    A lane taken out is sent ``marker`` (a stop) as its last item."""
-
-    __slots__ = ("lane", "marker")
-
-    def __init__(self, lane: _Lane, marker: _Marker | None = None) -> None:
-        self.lane = lane
-        self.marker = marker
-
-
-class _PumpStop(_Internal):
-    __slots__ = ()
-
-
-@dataclass(frozen=True, slots=True)
-class BackendStats:
-    """Delivery counts of one backend; ``emitted = delivered + failed + dropped + pending``."""
-
-    name: str
-    delivered: int
-    failed: int
-    dropped: int
-    last_error: str | None
-    cpu_seconds: float = 0.0
-    """CPU time this backend's delivery thread has used."""
-    lost: int = 0
-    """Items the backend took but could not keep (its own count: lines, spans)."""
-    emitted: int = 0
-    """Events emitted while this backend was attached (including the hub's drops)."""
-    pending: int = 0
-    """Events queued but not delivered yet; after close, those the deadline left behind."""
-    closed: bool = False
-    dropped_at_hub: int = 0
-    """The part of ``dropped`` that the hub's ingress queue dropped while this was attached."""
-
-    @property
-    def not_kept(self) -> int:
-        """Events this backend was sent and does not hold: dropped, failed, undelivered, lost."""
-        return self.dropped + self.failed + self.pending + self.lost
-
-
-@dataclass(frozen=True, slots=True)
-class HubStats:
-    """What the hub has seen: ``emitted = accepted + dropped + late``."""
-
-    emitted: int
-    dropped: int
-    """Events dropped at the ingress queue (lost to every backend)."""
-    by_type: dict[str, int]
-    backends: tuple[BackendStats, ...]
-    pump_cpu_seconds: float = 0.0
-    late: int = 0
-    """Events emitted after close (never delivered, counted here)."""
-    invalid: int = 0
-    """Events delivered whose payload does not match the catalogue (checked by the pump)."""
-    invalid_examples: tuple[str, ...] = ()
-    """What was wrong, for the first mismatch of each event type."""
-    unrouted: int = 0
-    """Events accepted while no backend was attached (nobody asked to keep them), such as
-    the hub's last warning after every backend had closed."""
-
-    @property
-    def accepted(self) -> int:
-        return self.emitted - self.dropped - self.late
-
-    @property
-    def cpu_seconds(self) -> float:
-        """CPU time used by the hub's own threads (pump and every lane)."""
-        return self.pump_cpu_seconds + sum(b.cpu_seconds for b in self.backends)
-
-    @property
-    def total_dropped(self) -> int:
-        """Drops anywhere: at the ingress queue or at any backend's own queue."""
-        return self.dropped + sum(b.dropped - b.dropped_at_hub for b in self.backends)
-
-    @property
-    def complete(self) -> bool:
-        """True when every event emitted was kept by every backend it was sent to."""
-        return self.dropped == 0 and self.late == 0 and all(b.not_kept == 0 for b in self.backends)
-
-    def dropped_by_backend(self) -> dict[str, int]:
-        """Drops by where they happened: ``hub`` (the ingress queue, before any backend) and
-        each backend's own queue; as ``esper_telemetry_events_dropped_total{backend}``."""
-        return {"hub": self.dropped,
-                **{b.name: b.dropped - b.dropped_at_hub for b in self.backends}}  # fmt: skip
-
-    def lost_by_backend(self) -> dict[str, int]:
-        """Items each backend took but could not keep; ``esper_telemetry_backend_lost_total``."""
-        return {b.name: b.lost for b in self.backends}
-
-
-class _Lane:
-    """One backend's queue and delivery thread."""
-
-    def __init__(self, hub: NissaHub, backend: Backend, capacity: int) -> None:
-        self.hub = hub
-        self.backend = backend
-        self.name = backend_name(backend)
-        self.capacity = capacity
-        self.offered = 0  # pump thread only
-        self.dropped = 0  # pump thread only
-        self.hub_dropped = 0  # under the hub's config lock
-        self.delivered = 0  # lane thread only
-        self.failed = 0  # lane thread only
-        self.closed = False
-        self.last_error: str | None = None
-        self.reported_failures = 0
-        self.cpu_seconds = 0.0
-        self._flush_timeout = accepts_timeout(backend.flush)
-        self._close_timeout = accepts_timeout(backend.close)
-        self.queue: deque[TelemetryEvent | _Marker] = deque()
-        self.wake = threading.Event()
-        self.thread = start_daemon_thread(self._run, f"esper-nissa-{self.name}")
-
-    def offer(self, event: TelemetryEvent) -> None:
-        """Called by the pump thread only."""
-        self.offered += 1
-        if len(self.queue) >= self.capacity and event.event_type not in LIFECYCLE_EVENT_TYPES:
-            self.dropped += 1
-        else:
-            self.queue.append(event)
-
-    def _failure(self, what: str, exc: BaseException) -> None:
-        self.last_error = f"{type(exc).__name__}: {exc}"
-        if self.reported_failures == 0:
-            _log.warning("telemetry backend %s failed in %s: %s", self.name, what, exc)
-            self.hub._report(
-                "backend_failed",
-                f"backend {self.name} failed in {what}: {self.last_error}; "
-                "other backends and training continue",
-            )
-        self.reported_failures += 1
-
-    def _run(self) -> None:
-        while True:
-            self.wake.wait()
-            self.wake.clear()
-            started = time.thread_time()
-            try:
-                if self._drain():
-                    return
-            finally:
-                self.cpu_seconds += time.thread_time() - started
-
-    def _call(self, what: str, takes_timeout: bool, deadline: float | None) -> None:
-        method = getattr(self.backend, what)
-        try:
-            if takes_timeout:
-                method(timeout=_remaining(deadline))
-            else:
-                method()
-        except Exception as exc:  # noqa: BLE001 - isolate every backend failure
-            self._failure(what, exc)
-
-    def _drain(self) -> bool:
-        """Deliver everything queued; True when a stop marker was reached."""
-        queue, backend = self.queue, self.backend
-        while queue:
-            item = queue.popleft()
-            if isinstance(item, _Marker):
-                self._call("flush", self._flush_timeout, item.deadline)
-                if item.stop and item.close_backend:
-                    self._call("close", self._close_timeout, item.deadline)
-                    self.closed = True
-                item.arrive()
-                if item.stop:
-                    return True
-                continue
-            try:
-                backend.emit(item)
-                self.delivered += 1
-            except Exception as exc:  # noqa: BLE001 - isolate every backend failure
-                self.failed += 1
-                self._failure("emit", exc)
-        self._call("flush", False, None)  # idle: make what was delivered visible
-        return False
-
-    def stats(self) -> BackendStats:
-        delivered, failed, dropped = self.delivered, self.failed, self.dropped
-        offered = self.offered
-        return BackendStats(
-            name=self.name,
-            delivered=delivered,
-            failed=failed,
-            dropped=dropped + self.hub_dropped,
-            last_error=self.last_error,
-            cpu_seconds=self.cpu_seconds,
-            lost=backend_lost(self.backend),
-            emitted=offered + self.hub_dropped,
-            pending=max(0, offered - delivered - failed - dropped),
-            closed=self.closed,
-            dropped_at_hub=self.hub_dropped,
-        )
 
 
 def _close_at_exit(ref: weakref.ref[NissaHub]) -> None:

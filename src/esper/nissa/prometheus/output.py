@@ -26,8 +26,8 @@ from prometheus_client.registry import Collector
 from esper.leyline import BackendConfigError, TelemetryEvent
 from esper.nissa.hub.backend import OutputBackend
 from esper.nissa.hub.fork import register_fork_resource
-from esper.nissa.hub.hub import HubStats
 from esper.nissa.hub.signals import signals_blocked
+from esper.nissa.hub.stats import HubStats
 from esper.nissa.prometheus.catalogue import METRICS_BY_NAME, MetricDetail
 from esper.nissa.prometheus.cuda import CudaCollector, CudaStatsSource, cuda_available
 from esper.nissa.prometheus.exposition import CONTENT_TYPE, CachedExposition
