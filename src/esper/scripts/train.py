@@ -22,9 +22,10 @@ from esper.nissa.prometheus.budget import estimate_series
 from esper.nissa.prometheus.catalogue import MetricDetail
 from esper.nissa.record.replay import same_file
 from esper.runs import distributed
+from esper.runs.checkpoints import load_checkpoint_file, resume_differences
 from esper.runs.config import RunConfig
 from esper.runs.launch import TrainRequest, launch
-from esper.runs.lifecycle import RunResult, load_checkpoint_file, resume_differences
+from esper.runs.lifecycle import RunResult
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_not_an_input, check_output_dir, check_output_file
 from esper.scripts._progress import ProgressBar

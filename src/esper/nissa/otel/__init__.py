@@ -4,8 +4,8 @@ from esper.nissa.otel.output import (
     DEFAULT_SERVICE_NAME,
     SHUTDOWN_SECONDS,
     OTelOutput,
-    RecordedTraces,
 )
+from esper.nissa.otel.recorded import RecordedTraces
 from esper.nissa.otel.sdk import (
     EXPORT_TIMEOUT_SECONDS,
     OTEL_TIMEOUT_VARIABLES,
