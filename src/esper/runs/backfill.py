@@ -9,13 +9,31 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from esper.leyline import TelemetryEvent
+from esper.leyline import TelemetryEvent, UsageError
 from esper.nissa.prometheus import tsdb
 from esper.nissa.prometheus.backfill import BackfilledRun, backfill_runs, write_openmetrics
 from esper.nissa.prometheus.catalogue import MetricDetail
 
+SHIPPED_RULES = Path(__file__).resolve().parents[3] / "deploy" / "prometheus"
+"""The shipped rule files, in a checkout of the repository."""
+
 Fired = dict[str, list[tsdb.AlertActivity]]
 """run id -> every alert its past raised (pending or firing)."""
+
+
+def rule_files(rules: Path | None) -> tuple[Path, Path]:
+    """(alerts.yml, recording.yml) in ``rules`` (``--rules``) or the shipped ones; a
+    UsageError naming ``--rules`` when one is missing."""
+    where = rules if rules is not None else SHIPPED_RULES
+    files = (where / "alerts.yml", where / "recording.yml")
+    for f in files:
+        if not f.is_file():
+            hint = "" if rules is not None else " (not a checkout of the repository?)"
+            raise UsageError(
+                f"--rules {where}: no {f.name} there{hint}; give the directory that holds "
+                "alerts.yml and recording.yml (deploy/prometheus in the repository)"
+            )
+    return files
 
 
 def write_blocks(

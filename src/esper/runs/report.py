@@ -15,7 +15,7 @@ from esper.karn.report import Band, Report, RunView, build_report, write_report
 from esper.leyline import UsageError
 from esper.nissa.prometheus import tsdb
 from esper.nissa.record.replay import LineProblem, Paths, resolve_events_files, same_file
-from esper.runs.backfill import alerts_over
+from esper.runs.backfill import alerts_over, rule_files
 
 REPORT_FILE = "report.html"
 
@@ -56,10 +56,10 @@ def check_output(out: Path, paths: list[Path]) -> None:
         raise UsageError(f"-o {out}: no directory {parent}")
 
 
-def alert_bands(report: Report, rules: Path) -> tuple[list[Band], str]:
+def alert_bands(report: Report, rules: tuple[Path, Path]) -> tuple[list[Band], str]:
     """The shipped alerts that would have fired over each run, as bands (firing from its
     first firing evaluation to its last)."""
-    alerts_file, recording_file = rules / "alerts.yml", rules / "recording.yml"
+    alerts_file, recording_file = rules
     bands: list[Band] = []
     for view in report.runs:
         events = report.run_events[view.run_id]
@@ -76,7 +76,7 @@ def alert_bands(report: Report, rules: Path) -> tuple[list[Band], str]:
             label = f"{activity.name}" + (f" ({where})" if where else "")
             bands.append(Band(view.index, "alert", label, t0, max(t1, t0), p0, max(p1, p0)))
     step = "evaluated every second as Prometheus's rule manager would have, over the record"
-    return bands, f"The shipped rules ({rules}), {step}."
+    return bands, f"The rules in {alerts_file.parent}, {step}."
 
 
 def _progress_at(view: RunView, t: float) -> float:
@@ -103,15 +103,14 @@ def make_report(
     target = out if out is not None else default_output(each)
     check_output(target, each)
     if alerts:
-        if rules is None or not (rules / "alerts.yml").is_file():
-            raise UsageError(f"--alerts: no alerts.yml in {rules} (give --rules DIR)")
+        files = rule_files(rules)  # the shipped rules unless given; checked before any work
         tsdb.tool("promtool")
         tsdb.tool("prometheus")
     report = build_report(each, strict=strict)
     bands: list[Band] | None = None
     note = ""
-    if alerts and rules is not None:
-        bands, note = alert_bands(report, rules)
+    if alerts:
+        bands, note = alert_bands(report, files)
     size = write_report(report.html(alerts=bands, alerts_note=note), target)
     return ReportResult(
         path=target,

@@ -11,7 +11,6 @@ from esper.karn.report import AssetError, ReportError
 from esper.leyline import ReplayError, UsageError
 from esper.nissa.prometheus import tsdb
 from esper.runs.report import make_report
-from esper.scripts.telemetry import SHIPPED_RULES
 
 EXAMPLES = """examples:
   esper report runs/telemetry_2026-12-08_005304           one run (writes report.html in it)
@@ -49,16 +48,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.rules is not None and not (args.rules / "alerts.yml").is_file():
-        print(f"esper report: error: --rules {args.rules}: no alerts.yml there (give the "
-              "directory that holds alerts.yml and recording.yml)", file=sys.stderr)  # fmt: skip
-        return 2
     if args.rules is not None and not args.alerts:
         print("esper report: error: --rules: only read with --alerts", file=sys.stderr)
         return 2
     try:
         result = make_report(args.path, args.output, strict=args.strict, alerts=args.alerts,
-                             rules=args.rules or SHIPPED_RULES)  # fmt: skip
+                             rules=args.rules)  # fmt: skip
     except UsageError as exc:
         print(f"esper report: error: {exc}", file=sys.stderr)
         return 2

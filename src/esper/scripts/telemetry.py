@@ -24,7 +24,7 @@ from esper.nissa.prometheus.backfill import BackfilledRun, backfill_runs
 from esper.nissa.prometheus.catalogue import MetricDetail
 from esper.nissa.record.replay import LineProblem, RunTracker, resolve_events_files
 from esper.nissa.record.verdicts import account_lines, anomaly_report
-from esper.runs.backfill import ending_after, write_blocks_whole
+from esper.runs.backfill import ending_after, rule_files, write_blocks_whole
 from esper.runs.session import EXIT_FAILURE, EXIT_OK, RunSession
 from esper.scripts import _argtypes as at
 from esper.scripts._preflight import check_not_an_input, check_output_dir, check_output_file
@@ -144,25 +144,8 @@ def _replay(args: argparse.Namespace) -> int:
     return summary.exit_status(code)
 
 
-SHIPPED_RULES = Path(__file__).resolve().parents[3] / "deploy" / "prometheus"
-"""The shipped rule files, in a checkout of the repository."""
-
 STACK_RETENTION = "15d"
 """``--storage.tsdb.retention.time`` of the shipped stack's Prometheus (docker-compose.yml)."""
-
-
-def _rule_files(rules: Path | None) -> tuple[Path, Path]:
-    """(alerts.yml, recording.yml) in ``--rules`` or the shipped ones."""
-    where = rules if rules is not None else SHIPPED_RULES
-    files = (where / "alerts.yml", where / "recording.yml")
-    for f in files:
-        if not f.is_file():
-            hint = "" if rules is not None else " (not a checkout of the repository?)"
-            raise UsageError(
-                f"--rules {where}: no {f.name} there{hint}; give the directory that holds "
-                "alerts.yml and recording.yml (deploy/prometheus in the repository)"
-            )
-    return files
 
 
 def _check_empty_out(out: Path) -> None:
@@ -190,7 +173,7 @@ def _backfill(args: argparse.Namespace) -> int:
     # Everything that can be checked is checked before any work starts.
     tsdb.tool("promtool")
     tsdb.tool("prometheus")
-    alerts_file, recording_file = _rule_files(args.rules)
+    alerts_file, recording_file = rule_files(args.rules)
     inputs = resolve_events_files(args.path)
     existed = args.out.exists()  # before the probe below creates it
     # Refusals first, then the probes (the --out probe creates the directory).

@@ -66,11 +66,10 @@ def build_report(paths: Paths, *, strict: bool = False) -> Report:
     by_run: dict[str, list[TelemetryEvent]] = {}
     for e in replay.events:
         by_run.setdefault(e.run_id or "", []).append(e)
+    # Files' counts mean one run's events only when the record holds one run.
+    files = {str(f): n for f, n in replay.file_counts.items() if n} if len(by_run) == 1 else {}
     runs = []
     for index, (_run_id, events) in enumerate(by_run.items()):
-        files = {str(f): n for f, n in replay.file_counts.items() if n}
-        if len(by_run) > 1:  # each file's count for this run alone
-            files = {}
         view = build_run(index, events, files=files,
                          problems=[str(p) for p in replay.problems])  # fmt: skip
         view.markers = locate_spans(events, view.markers)

@@ -7,6 +7,7 @@ the file holds is all it can show, and nothing it does can reach a network.
 
 from __future__ import annotations
 
+import bisect
 import html
 import json
 import math
@@ -66,6 +67,8 @@ def _round(v: float, digits: int = 6) -> float | None:
 
 def _series_json(s: Series) -> dict[str, Any]:
     keep, thinned = s.drawn()
+    # Each gap sits before the first drawn point at or after it (thinning keeps gaps' places).
+    gaps = [[bisect.bisect_left(keep, g), round(t, 3), round(p, 5)] for g, t, p in s.gaps]
     return {
         "label": s.label,
         "run": s.run,
@@ -74,11 +77,7 @@ def _series_json(s: Series) -> dict[str, Any]:
         "y": [_round(s.y[i]) for i in keep],
         "total": len(s.y),
         "thinned": thinned,
-        # Each gap before the first drawn point at or after it (thinning keeps gaps' places).
-        "gaps": [
-            [next((k for k, i in enumerate(keep) if i >= g), len(keep)), round(t, 3), round(p, 5)]
-            for g, t, p in s.gaps
-        ],
+        "gaps": gaps,
     }
 
 
@@ -188,8 +187,10 @@ def _verdict(r: RunView) -> str:
             + "".join(f"<td>{fmt(b.get(k))}</td>" for k in
                       ("emitted", "delivered", "dropped", "failed", "lost"))
             + "</tr>" for b in v.backends)  # fmt: skip
-        lines.append(f"<p>Each backend's final counts, as the run recorded them at its end "
-                     "(TELEMETRY_CLOSED: every event before that one):</p>"
+        lines.append("<p>Each backend's counts as the run recorded them at its end "
+                     "(TELEMETRY_CLOSED: every event before that one). A loss found while the "
+                     "backends closed (spans a collector never took) comes after it: the run's "
+                     "closing summary and exit status say it.</p>"
                      f"<table class='grid backends'>{head}{body}</table>")  # fmt: skip
     else:
         lines.append("<p class='warn'>The record carries no final counts (no TELEMETRY_CLOSED: "

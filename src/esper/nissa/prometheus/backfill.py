@@ -182,11 +182,14 @@ class _RankSamples:
         ids = self._series(key)
         values = [s.value for s in ids[0][1]._samples() if s.name != "_created"]
         for (sid, _child), value in zip(ids, values, strict=True):
-            points = self.run.samples.setdefault(sid, [])
-            if points and points[-1][0] >= t_ms:
-                points[-1] = (points[-1][0], value)  # the same millisecond: the later value
-            else:
-                points.append((t_ms, value))
+            self._put(sid, t_ms, value)
+
+    def _put(self, sid: SeriesId, t_ms: int, value: float) -> None:
+        points = self.run.samples.setdefault(sid, [])
+        if points and points[-1][0] >= t_ms:
+            points[-1] = (points[-1][0], value)  # the same millisecond: the later value
+        else:
+            points.append((t_ms, value))
 
     def note_account(self, event: TelemetryEvent) -> bool:
         """Take the drop and loss counts an account event states; True when it stated any."""
@@ -206,11 +209,7 @@ class _RankSamples:
 
     def record_account(self, t_ms: int) -> None:
         for sid, value in self.account.items():
-            points = self.run.samples.setdefault(sid, [])
-            if points and points[-1][0] >= t_ms:
-                points[-1] = (points[-1][0], value)
-            else:
-                points.append((t_ms, value))
+            self._put(sid, t_ms, value)
 
     def replay(self, events: list[TelemetryEvent], shift_ns: int) -> None:
         mapping = self.mapping
